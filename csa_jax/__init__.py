@@ -17,6 +17,7 @@ C descriptor size, D hidden size.
 from csa_jax.affinity import rerank_affinity, training_affinity
 from csa_jax.config import ModelConfig
 from csa_jax.errors import InputError
+from csa_jax.export import load_model, save_export
 from csa_jax.interop import params_from_torch_state_dict, params_to_torch_state_dict
 from csa_jax.losses import contrastive_loss, csa_loss
 from csa_jax.model import CSA
@@ -27,6 +28,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CSA", "InputError", "ModelConfig", "contrastive_loss", "csa_loss", "init_params",
-    "load_torch_checkpoint", "params_from_torch_state_dict", "params_to_torch_state_dict",
+    "load_model", "load_torch_checkpoint", "save_export", "params_from_torch_state_dict", "params_to_torch_state_dict",
     "rerank_affinity", "rerank_scores", "training_affinity", "training_outputs",
 ]

@@ -37,6 +37,11 @@ def l2_normalize(x, axis=-1, eps=1e-12):
   return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
 
 
+def drop_path_rates(cfg: ModelConfig) -> list[float]:
+  """Stochastic-depth rate of each block: linspace(0, drop_path, depth), as timm's ViT."""
+  return [float(r) for r in np.linspace(0.0, cfg.drop_path, cfg.depth)]
+
+
 class DropPath(nn.Module):
   """Stochastic depth: drops the whole residual branch per sample, rescales the kept ones."""
 
@@ -120,9 +125,8 @@ class CSA(nn.Module):
     x = nn.Dropout(cfg.drop)(x_BxNxL.astype(F32), deterministic=det)  # sim_drop
     h = _dense(cfg, cfg.dim, "topk_proj")(x).astype(F32)
     h = nn.Dropout(cfg.drop)(h, deterministic=det)  # pos_drop
-    rates = np.linspace(0.0, cfg.drop_path, cfg.depth)
-    for i in range(cfg.depth):
-      h = Block(cfg, float(rates[i]), name=f"blocks_{i}")(h, det)
+    for i, rate in enumerate(drop_path_rates(cfg)):
+      h = Block(cfg, rate, name=f"blocks_{i}")(h, det)
     z_BxNxD = l2_normalize(h)
     if not align:
       return z_BxNxD

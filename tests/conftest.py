@@ -1,0 +1,20 @@
+"""Every test process sees 8 fake CPU devices, so sharded code is tested without hardware.
+
+Must run before JAX initialises its backends; single-device code still runs on device 0.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+DATA = pathlib.Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> pathlib.Path:
+  return DATA
