@@ -20,6 +20,14 @@ import orbax.checkpoint as ocp
 from csa_jax.errors import InputError
 
 
+def _host_copy(x):
+  if isinstance(x, jax.Array):
+    if not x.is_fully_replicated:
+      raise ValueError("Checkpointer saves replicated training state only")
+    return np.asarray(x.addressable_data(0))
+  return np.asarray(x)
+
+
 class Checkpointer:
   """``save(step, state, rng, meta)``, ``latest_step()``, ``restore(like_state, step=None)``."""
 
@@ -46,7 +54,10 @@ class Checkpointer:
     # The key is tiny and identical on every process: JSON keeps it out of the array layout.
     meta = dict(meta, rng_key_data=np.asarray(jax.random.key_data(rng)).tolist(),
                 rng_impl=str(jax.random.key_impl(rng)))
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    # Replicated state is written from host copies: the same bytes, without orbax compiling a
+    # slice per device to pick replicas.
+    host = jax.tree.map(_host_copy, state)
+    args = ocp.args.Composite(state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta))
     self._mgr.save(int(step), args=args, force=True)
     self._mgr.wait_until_finished()
 

@@ -77,6 +77,8 @@ class ConfigDict:
     self._items[key] = value
 
   def __getattr__(self, key: str):
+    if key.startswith("_"):  # private and dunder lookups (copy, pickle) never mean a config key
+      raise AttributeError(key)
     try:
       return self._items[key]
     except KeyError:

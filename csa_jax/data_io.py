@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from csa_jax.errors import InputError, fail
+from csa_jax.errors import fail
 from csa_jax.safe_pickle import load_data
 
 NORM_TOL = 1e-3  # |norm - 1| above this re-normalises (with a warning)
@@ -82,7 +82,7 @@ def load_container(path, mmap: bool = False) -> Any:
         from None
 
 
-def _describe(obj) -> str:
+def describe(obj) -> str:
   if isinstance(obj, np.ndarray):
     return f"an array of shape {obj.shape} ({obj.dtype})"
   if isinstance(obj, dict):
@@ -105,7 +105,7 @@ def pick(obj, source: str, key: str | None, what: str):
                  f"no such key (keys: {sorted(map(str, obj))})")
     return obj[key]
   if not isinstance(obj, np.ndarray) and key is not None:
-    raise fail(source, key, f"a dict holding '{key}'", _describe(obj))
+    raise fail(source, key, f"a dict holding '{key}'", describe(obj))
   return obj  # a bare array is the one split the file holds, whatever the key
 
 
@@ -138,7 +138,7 @@ def as_descriptors(arr, source: str, field: str, n: int | None = None,
     try:
       arr = np.asarray(arr)
     except ValueError:
-      raise fail(source, field, "a 2-D array of descriptors", _describe(arr)) from None
+      raise fail(source, field, "a 2-D array of descriptors", describe(arr)) from None
   if arr.dtype.kind != "f":
     raise fail(source, field, "floating-point descriptors (float16/32/64)",
                f"dtype {arr.dtype}")
@@ -151,7 +151,7 @@ def as_descriptors(arr, source: str, field: str, n: int | None = None,
     i, j = np.argwhere(bad)[0]
     raise fail(source, field, "finite values",
                f"{int(bad.sum())} NaN/inf (first at stored position [{i}, {j}])")
-  x = arr.astype(np.float32)
+  x = arr.astype(np.float32, copy=False)  # R1M is 8 GB: no copy unless needed
   row_norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
   col_norms = np.sqrt(np.einsum("ij,ij->j", x, x, dtype=np.float64))
   rows_unit = bool(np.all(np.abs(row_norms - 1) <= NORM_TOL))
@@ -165,16 +165,17 @@ def as_descriptors(arr, source: str, field: str, n: int | None = None,
   if dim is not None and x.shape[1] != dim:
     raise fail(source, field, f"descriptor size C={dim} (as the other descriptors)",
                f"C={x.shape[1]} (shape {arr.shape})")
-  say(f"{source}: {field}: found {'(C, n)' if transpose else '(n, C)'} = {arr.shape} "
-      f"(decided by {why}); using n={x.shape[0]}, C={x.shape[1]}")
   if not rows_unit:
     zero = row_norms < 1e-12
     if zero.any():
       raise fail(source, field, "non-zero descriptors",
                  f"{int(zero.sum())} all-zero rows (first: row {int(np.argmax(zero))})")
+  say(f"{source}: {field}: found {'(C, n)' if transpose else '(n, C)'} = {arr.shape} "
+      f"(decided by {why}); using n={x.shape[0]}, C={x.shape[1]}")
+  if not rows_unit:
     say(f"warning: {source}: {field}: descriptors are not L2-normalised (norms "
         f"{row_norms.min():.4g}..{row_norms.max():.4g}); re-normalising")
-    x /= row_norms[:, None].astype(np.float32)
+    x = x / row_norms[:, None].astype(np.float32)  # never in place: x may be the caller's
   return x
 
 
@@ -226,7 +227,7 @@ def as_indices(v, source: str, field: str, n: int | None = None) -> np.ndarray:
   try:
     a = np.asarray(v)
   except ValueError:
-    raise fail(source, field, "a flat list of integer indices", _describe(v)) from None
+    raise fail(source, field, "a flat list of integer indices", describe(v)) from None
   if a.size == 0:
     return np.zeros((0,), np.int64)
   if a.ndim != 1:
@@ -258,7 +259,7 @@ def parse_gnd(obj, path: str, n_db: int | None = None) -> list[dict]:
   """``load_gnd`` on already loaded content."""
   if isinstance(obj, dict):
     if "gnd" not in obj:
-      raise fail(path, "gnd", "a dict with key 'gnd' (per-query ground truth)", _describe(obj))
+      raise fail(path, "gnd", "a dict with key 'gnd' (per-query ground truth)", describe(obj))
     imlist, entries = obj.get("imlist"), obj["gnd"]
     if imlist is not None:
       if n_db is not None and len(imlist) != n_db:
@@ -271,13 +272,13 @@ def parse_gnd(obj, path: str, n_db: int | None = None) -> list[dict]:
   else:
     entries = obj
   if not isinstance(entries, (list, tuple)):
-    raise fail(path, "gnd", "a list of per-query dicts", _describe(entries))
+    raise fail(path, "gnd", "a list of per-query dicts", describe(entries))
   if not entries:
     raise fail(path, "gnd", "at least one query", "an empty list")
   gnd = []
   for q, e in enumerate(entries):
     if not isinstance(e, dict):
-      raise fail(path, f"gnd[{q}]", "a dict with 'easy', 'hard', 'junk'", _describe(e))
+      raise fail(path, f"gnd[{q}]", "a dict with 'easy', 'hard', 'junk'", describe(e))
     out = {}
     for k in ("easy", "hard", "junk"):
       if k not in e:
@@ -309,7 +310,7 @@ def load_test_set(features_path, gnd_path, query_key: str = "query", db_key: str
   gnd_obj_n = _imlist_len(gnd_obj)
   obj = load_container(features_path)
   if not isinstance(obj, dict):
-    raise fail(features_path, "file", "a dict with 'db' and 'query' descriptors", _describe(obj))
+    raise fail(features_path, "file", "a dict with 'db' and 'query' descriptors", describe(obj))
   db = as_descriptors(pick(obj, features_path, db_key, "database descriptors"), features_path,
                       db_key, n=gnd_obj_n)
   query = as_descriptors(pick(obj, features_path, query_key, "query descriptors"), features_path,
@@ -346,7 +347,7 @@ def load_annotations(path) -> dict:
   obj = load_container(path)
   if not isinstance(obj, dict) or "train" not in obj:
     raise fail(path, "train", "a dict with a 'train' split (and optionally 'val')",
-               _describe(obj))
+               describe(obj))
   out = {}
   for split in ("train", "val"):
     if split not in obj:
@@ -354,7 +355,7 @@ def load_annotations(path) -> dict:
     s = obj[split]
     if not isinstance(s, dict):
       raise fail(path, split, "a dict with 'cluster' (and 'cids', 'qidxs', 'pidxs')",
-                 _describe(s))
+                 describe(s))
     if "cluster" not in s:
       raise fail(path, f"{split}.cluster", "one cluster id per image",
                  f"no such key (keys: {sorted(map(str, s))})")

@@ -55,7 +55,7 @@ def decay_mask(params):
   """
   def keep(path, x):
     name = getattr(path[-1], "key", getattr(path[-1], "name", str(path[-1])))
-    return bool(jnp.ndim(x) > 1 and name != "bias")
+    return bool(np.ndim(x) > 1 and name != "bias")
   return jax.tree_util.tree_map_with_path(keep, params)
 
 

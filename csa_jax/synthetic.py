@@ -2,20 +2,23 @@
 
 Every landmark is a chain of "parts" (directions of descriptor space); a photo taken from viewpoint
 t in [0, P-1] sees the parts near t, so near viewpoints share parts and far ones share almost none:
-their direct similarity is little above that of unrelated images, but the chain of viewpoints in
-between links them, which shared neighbours reveal and a plain cosine ranking does not. Landmarks
-come in "styles" (shared directions: similar architecture), so unrelated landmarks of the same
-style are close, plus a component common to all photos and per-photo noise.
+their direct similarity is little above that of unrelated photos, but the photos in between link
+them, which shared neighbours reveal and a plain cosine ranking does not. Landmarks come in
+"styles" (shared directions: similar architecture), so unrelated landmarks of one style are close;
+a direction common to all photos and per-photo noise complete the model. The training split is
+landmarks (one cluster each) and single unrelated photos (a cluster each), as rSfM120k's clusters
+are its 3D models; the test db adds unrelated "minor" landmarks and occluded photos (3x noise).
 
 Files follow SPEC section 6 in its .npz/.json form, so ``data_io`` reads them like real data:
 
-  <root>/annotations/retrieval-SfM-120k.json       {'train'|'val': {'cids','cluster','qidxs','pidxs'}}
-  <root>/train/<name>.npz                          {'train': (n, C), 'val': (m, C)}
-  <root>/annotations/<ds>/gnd_<ds>.json            {'imlist','qimlist','gnd': [{'bbx','easy','hard','junk'}]}
-  <root>/test/<ds>/<name>.npz                      {'db': (n, C), 'query': (q, C)}
+  <root>/annotations/retrieval-SfM-120k.json  {'train'|'val': {'cids','cluster','qidxs','pidxs'}}
+  <root>/train/synth-gem.npz                  {'train': (n, C), 'val': (m, C)}
+  <root>/annotations/synth5k/gnd_synth5k.json {'imlist','qimlist','gnd': [{'bbx','easy',...}]}
+  <root>/test/synth5k/synth-gem.npz           {'db': (n, C), 'query': (q, C)}
 
-Test ground truth follows the revisited protocol: a query's easy positives are photos of its
-landmark from near viewpoints, hard ones from far viewpoints, junk the heavily occluded photos.
+Test ground truth follows the revisited protocol: a query (a new photo of a test landmark) has as
+easy positives the photos of its landmark from near viewpoints (|t - t_query| <= easy_span), as
+hard ones those from far viewpoints, and as junk the occluded ones.
 """
 
 from __future__ import annotations
@@ -44,18 +47,18 @@ class SynthConfig:
   w_ident: float = 0.30          # weight of the landmark's own direction (all its photos)
   noise: float = 0.55            # per-photo noise weight
   occluded: float = 0.08         # fraction of photos with 3x noise (junk at test time)
-  # training split: landmarks x photos per landmark, plus singleton distractor photos
+  # training split: landmarks x photos (one cluster each), plus single unrelated photos
   train_landmarks: int = 120
   train_photos: int = 24
-  train_distractors: int = 1500
+  train_singles: int = 1500
   val_landmarks: int = 20
-  val_distractors: int = 200
-  # test set: landmarks with queries, their photos in the db, and distractors
+  val_singles: int = 200
+  # test db: landmarks with queries, unrelated "minor" landmarks (photos // 3 each), singles
   test_landmarks: int = 14
   test_photos: int = 30
   queries_per_landmark: int = 5
-  test_distractor_landmarks: int = 80   # unrelated landmarks (photos of other buildings)
-  test_distractors: int = 1500          # unrelated single photos
+  test_minor: int = 80
+  test_singles: int = 1500
   easy_span: float = 1.5         # |t - t_query| <= easy_span: easy, else hard
   seed: int = 0
 
@@ -109,14 +112,15 @@ class _World:
     return self.rng.uniform(0, self.cfg.parts - 1, size=n)
 
 
-def _split(world: _World, landmarks: int, photos: int, distractors: int, first_cluster: int):
-  """(feats, clusters): landmark photos (cluster = landmark) then singleton distractors."""
+def _split(world: _World, landmarks: int, photos: int, singles: int):
+  """(feats, clusters): landmark photos (cluster = landmark), then single photos (a cluster each).
+  """
   feats, clusters = [], []
   for i in range(landmarks):
     feats.append(world.photos(world.landmark(), world.viewpoints(photos)))
-    clusters.append(np.full(photos, first_cluster + i))
-  feats.append(world.distractors(distractors))
-  clusters.append(first_cluster + landmarks + np.arange(distractors))
+    clusters.append(np.full(photos, i))
+  feats.append(world.distractors(singles))
+  clusters.append(landmarks + np.arange(singles))
   return np.concatenate(feats), np.concatenate(clusters).astype(np.int64)
 
 
@@ -136,8 +140,8 @@ def generate(cfg: SynthConfig = SynthConfig()) -> dict:
   the files ``write_benchmark`` writes). Deterministic in ``cfg`` (seed included)."""
   rng = np.random.default_rng(cfg.seed)
   world = _World(cfg, rng)
-  tr_x, tr_c = _split(world, cfg.train_landmarks, cfg.train_photos, cfg.train_distractors, 0)
-  va_x, va_c = _split(world, cfg.val_landmarks, cfg.train_photos, cfg.val_distractors, 0)
+  tr_x, tr_c = _split(world, cfg.train_landmarks, cfg.train_photos, cfg.train_singles)
+  va_x, va_c = _split(world, cfg.val_landmarks, cfg.train_photos, cfg.val_singles)
   ann = {}
   for split, c in (("train", tr_c), ("val", va_c)):
     q, p = _pairs(c, rng)
@@ -145,26 +149,21 @@ def generate(cfg: SynthConfig = SynthConfig()) -> dict:
                   "qidxs": q, "pidxs": p}
 
   db, queries, gnd_info = [], [], []
-  n_db = 0
-  for _ in range(cfg.test_landmarks):
-    lm = world.landmark()
-    t = world.viewpoints(cfg.test_photos)
+  for i in range(cfg.test_landmarks):
+    lm, t = world.landmark(), world.viewpoints(cfg.test_photos)
     occ = rng.random(cfg.test_photos) < cfg.occluded
     db.append(world.photos(lm, t, occ))
-    idx = n_db + np.arange(cfg.test_photos)
-    n_db += cfg.test_photos
+    idx = i * cfg.test_photos + np.arange(cfg.test_photos)
     tq = world.viewpoints(cfg.queries_per_landmark)
-    queries.append(world.photos(lm, tq))
+    queries.append(world.photos(lm, tq))  # queries are new photos, never occluded
     for t0 in tq:
       near = np.abs(t - t0) <= cfg.easy_span
       gnd_info.append((idx[near & ~occ], idx[~near & ~occ], idx[occ]))
-  for _ in range(cfg.test_distractor_landmarks):
-    lm = world.landmark()
-    db.append(world.photos(lm, world.viewpoints(cfg.test_photos // 3)))
-    n_db += cfg.test_photos // 3
-  db.append(world.distractors(cfg.test_distractors))
-  n_db += cfg.test_distractors
+  for _ in range(cfg.test_minor):
+    db.append(world.photos(world.landmark(), world.viewpoints(max(cfg.test_photos // 3, 1))))
+  db.append(world.distractors(cfg.test_singles))
   db = np.concatenate(db)
+  n_db = len(db)
   # Shuffle the db so a landmark's photos are not contiguous (nothing may rely on index order).
   perm = rng.permutation(n_db)
   inv = np.argsort(perm)

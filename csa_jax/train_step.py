@@ -9,12 +9,16 @@ threefry, so the masks do not depend on the sharding either.
 Public API (stable; the benchmarks import it):
 
 - ``make_mesh(devices=None) -> Mesh`` with axis ``'data'``.
-- ``init_state(model_cfg, tx, rng, mesh) -> TrainState`` (replicated).
+- ``init_state(model_cfg, tx, rng, mesh) -> TrainState`` (replicated); ``tx`` from
+  ``optim.make_optimizer``.
 - ``make_train_step(model_cfg, tx, mesh, alpha, K, L, schedule=None)``
   -> ``step(state, train_arrays, idx_B, rng) -> (state, metrics)``: affinities and targets are
-  built on device from ``train_arrays = (feats_NxC, nbrs_NxM, clusters_N)`` (``put_replicated``).
+  built on device from ``train_arrays = (feats_NxC, nbrs_NxM, clusters_N)`` (``put_replicated``);
+  idx_B from ``global_batch_array``.
 - ``make_batch_train_step(model_cfg, tx, mesh, alpha, schedule=None)``
   -> ``step(state, aff_BxKxL, targets_BxK, rng) -> (state, metrics)`` for a ready batch.
+- Both steps expose ``step.jitted`` (the ``jax.jit`` object: ``.lower(...).compile()`` gives
+  the compiled step and its ``memory_analysis()``).
 
 metrics: float32/int32 scalars ``loss, contrastive, mse, grad_norm`` (global norm before
 clipping), ``skipped`` (total so far), ``ok`` (this step applied), and ``lr`` when a schedule is
@@ -85,11 +89,15 @@ def check_batch(global_batch: int, mesh: Mesh, source: str = "config") -> int:
 
 
 def init_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, rng: jax.Array,
-               mesh: Mesh) -> TrainState:
-  """Fresh parameters (SPEC init) and optimizer state, replicated over ``mesh``."""
-  params = jax.device_get(init_params(model_cfg, rng))
-  state = TrainState(np.zeros([], np.int32), params, jax.device_get(tx.init(params)))
-  return put_replicated(state, mesh)
+               mesh: Mesh, compiler_options: dict | None = None) -> TrainState:
+  """Fresh parameters (SPEC init) and optimizer state, replicated over ``mesh``.
+
+  One jitted program (not op-by-op), computed identically by every process.
+  """
+  def init(key):
+    params = init_params(model_cfg, key)
+    return TrainState(jnp.zeros([], jnp.int32), params, tx.init(params))
+  return jax.jit(init, out_shardings=replicated(mesh), compiler_options=compiler_options)(rng)
 
 
 def _loss_fn(params, aff_BxKxL, targets_BxK, rng, cfg, alpha):
@@ -106,18 +114,20 @@ def _apply(state: TrainState, aff_BxKxL, targets_BxK, rng, *, cfg, tx, alpha, sc
   # Bitwise untouched on a skip (p + 0 would turn -0.0 into +0.0).
   params = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_params, state.params)
   metrics = {"loss": loss, "contrastive": parts["contrastive"], "mse": parts["mse"],
-             "grad_norm": optax.global_norm(grads), "skipped": opt_state.skipped, "ok": ok}
+             "grad_norm": optax.tree.norm(grads), "skipped": opt_state.skipped, "ok": ok}
   if schedule is not None:
     metrics["lr"] = schedule(optimizer_steps(state.opt_state))
   return TrainState(state.step + 1, params, opt_state), metrics
 
 
 def make_batch_train_step(model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh,
-                          alpha: float, schedule: Callable | None = None):
+                          alpha: float, schedule: Callable | None = None,
+                          compiler_options: dict | None = None):
   """``step(state, aff_BxKxL, targets_BxK, rng) -> (state, metrics)`` on a ready batch.
 
   aff and targets: global arrays (or host arrays, then placed) with B divisible by the devices.
-  ``state`` is donated: do not reuse it after the call.
+  ``state`` is donated: do not reuse it after the call. compiler_options: passed to ``jax.jit``
+  (tests use ``{"xla_backend_optimization_level": 0}`` to compile 3x faster).
   """
   rep, bat = replicated(mesh), batch_sharding(mesh)
 
@@ -127,7 +137,7 @@ def make_batch_train_step(model_cfg: ModelConfig, tx: optax.GradientTransformati
                   schedule=schedule)
 
   jitted = jax.jit(fn, in_shardings=(rep, bat, bat, rep), out_shardings=(rep, rep),
-                   donate_argnums=(0,))
+                   donate_argnums=(0,), compiler_options=compiler_options)
 
   def step(state, aff_BxKxL, targets_BxK, rng):
     check_batch(aff_BxKxL.shape[0], mesh, source="batch")
@@ -138,13 +148,15 @@ def make_batch_train_step(model_cfg: ModelConfig, tx: optax.GradientTransformati
 
 
 def make_train_step(model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh,
-                    alpha: float, K: int, L: int, schedule: Callable | None = None):
+                    alpha: float, K: int, L: int, schedule: Callable | None = None,
+                    compiler_options: dict | None = None):
   """``step(state, train_arrays, idx_B, rng) -> (state, metrics)``.
 
   train_arrays: (feats_NxC float32, nbrs_NxM int32, clusters_N int32), replicated
   (``put_replicated``); idx_B: the global batch of sample indices, sharded on ``'data'``
   (``global_batch_array``); rng: this step's dropout key. Sample i's affinity (K, L) and targets
-  (K,) are built on device (``training_affinity``). ``state`` is donated.
+  (K,) are built on device (``training_affinity``). ``state`` is donated. compiler_options:
+  as in ``make_batch_train_step``.
   """
   if L != model_cfg.anchors:
     raise InputError(f"config: data.L: expected the model's anchors ({model_cfg.anchors}), "
@@ -160,7 +172,7 @@ def make_train_step(model_cfg: ModelConfig, tx: optax.GradientTransformation, me
                   schedule=schedule)
 
   jitted = jax.jit(fn, in_shardings=(rep, rep, bat, rep), out_shardings=(rep, rep),
-                   donate_argnums=(0,))
+                   donate_argnums=(0,), compiler_options=compiler_options)
 
   def step(state, train_arrays, idx_B, rng):
     check_batch(idx_B.shape[0], mesh, source="batch")

@@ -1,0 +1,27 @@
+"""CSA on the built-in synthetic landmark benchmark (csa_jax.synthetic, used by the demo).
+
+  csa-jax train --config configs/synthetic.py --config.data.root=DIR --workdir runs/synth
+
+DIR is what ``csa_jax.synthetic.write_benchmark(DIR)`` wrote. A small model and short schedule,
+so it trains in minutes on a laptop CPU; the recipe is otherwise the paper's.
+"""
+
+from csa_jax.configlib import ConfigDict, placeholder
+
+
+def get_config() -> ConfigDict:
+  c = ConfigDict()
+  c.model = dict(anchors=64, dim=128, depth=2, heads=4, mlp_ratio=4, qkv_bias=True, drop=0.1,
+                 attn_drop=0.1, drop_path=0.1, temperature=2.0, dtype="float32")
+  c.data = dict(source="files", root=placeholder(str), descriptors=("train/synth-gem.npz",),
+                annotations="annotations/retrieval-SfM-120k.json", split="train",
+                cache_dir=placeholder(str), K=64)
+  c.train = dict(global_batch=64, epochs=10, warmup_epochs=2, base_lr=0.05, warmup_lr=0.001,
+                 final_lr=0.0, momentum=0.9, weight_decay=1e-6, clip_norm=0.0, alpha=0.2,
+                 seed=0)
+  c.checkpoint = dict(every_steps=200, keep=2)
+  c.log = dict(every_steps=10)
+  c.eval = dict(every_epochs=0, root=placeholder(str), datasets=("synth5k",),
+                features="test/{ds}/synth-gem.npz", gnd="annotations/{ds}/gnd_{ds}.json",
+                K=256, batch=16)
+  return c

@@ -1,0 +1,244 @@
+"""The training loop (SPEC section 5) as a library function: ``train(config, workdir)``.
+
+Per step the host picks the global batch's sample indices (``pipeline``: a pure function of
+seed, epoch and step, each process its own slice) and the jitted, data-parallel step
+(``train_step``) builds the affinities on device and updates the replicated state. Everything
+that decides the next step (state, dropout key, position in the data order) is checkpointed, so
+``train(..., resume=True)`` after a kill at any point ends bitwise where an uninterrupted run
+ends (on CPU). At the end: ``<workdir>/state_dict.npz`` (original PyTorch names, see
+``export``), plus ``state_dict.pth`` when torch is installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+from csa_jax import configlib, export, metrics, optim, pipeline
+from csa_jax import train_step as ts
+from csa_jax.checkpoint import Checkpointer
+from csa_jax.config import ModelConfig
+from csa_jax.errors import InputError
+from csa_jax.fileio import atomic_path, write_json
+
+CONFIG_NAME = "config.json"
+# Keys that may change between a run and its resume without changing what is computed.
+RESUMABLE_CHANGES = ("checkpoint.", "log.", "eval.", "data.root", "data.cache_dir")
+PLOT_EVERY_S = 60.0  # redraw the curves at checkpoints at most this often (and at the end)
+
+
+@dataclasses.dataclass
+class TrainResult:
+  params: dict  # host numpy arrays
+  model_cfg: ModelConfig
+  step: int
+  skipped: int
+  workdir: str
+  history: list  # the metric records of this call (process 0)
+
+
+def model_config(config) -> ModelConfig:
+  try:
+    return ModelConfig(**config.model.to_dict())
+  except (TypeError, ValueError) as e:
+    raise InputError(f"config: model: expected valid ModelConfig fields, found {e}") from None
+
+
+def random_train_set(num_samples: int, num_clusters: int, dim: int, M: int, seed: int):
+  """A seeded in-memory ``TrainSet`` of clustered unit descriptors (tests, smoke runs)."""
+  rng = np.random.default_rng(seed)
+  clusters = rng.integers(0, num_clusters, num_samples).astype(np.int32)
+  centers = rng.normal(size=(num_clusters, dim))
+  feats = centers[clusters] + 1.5 * rng.normal(size=(num_samples, dim))
+  feats = (feats / np.linalg.norm(feats, axis=1, keepdims=True)).astype(np.float32)
+  # Stable sort on -score with self forced first: the definition of neighbours.top_neighbors.
+  scores = feats @ feats.T
+  np.fill_diagonal(scores, np.inf)
+  nbrs = np.argsort(-scores, axis=1, kind="stable")[:, :M].astype(np.int32)
+  return pipeline.TrainSet(feats, clusters, nbrs, [("random", 0, num_samples)])
+
+
+def load_train_data(config, workdir: str) -> pipeline.TrainSet:
+  """The ``TrainSet`` a config describes (``data.source``: 'files' or 'random')."""
+  d, m = config.data, max(config.data.K, config.model.anchors)
+  if d.source == "random":
+    return random_train_set(d.num_samples, d.num_clusters, d.dim, m, config.train.seed)
+  if d.source != "files":
+    raise InputError(f"config: data.source: expected 'files' or 'random', found {d.source!r}")
+  root = d.root or ""
+  resolve = lambda p: p if os.path.isabs(p) or not root else os.path.join(root, p)
+  if not d.descriptors:
+    raise InputError("config: data.descriptors: expected at least one descriptor file, found ()")
+  cache = d.cache_dir or os.path.join(workdir, "neighbors")
+  return pipeline.load_train_set([resolve(p) for p in d.descriptors], resolve(d.annotations),
+                                 K=d.K, L=config.model.anchors, cache_dir=cache, split=d.split)
+
+
+def _check_resume_config(saved: dict, config, path: str) -> None:
+  now = config.to_dict()
+
+  def walk(a, b, prefix=""):
+    for k in sorted(set(a) | set(b)):
+      key = prefix + k
+      if any(key.startswith(p) for p in RESUMABLE_CHANGES):
+        continue
+      va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
+      if isinstance(va, dict) and isinstance(vb, dict):
+        walk(va, vb, key + ".")
+      elif va != vb:
+        raise InputError(f"{path}: {key}: expected the resumed run's value {va!r}, found "
+                         f"{vb!r} (start a new workdir to change it)")
+  walk(saved, now)
+
+
+def _save_pth(path: str, params, epoch: int) -> bool:
+  try:
+    import torch
+  except ImportError:
+    return False
+  from csa_jax.interop import params_to_torch_state_dict
+  sd = {k: torch.from_numpy(np.array(v, copy=True))
+        for k, v in params_to_torch_state_dict(params).items()}
+  with atomic_path(path) as tmp:
+    torch.save({"epoch": epoch, "state_dict": sd}, tmp)
+  return True
+
+
+def train(config, workdir: str, resume: bool = False, train_set=None,
+          progress: bool = True) -> TrainResult:
+  """Trains CSA as ``config`` says, in ``workdir``; returns the final parameters.
+
+  resume: continue from the latest checkpoint in ``workdir`` (from scratch if there is none);
+  without it a workdir that already holds checkpoints is an error. train_set: a ready
+  ``pipeline.TrainSet`` instead of ``config.data`` (library use).
+  """
+  workdir = os.path.abspath(workdir)
+  lead = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  model_cfg = model_config(config)
+  tc = config.train
+  mesh = ts.make_mesh()
+  ts.check_batch(tc.global_batch, mesh)
+  if tc.global_batch % jax.process_count():
+    raise InputError(f"config: train.global_batch: expected a multiple of the "
+                     f"{jax.process_count()} processes, found {tc.global_batch}")
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
+  latest = ckpt.latest_step()
+  cfg_path = os.path.join(workdir, CONFIG_NAME)
+  if latest is not None and not resume:
+    raise InputError(f"{workdir}: checkpoints: expected a fresh workdir (or --resume), found a "
+                     f"run at step {latest}")
+  if resume and os.path.exists(cfg_path):
+    with open(cfg_path) as f:
+      _check_resume_config(json.load(f), config, cfg_path)
+
+  data = train_set if train_set is not None else load_train_data(config, workdir)
+  n = data.num_samples
+  spe = pipeline.steps_per_epoch(n, tc.global_batch)
+  if spe < 1:
+    raise InputError(f"config: train.global_batch: expected at most the {n} training samples, "
+                     f"found {tc.global_batch}")
+  total = spe * tc.epochs
+  tx = optim.optimizer_from_config(tc, spe)
+  schedule = optim.schedule_from_config(tc, spe)
+  init_key, rng = jax.random.split(jax.random.key(tc.seed))
+  state = ts.init_state(model_cfg, tx, init_key, mesh)
+  if resume and latest is not None:
+    state, rng, meta = ckpt.restore(state, latest)
+    if (meta.get("num_samples"), meta.get("steps_per_epoch")) != (n, spe):
+      raise InputError(f"{ckpt.directory}: num_samples: expected the resumed run's "
+                       f"{meta.get('num_samples')} training samples, found {n} (the data "
+                       "changed; start a new workdir)")
+  if lead and not (resume and os.path.exists(cfg_path)):
+    write_json(cfg_path, config.to_dict())
+  start = int(jax.device_get(state.step))
+
+  log = metrics.MetricsLog(workdir, enabled=lead)
+  log.truncate_after(start)
+  bar = metrics.Progress(total, start, tc.global_batch, enabled=progress, lead=lead)
+  bar.say(f"train: {n} samples, {spe} steps/epoch x {tc.epochs} epochs = {total} steps, global "
+          f"batch {tc.global_batch} on {mesh.size} devices ({jax.process_count()} processes), "
+          f"K={config.data.K} L={model_cfg.anchors} D={model_cfg.dim} depth={model_cfg.depth} "
+          f"{model_cfg.dtype}" + (f"; resumed at step {start}" if start else ""))
+  arrays = ts.put_replicated((data.feats_NxC, data.nbrs_NxM, data.clusters_N), mesh)
+  step_fn = ts.make_train_step(model_cfg, tx, mesh, tc.alpha, config.data.K, model_cfg.anchors,
+                               schedule=schedule)
+  evaluator = _make_evaluator(config, workdir)
+
+  history, pending, order, order_epoch = [], [], None, None
+  every_log, every_ckpt = max(config.log.every_steps, 1), max(config.checkpoint.every_steps, 1)
+  t_first, t_plot = None, time.perf_counter()
+  for step in range(start, total):
+    epoch, i = divmod(step, spe)
+    if order_epoch != epoch:
+      order, order_epoch = pipeline.epoch_order(n, tc.seed, epoch), epoch
+    local = pipeline.batch_indices(order, i, tc.global_batch, jax.process_index(),
+                                   jax.process_count())
+    idx = ts.global_batch_array(local, mesh, tc.global_batch)
+    if t_first is None:
+      t0 = time.perf_counter()
+    state, m = step_fn(state, arrays, idx, jax.random.fold_in(rng, step))
+    pending.append(m)
+    if t_first is None:
+      jax.block_until_ready(m)
+      t_first = time.perf_counter() - t0
+      bar.rate(step + 1)  # throughput intervals start after compilation
+    done = step + 1
+    ckpt_due = done % every_ckpt == 0 or done == total
+    # Also flushed at checkpoints, so a resumed run logs exactly the intervals an uninterrupted
+    # one does.
+    if done % every_log == 0 or ckpt_due:
+      recs = jax.device_get(pending)
+      pending = []
+      rec = {"kind": "train", "step": done, "epoch": epoch,
+             **metrics.summarize([{k: v.item() for k, v in r.items()} for r in recs]),
+             "samples_per_s": bar.rate(done)}
+      if not history:
+        rec["first_step_s"] = t_first  # compilation included
+      history.append(rec)
+      log.write(rec)
+      bar.update(done, epoch, tc.epochs, {k: rec[k] for k in ("loss", "lr", "grad_norm")
+                                          if k in rec}, rec["samples_per_s"])
+    if ckpt_due:
+      t0 = time.perf_counter()
+      ckpt.save(done, state, rng, {"step": done, "epoch": done // spe,
+                                   "step_in_epoch": done % spe, "seed": tc.seed,
+                                   "steps_per_epoch": spe, "num_samples": n})
+      if lead and time.perf_counter() - t_plot > PLOT_EVERY_S:
+        metrics.plot_curves(log.path, os.path.join(workdir, metrics.PLOT_NAME))
+        t_plot = time.perf_counter()
+      bar.exclude(time.perf_counter() - t0)
+    if evaluator is not None and done % spe == 0 and (done // spe) % evaluator.every == 0:
+      t0 = time.perf_counter()
+      res = evaluator(jax.device_get(state.params), model_cfg)
+      bar.exclude(time.perf_counter() - t0)
+      rec = {"kind": "eval", "step": done, "epoch": done // spe, **res}
+      history.append(rec)
+      log.write(rec)
+      bar.say(f"eval after epoch {done // spe}: {json.dumps(res)}")
+  ckpt.close()
+
+  params = jax.device_get(state.params)
+  skipped = int(jax.device_get(state.opt_state.skipped))
+  if lead:
+    export.save_export(os.path.join(workdir, export.EXPORT_NAME), params, model_cfg)
+    has_pth = _save_pth(os.path.join(workdir, "state_dict.pth"), params, tc.epochs)
+    metrics.plot_curves(log.path, os.path.join(workdir, metrics.PLOT_NAME))
+    bar.say(f"train: done at step {total} ({skipped} skipped); wrote "
+            f"{os.path.join(workdir, export.EXPORT_NAME)}" + (" and state_dict.pth" if has_pth
+                                                               else ""))
+  return TrainResult(params, model_cfg, total, skipped, workdir, history)
+
+
+def _make_evaluator(config, workdir):
+  """An ``evaluate(params, model_cfg) -> dict`` every ``eval.every_epochs``, or None."""
+  ec = config.get("eval")
+  if ec is None or not ec.every_epochs:
+    return None
+  from csa_jax import train_eval
+  return train_eval.make_evaluator(config, workdir)

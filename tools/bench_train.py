@@ -1,0 +1,149 @@
+"""Training throughput of the paper model: samples/s and the compiled step's memory.
+
+  python tools/bench_train.py [--batch 32] [--dtypes float32,bfloat16] [--steps 3]
+
+Times ``train_step.make_train_step`` (the step ``csa-jax train`` runs: affinities and targets
+built on device from descriptors, forward, backward, SGD update) at K=512, L=512, D=768, depth 2,
+12 heads, dropout on, on every local device (one on a plain CPU). Compilation is timed apart;
+steady-state samples/s is the mean over ``--steps`` timed steps after ``--warmup`` untimed ones.
+FLOPs follow SPEC section 9 (training ~ 3x forward). Progress on stderr; the table on stdout;
+``--json PATH`` writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+
+import jax
+import numpy as np
+
+from csa_jax import optim
+from csa_jax import train_step as ts
+from csa_jax.config import ModelConfig
+from csa_jax.pipeline import TrainSet
+
+
+def forward_flops(n: int, l: int, d: int, depth: int) -> float:
+  """SPEC section 9, per sample, training (feature_align included)."""
+  return 2 * n * l * d + depth * (2 * n * d * 3 * d + 4 * n * n * d + 2 * n * d * d
+                                  + 16 * n * d * d) + 2 * n * d * l
+
+
+def _random_train_set(n: int, c: int, m: int, seed: int = 0) -> TrainSet:
+  rng = np.random.default_rng(seed)
+  feats = rng.normal(size=(n, c)).astype(np.float32)
+  feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+  # Random neighbour lists (self first) and clusters: the cost does not depend on their values.
+  others = np.stack([rng.choice(n - 1, m - 1, replace=False) for _ in range(n)])
+  others += others >= np.arange(n)[:, None]  # skip i itself
+  nbrs = np.concatenate([np.arange(n)[:, None], others], axis=1).astype(np.int32)
+  clusters = rng.integers(0, n // 20, n).astype(np.int32)
+  return TrainSet(feats, clusters, nbrs, [("random", 0, n)])
+
+
+def _cpu_name() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def _memory(compiled) -> dict:
+  ma = compiled.memory_analysis()
+  if ma is None:
+    return {}
+  fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+            "temp_size_in_bytes", "generated_code_size_in_bytes")
+  return {f: int(getattr(ma, f)) for f in fields if hasattr(ma, f)}
+
+
+def bench(dtype: str, batch: int, K: int, L: int, dim: int, depth: int, heads: int, steps: int,
+          warmup: int, samples: int, descriptor_dim: int) -> dict:
+  cfg = ModelConfig(anchors=L, dim=dim, depth=depth, heads=heads, dtype=dtype)
+  mesh = ts.make_mesh(jax.local_devices())
+  ts.check_batch(batch, mesh)
+  tx = optim.make_optimizer(base_lr=0.025, warmup_lr=0.00025, final_lr=0.0, warmup_steps=100,
+                            total_steps=1000, weight_decay=1e-6)
+  data = _random_train_set(samples, descriptor_dim, max(K, L))
+  arrays = ts.put_replicated((data.feats_NxC, data.nbrs_NxM, data.clusters_N), mesh)
+  state = ts.init_state(cfg, tx, jax.random.key(0), mesh)
+  step = ts.make_train_step(cfg, tx, mesh, 0.2, K, L)
+  order = np.random.default_rng(1).permutation(samples).astype(np.int32)
+  idx = lambda i: ts.global_batch_array(np.take(order, np.arange(i * batch, (i + 1) * batch),
+                                                mode="wrap"), mesh, batch)
+  key = jax.random.key(1)
+  t0 = time.perf_counter()
+  compiled = step.jitted.lower(state, arrays, idx(0), key).compile()
+  compile_s = time.perf_counter() - t0
+  mem = _memory(compiled)
+  print(f"bench_train: {dtype}: compiled in {compile_s:.1f} s; memory {mem}", file=sys.stderr)
+  times = []
+  for i in range(warmup + steps):
+    t0 = time.perf_counter()
+    state, m = compiled(state, arrays, idx(i), jax.random.fold_in(key, i))
+    jax.block_until_ready(m)
+    dt = time.perf_counter() - t0
+    print(f"bench_train: {dtype}: step {i + 1}/{warmup + steps} {dt:.2f} s "
+          f"(loss {float(m['loss']):.4f})" + (" [warm-up]" if i < warmup else ""),
+          file=sys.stderr)
+    if i >= warmup:
+      times.append(dt)
+  step_s = float(np.mean(times))
+  flops = 3 * forward_flops(K, L, dim, depth) * batch
+  return {"dtype": dtype, "batch": batch, "K": K, "L": L, "dim": dim, "depth": depth,
+          "heads": heads, "devices": mesh.size, "compile_s": compile_s, "step_s": step_s,
+          "step_s_all": times, "samples_per_s": batch / step_s,
+          "samples_per_s_best": batch / min(times),
+          "gflop_per_step": flops / 1e9, "achieved_gflops": flops / step_s / 1e9,
+          "memory": mem}
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--batch", type=int, default=32)
+  p.add_argument("--K", type=int, default=512)
+  p.add_argument("--L", type=int, default=512)
+  p.add_argument("--dim", type=int, default=768)
+  p.add_argument("--depth", type=int, default=2)
+  p.add_argument("--heads", type=int, default=12)
+  p.add_argument("--dtypes", default="float32,bfloat16")
+  p.add_argument("--steps", type=int, default=3, help="timed steps per dtype")
+  p.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling")
+  p.add_argument("--samples", type=int, default=4096, help="random training images")
+  p.add_argument("--descriptor-dim", type=int, default=2048, help="C of the descriptors")
+  p.add_argument("--json", default=None, help="write the results here")
+  args = p.parse_args(argv)
+  rows = [bench(d, args.batch, args.K, args.L, args.dim, args.depth, args.heads, args.steps,
+                args.warmup, args.samples, args.descriptor_dim)
+          for d in args.dtypes.split(",")]
+  dev = jax.local_devices()[0]
+  machine = {"platform": dev.platform, "device": getattr(dev, "device_kind", str(dev)),
+             "processor": _cpu_name(), "cpus": os.cpu_count(), "jax": jax.__version__,
+             "date": datetime.datetime.now().isoformat(timespec="seconds")}
+  print(f"training throughput, K={args.K} L={args.L} D={args.dim} depth={args.depth} "
+        f"batch={args.batch} on {rows[0]['devices']} x {machine['device']}")
+  # best: the fastest timed step, the figure least disturbed by other load on a shared machine.
+  print(f"{'dtype':<10}{'samples/s':>11}{'best':>8}{'step s':>9}{'compile s':>11}"
+        f"{'GFLOP/s':>9}{'temp MiB':>10}{'args MiB':>10}")
+  for r in rows:
+    mem = r["memory"]
+    print(f"{r['dtype']:<10}{r['samples_per_s']:>11.2f}{r['samples_per_s_best']:>8.2f}"
+          f"{r['step_s']:>9.2f}{r['compile_s']:>11.1f}{r['achieved_gflops']:>9.1f}{mem.get('temp_size_in_bytes', 0) / 2**20:>10.0f}"
+          f"{mem.get('argument_size_in_bytes', 0) / 2**20:>10.0f}")
+  if args.json:
+    from csa_jax.fileio import write_json
+    write_json(args.json, {"machine": machine, "results": rows})
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
