@@ -12,22 +12,30 @@ C descriptor size, D hidden size.
 - ``training_affinity(feats_NxC, nbrs_NxM, clusters_N, idx_B, K, L) -> ((B, K, L), (B, K))``.
 - ``params_from_torch_state_dict(sd, heads) -> (params, cfg)``, ``params_to_torch_state_dict``,
   ``load_torch_checkpoint(path, heads) -> (params, cfg)``: original checkpoints, no torch needed.
+- ``load_model(path) -> (params, cfg)`` (.pth, .npz export or workdir), ``save_export``.
+- ``top_k_search(q_QxC, db, T) -> (scores_QxT, idx_QxT)``: blocked on-device search, memmap ok.
+- ``csa_rerank(params, cfg, q_QxC, db_NxC, top_QxT, K, L) -> top_QxT``: batched, sharded.
+- ``revisited_map(ranks_TxQ, gnd)``, ``revisited_map_from_scores(scores_QxN, gnd, top_QxK)``.
 """
 
 from csa_jax.affinity import rerank_affinity, training_affinity
 from csa_jax.config import ModelConfig
 from csa_jax.errors import InputError
+from csa_jax.evaluate import revisited_map, revisited_map_from_scores
 from csa_jax.export import load_model, save_export
 from csa_jax.interop import params_from_torch_state_dict, params_to_torch_state_dict
 from csa_jax.losses import contrastive_loss, csa_loss
 from csa_jax.model import CSA
 from csa_jax.rerank import init_params, rerank_scores, training_outputs
+from csa_jax.reranking import csa_rerank
+from csa_jax.search import top_k_search
 from csa_jax.torch_checkpoint import load_torch_checkpoint
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CSA", "InputError", "ModelConfig", "contrastive_loss", "csa_loss", "init_params",
+    "CSA", "InputError", "ModelConfig", "contrastive_loss", "csa_loss", "csa_rerank", "init_params",
     "load_model", "load_torch_checkpoint", "save_export", "params_from_torch_state_dict", "params_to_torch_state_dict",
-    "rerank_affinity", "rerank_scores", "training_affinity", "training_outputs",
+    "rerank_affinity", "rerank_scores", "revisited_map", "revisited_map_from_scores",
+    "top_k_search", "training_affinity", "training_outputs",
 ]

@@ -235,7 +235,8 @@ def as_indices(v, source: str, field: str, n: int | None = None) -> np.ndarray:
   if a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.round(a)):
     a = a.astype(np.int64)  # JSON / MATLAB-converted lists sometimes store 3.0
   if a.dtype.kind not in "iu":
-    raise fail(source, field, "integer indices", f"dtype {a.dtype} (e.g. {a.flat[0]!r})")
+    first = a.ravel()[:1].tolist()[0]
+    raise fail(source, field, "integer indices", f"dtype {a.dtype} (e.g. {first!r})")
   a = a.astype(np.int64)
   if n is not None and (a.min() < 0 or a.max() >= n):
     bad = a[(a < 0) | (a >= n)]

@@ -10,8 +10,11 @@
       --datasets roxford5k,rparis6k --config configs/rsfm120k.py --model runs/rsfm120k
 
 Each writes ``<out>/<NAME>.json`` and ``<out>/<NAME>.png``. By default the data is the built-in
-synthetic benchmark, written to ``<out>/data``; ``--data ROOT`` points at the SPEC section 6
-layout instead. ``--size tiny`` shrinks benchmark, model, schedule and grids to seconds (tests).
+synthetic benchmark (the demo's, written to ``<out>/data``) and the base training recipe and
+test-time K are the demo's; ``--data ROOT`` points at the SPEC section 6 layout instead (base
+config configs/rsfm120k.py). ``--config FILE`` and ``--config.key=value`` change the base recipe
+that every study varies. ``--size tiny`` shrinks benchmark, model, schedule and grids to seconds
+(tests).
 Training runs live in ``<out>/runs/<hash of config and data>`` and are reused across studies and
 re-invocations (a killed study resumes), so use a fresh ``--out`` for unrelated work.
 """
@@ -22,17 +25,15 @@ import argparse
 import os
 import time
 
-from csa_jax import configlib, synthetic
+from csa_jax import configlib, demo
 from csa_jax.errors import InputError
 from csa_jax.experiments_common import Bench, Context, check_positive, finish, write_synthetic
 
 EXPERIMENTS = ("ablation", "seeds", "cross-feature", "kl-sweep", "heldout-val", "baselines")
 _CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
-TINY_SYNTH = synthetic.SynthConfig(
-    dim=32, parts=6, photos=10, train_landmarks=8, train_minor=4, train_singles=60,
-    val_landmarks=2, val_minor=2, val_singles=10, test_landmarks=3, test_minor=3,
-    test_singles=40, queries_per_landmark=2)
+# The demo's tiny benchmark: kept in step with the generator by its owner.
+TINY_SYNTH = demo.SIZES["tiny"][0]
 TINY_CONFIG = {"model.anchors": 8, "model.dim": 16, "model.depth": 1, "model.heads": 2,
                "model.mlp_ratio": 2, "data.K": 8, "train.global_batch": 16, "train.epochs": 2,
                "train.warmup_epochs": 1, "log.every_steps": 4,
@@ -40,19 +41,20 @@ TINY_CONFIG = {"model.anchors": 8, "model.dim": 16, "model.depth": 1, "model.hea
                # is most of a tiny run's time.
                "model.drop": 0.0, "model.attn_drop": 0.0, "model.drop_path": 0.0}
 TINY_K = 16
+DEMO_K = demo.SIZES["default"][2]
 # Test-time sweeps (kl-sweep): K at test time, L one model each.
 K_VALUES = (8, 16, 32, 64, 128, 256, 512, 1024)
 L_VALUES = (16, 32, 64, 128, 256)
 K_VALUES_TINY, L_VALUES_TINY = (8, 16), (4, 8)
 
 
-def _csv(text: str | None, type_=str) -> list | None:
+def _csv(text: str | None, type_=str, name: str = "list") -> list | None:
   if text is None:
     return None
   try:
     return [type_(x) for x in text.split(",") if x.strip()]
   except ValueError:
-    raise InputError(f"command line: {text!r}: expected a comma-separated list of "
+    raise InputError(f"command line: {name}: expected a comma-separated list of "
                      f"{type_.__name__}, found {text!r}") from None
 
 
@@ -69,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--K", type=int, help="test-time re-ranking depth (default: config eval.K)")
   p.add_argument("--model", help="trained model (export, workdir or .pth) for baselines/kl-sweep")
   p.add_argument("--axes", default="depth,dim,mse,temperature", help="ablation axes")
+  p.add_argument("--values", help="ablation: this axis's values instead of the paper grid "
+                 "(with a single --axes)")
   p.add_argument("--seeds", type=int, default=5, help="seeds study: number of seeds")
   p.add_argument("--train-on", help="cross-feature: descriptor sets to train on (default: all)")
   p.add_argument("--k-values", help="kl-sweep: test-time K values")
@@ -90,9 +94,10 @@ def make_context(a, config_path, overrides) -> Context:
       raise InputError("command line: --features: expected descriptor set names with --data "
                        "(e.g. gl18-tl-resnet101-gem-w), found none")
     bench = Bench(os.path.abspath(a.data), features, datasets)
-    default_cfg = "rsfm120k.py"
+    config = configlib.load_config_file(config_path or os.path.join(_CONFIGS, "rsfm120k.py"))
+    default_k = config.get("eval", {}).get("K", 1024)
   else:
-    cfg = TINY_SYNTH if a.size == "tiny" else synthetic.SynthConfig()
+    cfg = TINY_SYNTH if a.size == "tiny" else demo.SIZES["default"][0]
     bench = write_synthetic(os.path.join(out, "data"), cfg)
     if a.features:
       chosen = _csv(a.features)
@@ -101,15 +106,18 @@ def make_context(a, config_path, overrides) -> Context:
         raise InputError(f"command line: --features: expected synthetic sets "
                          f"{bench.features}, found {unknown}")
       bench.features = chosen
-    default_cfg = "synthetic.py"
-  config = configlib.load_config_file(config_path or os.path.join(_CONFIGS, default_cfg))
+    # The demo's recipe and test-time K by default, so that the studies' numbers and the
+    # README's demo table describe the same model.
+    config = (configlib.load_config_file(config_path) if config_path
+              else demo.demo_config(bench.root).copy())
+    default_k = config.get("eval", {}).get("K", DEMO_K)
   if a.size == "tiny":
     for k, v in TINY_CONFIG.items():
       configlib.set_override(config, k, str(v), source="--size tiny")
   for k, v in overrides:
     configlib.set_override(config, k, v)
   configlib.set_override(config, "data.root", bench.root, source="experiment")
-  K = a.K or (TINY_K if a.size == "tiny" else config.get("eval", {}).get("K", 1024))
+  K = a.K or (TINY_K if a.size == "tiny" else default_k)
   check_positive("--K", [K])
   return Context(name=a.name, out=out, config=config, bench=bench, K=K,
                  feature=bench.features[0], size=a.size, progress=a.progress,
@@ -128,7 +136,13 @@ def run(ctx: Context, a) -> dict:
     if bad or not axes:
       raise InputError(f"command line: --axes: expected some of {sorted(st.ABLATION_AXES)}, "
                        f"found {bad or axes}")
-    result, fig = st.ablation(ctx, axes)
+    grid = None
+    if a.values is not None:
+      if len(axes) != 1:
+        raise InputError(f"command line: --values: expected a single --axes, found {axes}")
+      key = st.ABLATION_AXES[axes[0]][0]
+      grid = {axes[0]: _csv(a.values, type(st.config_value(ctx.config, key)), "--values")}
+    result, fig = st.ablation(ctx, axes, grid)
   elif ctx.name == "seeds":
     result, fig = st.seeds(ctx, check_positive("--seeds", [a.seeds])[0])
   elif ctx.name == "cross-feature":
@@ -139,9 +153,9 @@ def run(ctx: Context, a) -> dict:
                        f"found {bad}")
     result, fig = st.cross_feature(ctx, train_on)
   elif ctx.name == "kl-sweep":
-    ks = check_positive("--k-values", _csv(a.k_values, int) or
+    ks = check_positive("--k-values", _csv(a.k_values, int, "--k-values") or
                         (K_VALUES_TINY if tiny else K_VALUES))
-    ls = check_positive("--l-values", _csv(a.l_values, int) or
+    ls = check_positive("--l-values", _csv(a.l_values, int, "--l-values") or
                         (L_VALUES_TINY if tiny else L_VALUES))
     result, fig = st.kl_sweep(ctx, ks, ls)
   elif ctx.name == "heldout-val":
@@ -151,7 +165,10 @@ def run(ctx: Context, a) -> dict:
     result, fig = st.heldout_val(ctx, a.holdout, check_positive("--val-queries",
                                                                 [a.val_queries])[0])
   else:
-    result, fig = run_baselines(ctx, _csv(a.baseline_k, int))
+    ks = _csv(a.baseline_k, int, "--baseline-k")
+    if ks is not None and (not ks or min(ks) < 0):
+      raise InputError(f"command line: --baseline-k: expected k >= 0, found {a.baseline_k!r}")
+    result, fig = run_baselines(ctx, ks)
   return finish(ctx, result, fig, t0)
 
 

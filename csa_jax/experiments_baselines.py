@@ -15,7 +15,7 @@ from csa_jax import baselines
 from csa_jax.experiments_common import (PROTOCOLS, Context, TestSet, csa_top, fmt_s, log,
                                         mean_ap, pyplot, rank_depth)
 
-K_GRID = (1, 2, 3, 5, 10, 20, 30, 50)
+K_GRID = (1, 2, 3, 5, 10, 20, 30, 50, 100)
 K_GRID_TINY = (1, 3)
 ALPHA = 3.0
 
@@ -84,7 +84,7 @@ def run_baselines(ctx: Context, k_grid=None, alpha: float = ALPHA) -> tuple[dict
     ax.set_xticks(x, [r["method"] for r in rows], rotation=20, ha="right")
     ax.set_ylabel("mAP (%)")
     ax.set_title(f"{ds} ({ctx.feature}): re-ranking methods")
-    ax.legend()
+    ax.legend(loc="lower center", ncol=3, framealpha=0.9)
   fig.tight_layout()
   log(f"{ctx.name}: model {'reused' if model.reused else 'trained'} ({model.workdir}; training "
       f"took {fmt_s(model.train_s)})")

@@ -67,28 +67,41 @@ def _lines(ax, xs, points, datasets, xlabel, title, key="results"):
   ax.grid(alpha=0.3)
 
 
-def ablation(ctx: Context, axes: list[str]) -> tuple[dict, object]:
-  """Depth, hidden size, MSE weight and temperature, one axis at a time around the base config."""
+def ablation(ctx: Context, axes: list[str], grid: dict | None = None) -> tuple[dict, object]:
+  """Depth, hidden size, MSE weight and temperature, one axis at a time around the base config.
+
+  grid: {axis: values} replacing the paper's values of those axes.
+  """
   tiny = ctx.size == "tiny"
+  grid = grid or {}
   plan = [(a, ABLATION_AXES[a][0], v) for a in axes
-          for v in ABLATION_AXES[a][2 if tiny else 1]]
+          for v in grid.get(a, ABLATION_AXES[a][2 if tiny else 1])]
   eta, out = Eta(ctx.name, len(plan)), {}
   for axis, key, value in plan:
     run = ctx.train({key: value}, label=f"{axis}={value}")
     res = evaluate_all(ctx, run)
     eta.step(f"{axis}={value}", _summary(res))
-    entry = out.setdefault(axis, {"key": key, "base": _get(ctx.config, key), "points": []})
+    entry = out.setdefault(axis, {"key": key, "base": config_value(ctx.config, key), "points": []})
     entry["points"].append(_point(run, res, value=value))
   plt = pyplot()
   fig, axs = plt.subplots(1, len(out), figsize=(4.5 * len(out), 4), squeeze=False)
   for ax, (axis, e) in zip(axs[0], out.items()):
-    _lines(ax, [p["value"] for p in e["points"]], e["points"], ctx.bench.datasets, e["key"], axis)
-  axs[0][0].legend(fontsize=7)
-  fig.suptitle(f"CSA ablations ({ctx.feature}, test K={ctx.K})")
+    xs = [p["value"] for p in e["points"]]
+    _lines(ax, xs, e["points"], ctx.bench.datasets, e["key"], axis)
+    if e["base"] in xs:
+      ax.axvline(xs.index(e["base"]), color="gray", ls=":", lw=1)
+  _legend_below(fig, axs[0][0])
+  fig.suptitle(f"CSA ablations ({ctx.feature}, test K={ctx.K}; dotted: the base config)")
   return {"axes": out}, fig
 
 
-def _get(config, dotted: str):
+def _legend_below(fig, ax):
+  fig.tight_layout(rect=(0, 0.1, 1, 0.94))
+  fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=8)
+
+
+def config_value(config, dotted: str):
+  """The leaf ``a.b.c`` of a ConfigDict."""
   node = config
   for part in dotted.split("."):
     node = node[part]
@@ -180,7 +193,7 @@ def kl_sweep(ctx: Context, k_values: list[int], l_values: list[int]) -> tuple[di
   if l_points:
     _lines(axs[0][1], l_values, l_points, ctx.bench.datasets, "L (trained per value)",
            f"anchors L (test K={ctx.K})")
-  axs[0][0].legend(fontsize=7)
+  _legend_below(fig, axs[0][0])
   return {"model_L": run.cfg.anchors, "K": k_points, "L": l_points,
           "note": "K varies at test time with one model; L is the model's input width, so each "
                   "L is a model trained with that L (training K = config data.K)"}, fig
@@ -258,6 +271,7 @@ def heldout_val(ctx: Context, fraction: float, max_queries: int) -> tuple[dict, 
     for proto in ("medium", "hard"):
       ax.plot(ep, [p["results"][ds]["csa"][proto] for p in points], marker=".",
               label=f"{ds} CSA {proto[0].upper()}")
+  ax.set_xticks(ep)
   ax.set_xlabel("epoch")
   ax.set_ylabel("mAP (%)")
   ax.set_title(f"validation on {len(val.gnd)} queries of held-out clusters")

@@ -65,15 +65,15 @@ class Attention(nn.Module):
     b, n, d_model = x_BxNxD.shape
     hd = d_model // cfg.heads
     qkv = _dense(cfg, 3 * d_model, "qkv", use_bias=cfg.qkv_bias)(x_BxNxD)
-    # PyTorch order: (B, N, 3, H, d).
-    qkv = qkv.reshape(b, n, 3, cfg.heads, hd)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, N, H, d)
-    logits_BxHxNxN = jnp.einsum("bqhd,bkhd->bhqk", q, k,
-                                preferred_element_type=F32) * (hd ** -0.5)
+    # PyTorch order (B, N, 3, H, d), moved to (3, B, H, N, d) so both attention matmuls read
+    # contiguous operands; scaling q (N x d) instead of the N x N logits saves a full pass.
+    qkv = qkv.reshape(b, n, 3, cfg.heads, hd).transpose(2, 0, 3, 1, 4)
+    q, k, v = qkv[0] * (hd ** -0.5), qkv[1], qkv[2]  # (B, H, N, d)
+    logits_BxHxNxN = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=F32)
     probs = jax.nn.softmax(logits_BxHxNxN, axis=-1)
     probs = nn.Dropout(cfg.attn_drop)(probs, deterministic=deterministic)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(cfg.compute_dtype), v)
-    out = out.reshape(b, n, d_model)
+    out = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(cfg.compute_dtype), v)
+    out = out.transpose(0, 2, 1, 3).reshape(b, n, d_model)
     out = _dense(cfg, d_model, "proj")(out)
     return nn.Dropout(cfg.drop)(out, deterministic=deterministic)
 

@@ -34,8 +34,16 @@ def rerank_scores(params, aff_BxNxL: jax.Array, cfg: ModelConfig) -> jax.Array:
   aff_BxNxL: affinity features, token 0 the query (see ``rerank_affinity``).
   """
   TRACE_COUNTS["rerank_scores"] += 1
-  z = model_for(cfg).apply({"params": params}, aff_BxNxL, train=False)
-  return jnp.einsum("bd,bnd->bn", z[:, 0], z[:, 1:], precision="highest")
+
+  def scores(aff):
+    z = model_for(cfg).apply({"params": params}, aff, train=False)
+    return jnp.einsum("bd,bnd->bn", z[:, 0], z[:, 1:], precision="highest")
+
+  if jax.default_backend() == "cpu" and aff_BxNxL.shape[0] > 1:
+    # One query at a time keeps its (H, N, N) attention (50 MB at K=1024) in cache; on CPU that
+    # beats the batched matmuls (measured in tools/README.md, csa-jax bench).
+    return jax.lax.map(lambda a: scores(a[None])[0], aff_BxNxL)
+  return scores(aff_BxNxL)
 
 
 def _training_outputs(params, aff_BxNxL, cfg: ModelConfig, rng):

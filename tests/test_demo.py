@@ -48,3 +48,16 @@ def test_table_format():
   assert lines[1].split()[-3:] == ["90.00", "60.50", "40.25"]
   assert "K=128" in lines[2] and lines[2].split()[-3:] == ["91.00", "70.00", "55.00"]
   assert lines[3].split()[-3:] == ["+1.00", "+9.50", "+14.75"]
+
+
+def test_configs_synthetic_is_the_demo_recipe():
+  # `csa-jax train --config configs/synthetic.py` must reproduce the demo's training.
+  import pathlib
+
+  from csa_jax.configlib import load_config
+  path = pathlib.Path(__file__).parents[1] / "configs" / "synthetic.py"
+  cfg = load_config(str(path), [])
+  want = demo.demo_config(root="/x")
+  for group in ("model", "train"):
+    assert cfg[group].to_dict() == want[group].to_dict(), group
+  assert cfg.data.K == want.data.K and cfg.data.descriptors == want.data.descriptors

@@ -192,6 +192,9 @@ def test_synthetic_backbones_are_other_descriptors_of_the_same_images(tmp_path):
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
   with pytest.raises(InputError, match="--axes"):
     experiments.main(["ablation", "--size", "tiny", "--out", str(tmp_path), "--axes", "width"])
+  with pytest.raises(InputError, match="--values: expected a comma-separated list of int"):
+    experiments.main(["ablation", "--size", "tiny", "--out", str(tmp_path), "--axes", "depth",
+                      "--values", "1,2.5"])
   with pytest.raises(InputError, match="--features"):
     experiments.main(["baselines", "--data", str(tmp_path)])
   assert cli.main(["experiment", "cross-feature", "--size", "tiny", "--out", str(tmp_path),

@@ -17,6 +17,7 @@ from csa_jax.losses import csa_loss  # noqa: E402
 from csa_jax.rerank import init_params, rerank_scores, training_outputs  # noqa: E402
 
 TINY = ModelConfig(anchors=16, dim=24, depth=2, heads=3, mlp_ratio=2)
+init_params = jax.jit(init_params, static_argnums=0)  # one compilation, not one per op
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,8 @@ cat "$OUT/env.txt" >&2
 # --- 1. parity tests on the GPU (float32 matmuls, not TF32, so 1e-5 tolerances hold) --------
 log "parity tests"
 JAX_PLATFORMS=cuda,cpu JAX_DEFAULT_MATMUL_PRECISION=highest timeout "${TEST_TIMEOUT:-150}" \
-  "$PY" -m pytest -q -p no:cacheprovider tests/test_torch_model.py tests/test_bench.py \
+  "$PY" -m pytest -q -p no:cacheprovider tests/test_torch_model.py tests/test_bench_race.py \
+  tests/test_bench.py \
   $(ls tests/test_model.py tests/test_rerank.py tests/test_interop.py 2>/dev/null) \
   >"$OUT/pytest.log" 2>&1
 log "pytest exit $? ($(tail -n 1 "$OUT/pytest.log"))"
