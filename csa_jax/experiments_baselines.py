@@ -86,8 +86,11 @@ def run_baselines(ctx: Context, k_grid=None, alpha: float = ALPHA) -> tuple[dict
     ax.set_title(f"{ds} ({ctx.feature}): re-ranking methods")
     ax.legend(loc="lower center", ncol=3, framealpha=0.9)
   fig.tight_layout()
-  log(f"{ctx.name}: model {'reused' if model.reused else 'trained'} ({model.workdir}; training "
-      f"took {fmt_s(model.train_s)})")
+  if ctx.model_path:
+    log(f"{ctx.name}: model from --model {ctx.model_path}")
+  else:
+    log(f"{ctx.name}: model {'reused' if model.reused else 'trained'} ({model.workdir}; "
+        f"training took {fmt_s(model.train_s)})")
   return {"table": rows, "grid": grid, "k_grid": k_grid, "alpha": alpha, "model": model.workdir,
           "model_train_s": round(model.train_s, 1),
           "selection": "k of each classic method: best mean Medium mAP on the test set (oracle)"
