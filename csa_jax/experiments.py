@@ -68,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--data", help="data root (SPEC section 6 layout); default: synthetic benchmark")
   p.add_argument("--features", help="descriptor set names, comma-separated (first = default)")
   p.add_argument("--datasets", help="test sets, comma-separated (with --data)")
-  p.add_argument("--K", type=int, help="test-time re-ranking depth (default: config eval.K)")
+  p.add_argument("--K", type=int, help="test-time re-ranking depth (default: the config's "
+                 "eval.K; the demo's 128 on the synthetic benchmark)")
   p.add_argument("--model", help="trained model (export, workdir or .pth) for baselines/kl-sweep")
   p.add_argument("--axes", default="depth,dim,mse,temperature", help="ablation axes")
   p.add_argument("--values", help="ablation: this axis's values instead of the paper grid "
