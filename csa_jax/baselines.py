@@ -3,7 +3,7 @@
 All three take what CSA re-ranking takes, the first-round descriptors and ranking, and return a new
 ranking of the same length: ``(q_QxC, db_NxC, top_QxT) -> new top_QxT``. Descriptors are
 L2-normalised, so dot products are cosines; every result is sorted by descending score, ties by
-lower database index (``lax.top_k``'s order, a stable sort's).
+lower database index (a stable sort's order).
 
 Definitions (Chum et al. ICCV 2007; Radenovic et al. TPAMI 2018; Gordo et al. IJCV 2017), written
 with s = the cosine similarity to the vector being expanded:
@@ -20,8 +20,8 @@ with s = the cosine similarity to the vector being expanded:
   k = 0 leaves every method the identity of a plain search.
 
 So k counts the neighbours added to the vector itself, for all three methods. The searches are
-exact (one matmul and ``lax.top_k``), run in blocks of rows so that a block's score matrix stays
-under ``_BLOCK_BYTES`` on device.
+exact: queries go through ``csa_jax.search.top_k_search``; DBA's database-side neighbours are
+found in blocks of rows so that a block's score matrix stays under ``_BLOCK_BYTES`` on device.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+from csa_jax.search import top_k_search
 
 F32 = jnp.float32
 _BLOCK_BYTES = 1 << 28  # float32 scores per block of rows: at most 256 MiB on device
@@ -66,19 +68,10 @@ def _top_of_block(start, xq_BxC, db_NxC, t, exclude_self):
   return jax.lax.top_k(s, t)
 
 
-@functools.partial(jax.jit, static_argnames=("t", "block"))
-def _blocked_top(x_RxC, db_NxC, t, block):
-  """(scores (R, t), indices (R, t)) of each row of x against db, ``block`` rows at a time."""
-  r = x_RxC.shape[0]
-  s, i = jax.lax.map(lambda a: _top_of_block(a[0], a[1], db_NxC, t, False),
-                     _row_blocks(x_RxC, block))
-  return s.reshape(-1, t)[:r], i.reshape(-1, t)[:r]
-
-
 def search(q_QxC, db_NxC, T: int):
   """Exact first-round search: int32 (Q, T) database indices by descending cosine."""
   _check(q_QxC, db_NxC, T, 0, "search")
-  return _blocked_top(q_QxC, db_NxC, T, _block_rows(db_NxC.shape[0]))[1]
+  return top_k_search(q_QxC, db_NxC, T)[1]
 
 
 def _weights(s, alpha):

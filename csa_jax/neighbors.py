@@ -8,17 +8,16 @@ descriptors' content hash, K and L, and reused while the key and the file's chec
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from csa_jax.data_io import say
 from csa_jax.fileio import save_npz
+from csa_jax.search import top_k_search
 
 # Bumped whenever the definition of the lists changes, so old caches are recomputed, not reused.
 CACHE_VERSION = "nbrs-v1"
@@ -41,26 +40,6 @@ def content_hash(feats_NxC: np.ndarray) -> str:
   return h.hexdigest()
 
 
-@functools.partial(jax.jit, static_argnames="m")
-def _block_top_m(q_BxC, feats_NxC, start, m):
-  s_BxN = jnp.einsum("bc,nc->bn", q_BxC, feats_NxC, precision="highest",
-                     preferred_element_type=jnp.float32)
-  b = q_BxC.shape[0]
-  # +inf on the diagonal puts i first even when an exact duplicate scores the same 1.0; padded
-  # rows (start + r >= N) fall off the end and are dropped by the scatter.
-  s_BxN = s_BxN.at[jnp.arange(b), start + jnp.arange(b)].set(jnp.inf, mode="drop")
-  return jax.lax.top_k(s_BxN, m)[1]  # ties: lower index first
-
-
-def _search_fn():
-  """The first-stage search of csa_jax.search when it is installed, else None."""
-  try:
-    from csa_jax.search import top_k_search  # noqa: PLC0415  (optional sibling module)
-  except ImportError:
-    return None
-  return top_k_search
-
-
 def ensure_self_first(nbrs_NxM: np.ndarray) -> np.ndarray:
   """Moves i to column 0 of row i (keeping the others' order); inserts it if it is missing."""
   nbrs = np.array(nbrs_NxM, np.int32, copy=True)
@@ -73,13 +52,12 @@ def ensure_self_first(nbrs_NxM: np.ndarray) -> np.ndarray:
   return nbrs
 
 
-def top_neighbors(feats_NxC, M: int, block: int | None = None, use_search: bool = True,
+def top_neighbors(feats_NxC, M: int, block: int | None = None,
                   progress: bool = True) -> np.ndarray:
   """int32 (N, M): each image's top-M images of the same set, itself first.
 
   Computed on the default device, ``block`` query rows at a time (default: 256 MiB of scores),
-  through ``csa_jax.search.top_k_search`` when available (``use_search``), else a jitted
-  matmul + ``lax.top_k`` per block.
+  through ``csa_jax.search.top_k_search`` (ties: lower index first).
   """
   global COMPUTE_COUNT
   COMPUTE_COUNT += 1
@@ -88,19 +66,13 @@ def top_neighbors(feats_NxC, M: int, block: int | None = None, use_search: bool 
   if not 1 <= M <= n:
     raise ValueError(f"top_neighbors: M={M} must be in [1, N={n}]")
   block = block or int(np.clip(_BLOCK_BYTES // (4 * n), 1, 4096))
-  search = _search_fn() if use_search else None
   feats_dev = jax.device_put(feats)
   out = np.empty((n, M), np.int32)
   t0 = last = time.time()
   for start in range(0, n, block):
     stop = min(start + block, n)
-    if search is not None:
-      _, idx = search(feats_dev[start:stop], feats_dev, M)
-      out[start:stop] = np.asarray(idx)
-    else:
-      q = np.zeros((block, feats.shape[1]), np.float32)  # fixed shape: one compilation
-      q[:stop - start] = feats[start:stop]
-      out[start:stop] = np.asarray(_block_top_m(q, feats_dev, start, M))[:stop - start]
+    _, idx = top_k_search(feats_dev[start:stop], feats_dev, M)
+    out[start:stop] = np.asarray(idx)
     now = time.time()
     if progress and (now - last > 5 or stop == n) and n > block:
       rate = stop / max(now - t0, 1e-9)

@@ -20,21 +20,19 @@ def _brute_force(feats, m):
   return np.argsort(-s, axis=1, kind="stable")[:, :m].astype(np.int32)
 
 
-# Own blocked top-k and csa_jax.search's; block 7 does not divide N = 150.
-@pytest.mark.parametrize("use_search,block", [(False, None), (False, 7), (True, None),
-                                              (True, 7)])
-def test_equals_brute_force(use_search, block):
+# Block 7 does not divide N = 150.
+@pytest.mark.parametrize("block", [None, 7])
+def test_equals_brute_force(block):
   feats = _feats(150, 12)
-  got = neighbors.top_neighbors(feats, 20, block=block, use_search=use_search, progress=False)
+  got = neighbors.top_neighbors(feats, 20, block=block, progress=False)
   assert got.dtype == np.int32 and got.shape == (150, 20)
   np.testing.assert_array_equal(got, _brute_force(feats, 20))
 
 
-@pytest.mark.parametrize("use_search", [False, True])
-def test_exact_duplicates_put_self_first(use_search):
+def test_exact_duplicates_put_self_first():
   feats = _feats(40, 8)
   feats[[5, 17, 30]] = feats[11]  # four identical images
-  got = neighbors.top_neighbors(feats, 6, use_search=use_search, progress=False)
+  got = neighbors.top_neighbors(feats, 6, progress=False)
   np.testing.assert_array_equal(got[:, 0], np.arange(40))
   for i in (5, 11, 17, 30):
     assert set(got[i, :4]) == {5, 11, 17, 30}
