@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import sys
 
 from csa_jax.errors import InputError
@@ -33,6 +34,24 @@ def _usage() -> str:
   return "\n".join(lines)
 
 
+class _Format(logging.Formatter):
+  def format(self, record: logging.LogRecord) -> str:
+    level = "" if record.levelno < logging.WARNING else record.levelname.lower() + ": "
+    return f"csa-jax: {level}{record.getMessage()}"
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+  """The library logs to the ``csa_jax`` logger; the CLI shows it on stderr, one line each."""
+  logger = logging.getLogger("csa_jax")
+  if not any(getattr(h, "_csa_cli", False) for h in logger.handlers):
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Format())
+    handler._csa_cli = True
+    logger.addHandler(handler)
+  logger.setLevel(level)
+  logger.propagate = False  # other libraries may configure the root logger differently
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if not argv or argv[0] in ("-h", "--help"):
@@ -42,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
   if name not in COMMANDS or importlib.util.find_spec(COMMANDS[name][0]) is None:
     print(f"csa-jax: unknown command {name!r}\n{_usage()}", file=sys.stderr)
     return 2
-  module = importlib.import_module(COMMANDS[name][0])
+  setup_logging()
   try:
+    module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)
   except InputError as e:
     print(f"csa-jax {name}: error: {e}", file=sys.stderr)

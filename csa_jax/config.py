@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax.numpy as jnp
 
@@ -43,13 +44,22 @@ class ModelConfig:
   dtype: str = "float32"
 
   def __post_init__(self):
-    if self.dim % self.heads:
-      raise ValueError(f"ModelConfig: dim {self.dim} is not divisible by heads {self.heads}")
     if self.dtype not in _DTYPES:
       raise ValueError(f"ModelConfig: dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
     for name in ("anchors", "dim", "depth", "heads", "mlp_ratio"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"ModelConfig: {name} must be >= 1, got {getattr(self, name)}")
+      v = getattr(self, name)
+      if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"ModelConfig: {name} must be an integer >= 1, got {v!r}")
+    if self.dim % self.heads:
+      raise ValueError(f"ModelConfig: dim {self.dim} is not divisible by heads {self.heads}")
+    for name in ("drop", "attn_drop", "drop_path"):
+      v = getattr(self, name)
+      if not (isinstance(v, (int, float)) and 0 <= v < 1):
+        raise ValueError(f"ModelConfig: {name} must be a rate in [0, 1), got {v!r}")
+    # t divides the logits: 0, negative or non-finite values make every loss NaN.
+    t = self.temperature
+    if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+      raise ValueError(f"ModelConfig: temperature must be a finite number > 0, got {t!r}")
 
   @property
   def compute_dtype(self):

@@ -245,10 +245,21 @@ def load_config_file(path: str) -> ConfigDict:
   name = "_csa_config_" + os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise InputError(f"{path}: line {e.lineno}: expected a Python config file, found a syntax "
+                     f"error ({e.msg})") from None
+  except Exception as e:  # a config file is the user's code: any failure is their input's
+    raise InputError(f"{path}: file: expected a config file that runs, found "
+                     f"{type(e).__name__}: {e}") from None
+  if not callable(getattr(module, "get_config", None)):
     raise InputError(f"{path}: get_config: expected a function returning the config, found none")
-  config = module.get_config()
+  try:
+    config = module.get_config()
+  except Exception as e:
+    raise InputError(f"{path}: get_config: expected it to return the config, found "
+                     f"{type(e).__name__}: {e}") from None
   if isinstance(config, dict):
     config = ConfigDict(config)
   if not isinstance(config, ConfigDict):

@@ -76,7 +76,10 @@ def params_from_torch_state_dict(sd: Mapping[str, np.ndarray], heads: int = 12,
   if "topk_proj.weight" not in sd:
     raise InputError(f"{source}: topk_proj.weight: expected a (D, L) array, found no such key "
                      f"(keys: {sorted(sd)[:5]}...)")
-  dim, anchors = sd["topk_proj.weight"].shape
+  w = sd["topk_proj.weight"]
+  if w.ndim != 2 or min(w.shape) < 1:
+    raise InputError(f"{source}: topk_proj.weight: expected a (D, L) array, found shape {w.shape}")
+  dim, anchors = w.shape
   depth = 0
   while f"blocks.{depth}.norm1.weight" in sd:
     depth += 1
@@ -86,11 +89,15 @@ def params_from_torch_state_dict(sd: Mapping[str, np.ndarray], heads: int = 12,
   if fc1 is None or fc1.ndim != 2 or fc1.shape[0] % dim:
     raise InputError(f"{source}: blocks.0.mlp.fc1.weight: expected (r*{dim}, {dim}), found "
                      f"{None if fc1 is None else fc1.shape}")
-  if dim % heads:
+  if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1 or dim % heads:
     raise InputError(f"{source}: heads: expected a divisor of D={dim}, found {heads}")
-  cfg = ModelConfig(anchors=int(anchors), dim=int(dim), depth=depth, heads=heads,
-                    mlp_ratio=int(fc1.shape[0] // dim),
-                    qkv_bias="blocks.0.attn.qkv.bias" in sd, **cfg_overrides)
+  try:
+    cfg = ModelConfig(anchors=int(anchors), dim=int(dim), depth=depth, heads=heads,
+                      mlp_ratio=int(fc1.shape[0] // dim),
+                      qkv_bias="blocks.0.attn.qkv.bias" in sd, **cfg_overrides)
+  except (TypeError, ValueError) as e:
+    raise InputError(f"{source}: model_config: expected valid ModelConfig fields, found {e}") \
+        from None
   expected = _expected_shapes(cfg)
   extra = sorted(set(sd) - set(expected))
   if extra:
@@ -106,6 +113,9 @@ def params_from_torch_state_dict(sd: Mapping[str, np.ndarray], heads: int = 12,
     if not np.issubdtype(arr.dtype, np.floating):
       raise InputError(f"{source}: {name}: expected a floating-point array, found {arr.dtype}")
     arr = np.asarray(arr, np.float32)
+    if not np.isfinite(arr).all():  # after the cast: float64 1e300 becomes inf here
+      raise InputError(f"{source}: {name}: expected finite parameters, found "
+                       f"{int((~np.isfinite(arr)).sum())} NaN/inf values")
     node = params
     for p in path[:-1]:
       node = node.setdefault(p, {})
@@ -124,5 +134,8 @@ def params_to_torch_state_dict(params) -> dict[str, np.ndarray]:
     for p in path:
       node = node[p]
     arr = np.asarray(node, np.float32)
+    if not np.isfinite(arr).all():
+      raise ValueError(f"params_to_torch_state_dict: {name} holds NaN/inf; a model with "
+                       "non-finite parameters is never written")
     sd[name] = np.ascontiguousarray(arr.T if transpose else arr)
   return sd

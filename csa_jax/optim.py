@@ -67,22 +67,26 @@ class SkipState(NamedTuple):
 
 
 def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
-  """Drops an update whose gradient (or ``loss=`` extra argument) is not finite.
+  """Drops an update whose gradient, ``loss=`` extra argument or result is not finite.
 
   A skipped update returns zeros and leaves the inner state (momentum, schedule count) bitwise
   unchanged, like the original's ``continue`` on a non-finite loss; unlike
   ``optax.apply_if_finite`` it never gives up and accepts a bad step, and it also checks the loss
-  (a finite gradient of a +inf loss must not be applied either).
+  (a finite gradient of a +inf loss must not be applied either), and, given ``params``, the
+  parameters the update would produce: no step ever writes NaN/inf into the model.
   """
   def init(params):
     return SkipState(jnp.zeros([], jnp.int32), jnp.array(True), inner.init(params))
 
   def update(updates, state, params=None, *, loss=None, **extra):
     del extra
-    ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(u)) for u in jax.tree.leaves(updates)]))
+    ok = _all_finite(updates)
     if loss is not None:
       ok = ok & jnp.isfinite(loss)
     new_updates, new_inner = inner.update(updates, state.inner_state, params)
+    if params is not None:
+      # A finite gradient times a huge learning rate can still overflow the parameters.
+      ok = ok & _all_finite(optax.apply_updates(params, new_updates))
     pick = lambda new, old: jnp.where(ok, new, old)
     new_inner = jax.tree.map(pick, new_inner, state.inner_state)
     new_updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), new_updates)
@@ -91,13 +95,17 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
   return optax.GradientTransformationExtraArgs(init, update)
 
 
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def make_optimizer(*, base_lr: float, warmup_lr: float, final_lr: float, warmup_steps: int,
                    total_steps: int, momentum: float = 0.9, weight_decay: float = 1e-6,
                    clip_norm: float = 0.0) -> optax.GradientTransformationExtraArgs:
   """SGD of the original recipe; ``tx.update(grads, state, params, loss=loss)``.
 
   clip_norm > 0 clips the global gradient norm first (off in the original scripts). The state is
-  ``SkipState``; ``current_lr(state, schedule)`` and ``skipped_count(state)`` read it.
+  ``SkipState``; ``optimizer_steps(state)`` and ``skipped_count(state)`` read it.
   """
   schedule = warmup_cosine(warmup_lr, base_lr, final_lr, warmup_steps, total_steps)
   parts = []

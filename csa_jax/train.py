@@ -19,16 +19,16 @@ import time
 import jax
 import numpy as np
 
-from csa_jax import configlib, export, metrics, optim, pipeline
+from csa_jax import export, metrics, optim, pipeline
 from csa_jax import train_step as ts
 from csa_jax.checkpoint import Checkpointer
 from csa_jax.config import ModelConfig
 from csa_jax.errors import InputError
-from csa_jax.fileio import atomic_path, write_json
+from csa_jax.fileio import atomic_path, remove_stale_temps, write_json
+from csa_jax.train_checks import (check_outcome, check_resume_config, check_workdir,
+                                  saved_config, validate_config, workdir_lock)
 
 CONFIG_NAME = "config.json"
-# Keys that may change between a run and its resume without changing what is computed.
-RESUMABLE_CHANGES = ("checkpoint.", "log.", "eval.", "data.root", "data.cache_dir")
 PLOT_EVERY_S = 60.0  # redraw the curves at checkpoints at most this often (and at the end)
 
 
@@ -79,23 +79,6 @@ def load_train_data(config, workdir: str) -> pipeline.TrainSet:
                                  K=d.K, L=config.model.anchors, cache_dir=cache, split=d.split)
 
 
-def _check_resume_config(saved: dict, config, path: str) -> None:
-  now = config.to_dict()
-
-  def walk(a, b, prefix=""):
-    for k in sorted(set(a) | set(b)):
-      key = prefix + k
-      if any(key.startswith(p) for p in RESUMABLE_CHANGES):
-        continue
-      va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
-      if isinstance(va, dict) and isinstance(vb, dict):
-        walk(va, vb, key + ".")
-      elif va != vb:
-        raise InputError(f"{path}: {key}: expected the resumed run's value {va!r}, found "
-                         f"{vb!r} (start a new workdir to change it)")
-  walk(saved, now)
-
-
 def _save_pth(path: str, params, epoch: int) -> bool:
   try:
     import torch
@@ -109,36 +92,63 @@ def _save_pth(path: str, params, epoch: int) -> bool:
   return True
 
 
-def train(config, workdir: str, resume: bool = False, train_set=None,
-          progress: bool = True) -> TrainResult:
+def train(config, workdir: str, resume: bool = False, train_set=None, progress: bool = True,
+          allow_config_change: bool = False) -> TrainResult:
   """Trains CSA as ``config`` says, in ``workdir``; returns the final parameters.
 
-  resume: continue from the latest checkpoint in ``workdir`` (from scratch if there is none);
-  without it a workdir that already holds checkpoints is an error. train_set: a ready
-  ``pipeline.TrainSet`` instead of ``config.data`` (library use).
+  Args:
+    config: a training config (``configs/*.py``); every value is checked before any work.
+    workdir: checkpoints, metrics, plots and the final model; locked while the run lasts.
+    resume: continue from the latest intact checkpoint in ``workdir`` (from scratch if there is
+      none); without it a workdir that already holds checkpoints is an error.
+    train_set: a ready ``pipeline.TrainSet`` instead of ``config.data`` (library use).
+    progress: a progress line (steps, ETA, throughput) on stderr.
+    allow_config_change: let ``resume`` go on with hyper-parameters other than the saved run's
+      (never the model's shape, the batch or the seed).
+
+  Returns:
+    A ``TrainResult``. A run that never applied an update, whose last epoch skipped every step
+    (diverged), or whose parameters are not finite raises ``InputError`` and exports nothing.
   """
-  workdir = os.path.abspath(workdir)
-  lead = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  validate_config(config, check_data=train_set is None)
   model_cfg = model_config(config)
-  tc = config.train
+  workdir = check_workdir(workdir)
+  lead = jax.process_index() == 0
   mesh = ts.make_mesh()
-  ts.check_batch(tc.global_batch, mesh)
-  if tc.global_batch % jax.process_count():
+  ts.check_batch(config.train.global_batch, mesh)
+  if config.train.global_batch % jax.process_count():
     raise InputError(f"config: train.global_batch: expected a multiple of the "
-                     f"{jax.process_count()} processes, found {tc.global_batch}")
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
+                     f"{jax.process_count()} processes, found {config.train.global_batch}")
+  with workdir_lock(workdir, enabled=lead):
+    if lead:
+      remove_stale_temps(workdir)  # left by a run killed while writing its outputs
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
+    try:
+      return _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
+                    allow_config_change)
+    finally:
+      ckpt.close()  # before any error reaches the CLI: orbax threads must not outlive it
+
+
+def _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
+           allow_config_change) -> TrainResult:
+  lead = jax.process_index() == 0
+  tc = config.train
   latest = ckpt.latest_step()
   cfg_path = os.path.join(workdir, CONFIG_NAME)
   if latest is not None and not resume:
     raise InputError(f"{workdir}: checkpoints: expected a fresh workdir (or --resume), found a "
                      f"run at step {latest}")
-  if resume and os.path.exists(cfg_path):
-    with open(cfg_path) as f:
-      _check_resume_config(json.load(f), config, cfg_path)
+  if resume and latest is not None:
+    saved, source = saved_config(ckpt, latest, cfg_path)
+    if saved is not None:
+      check_resume_config(saved, config, source, allow_config_change)
 
   data = train_set if train_set is not None else load_train_data(config, workdir)
   n = data.num_samples
+  if max(config.data.K, model_cfg.anchors) > n:
+    raise InputError(f"config: data.K: expected at most the {n} training samples (and "
+                     f"model.anchors too), found K={config.data.K}, anchors={model_cfg.anchors}")
   spe = pipeline.steps_per_epoch(n, tc.global_batch)
   if spe < 1:
     raise InputError(f"config: train.global_batch: expected at most the {n} training samples, "
@@ -148,13 +158,15 @@ def train(config, workdir: str, resume: bool = False, train_set=None,
   schedule = optim.schedule_from_config(tc, spe)
   init_key, rng = jax.random.split(jax.random.key(tc.seed))
   state = ts.init_state(model_cfg, tx, init_key, mesh)
+  epoch_start_skipped = 0
   if resume and latest is not None:
-    state, rng, meta = ckpt.restore(state, latest)
+    state, rng, meta = ckpt.restore(state)
     if (meta.get("num_samples"), meta.get("steps_per_epoch")) != (n, spe):
       raise InputError(f"{ckpt.directory}: num_samples: expected the resumed run's "
                        f"{meta.get('num_samples')} training samples, found {n} (the data "
                        "changed; start a new workdir)")
-  if lead and not (resume and os.path.exists(cfg_path)):
+    epoch_start_skipped = meta.get("skipped_at_epoch_start", 0)
+  if lead and not (resume and os.path.exists(cfg_path) and not allow_config_change):
     write_json(cfg_path, config.to_dict())
   start = int(jax.device_get(state.step))
 
@@ -177,6 +189,8 @@ def train(config, workdir: str, resume: bool = False, train_set=None,
     epoch, i = divmod(step, spe)
     if order_epoch != epoch:
       order, order_epoch = pipeline.epoch_order(n, tc.seed, epoch), epoch
+    if i == 0:
+      epoch_start_skipped = int(jax.device_get(state.opt_state.skipped))
     local = pipeline.batch_indices(order, i, tc.global_batch, jax.process_index(),
                                    jax.process_count())
     idx = ts.global_batch_array(local, mesh, tc.global_batch)
@@ -208,7 +222,9 @@ def train(config, workdir: str, resume: bool = False, train_set=None,
       t0 = time.perf_counter()
       ckpt.save(done, state, rng, {"step": done, "epoch": done // spe,
                                    "step_in_epoch": done % spe, "seed": tc.seed,
-                                   "steps_per_epoch": spe, "num_samples": n})
+                                   "steps_per_epoch": spe, "num_samples": n,
+                                   "skipped_at_epoch_start": epoch_start_skipped,
+                                   "config": config.to_dict()})
       if lead and time.perf_counter() - t_plot > PLOT_EVERY_S:
         metrics.plot_curves(log.path, os.path.join(workdir, metrics.PLOT_NAME))
         t_plot = time.perf_counter()
@@ -221,14 +237,15 @@ def train(config, workdir: str, resume: bool = False, train_set=None,
       history.append(rec)
       log.write(rec)
       bar.say(f"eval after epoch {done // spe}: {json.dumps(res)}")
-  ckpt.close()
 
   params = jax.device_get(state.params)
   skipped = int(jax.device_get(state.opt_state.skipped))
   if lead:
+    metrics.plot_curves(log.path, os.path.join(workdir, metrics.PLOT_NAME))
+  check_outcome(params, skipped, skipped - epoch_start_skipped, total, spe)
+  if lead:
     export.save_export(os.path.join(workdir, export.EXPORT_NAME), params, model_cfg)
     has_pth = _save_pth(os.path.join(workdir, "state_dict.pth"), params, tc.epochs)
-    metrics.plot_curves(log.path, os.path.join(workdir, metrics.PLOT_NAME))
     bar.say(f"train: done at step {total} ({skipped} skipped); wrote "
             f"{os.path.join(workdir, export.EXPORT_NAME)}" + (" and state_dict.pth" if has_pth
                                                                else ""))

@@ -53,6 +53,9 @@ def main(argv: list[str]) -> int:
   p.add_argument("--workdir", required=True, help="checkpoints, metrics, plots, final model")
   p.add_argument("--resume", action="store_true",
                  help="continue from the latest checkpoint in --workdir")
+  p.add_argument("--allow-config-change", action="store_true",
+                 help="with --resume: go on with hyper-parameters that differ from the saved "
+                 "run's (each change is reported; the model's shape, batch and seed never change)")
   p.add_argument("--coordinator_address", default=None, help="HOST:PORT of process 0")
   p.add_argument("--num_processes", type=int, default=None)
   p.add_argument("--process_id", type=int, default=None)
@@ -68,7 +71,10 @@ def main(argv: list[str]) -> int:
                    auto=args.distributed)
 
   from csa_jax.train import train
-  result = train(config, args.workdir, resume=args.resume, progress=args.progress)
+  if args.allow_config_change and not args.resume:
+    p.error("--allow-config-change only applies with --resume")
+  result = train(config, args.workdir, resume=args.resume, progress=args.progress,
+                 allow_config_change=args.allow_config_change)
   print(f"trained {result.step} steps ({result.skipped} skipped): "
         f"{os.path.join(result.workdir, 'state_dict.npz')}", file=sys.stderr)
   return 0

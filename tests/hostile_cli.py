@@ -1,0 +1,85 @@
+"""Runs ``csa-jax`` in a subprocess the way an attacker or a clumsy user would meet it.
+
+Each case runs in its own process under an address-space limit and a timeout, so a crafted file
+that would exhaust memory, loop for minutes or crash the interpreter fails the case instead of
+the test session. ``expect_input_error`` is the contract of every bad input: exit code 2, one
+``csa-jax <command>: error: ...`` line naming what is wrong, no traceback, no signal death.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+
+MEM_LIMIT_MB = 3072  # far above what any case legitimately needs (the tiny models use < 1 GB)
+TIMEOUT_S = 120
+
+
+@dataclasses.dataclass
+class CliResult:
+  args: list
+  returncode: int
+  stdout: str
+  stderr: str
+
+  def __str__(self) -> str:
+    return (f"csa-jax {' '.join(map(str, self.args))}\nexit {self.returncode}\n"
+            f"--- stderr (tail) ---\n{self.stderr[-3000:]}")
+
+
+def _limits(mem_mb: int):
+  def apply():
+    lim = mem_mb * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+  return apply
+
+
+def run_cli(args, cwd, *, mem_mb: int = MEM_LIMIT_MB, timeout: float = TIMEOUT_S,
+            env: dict | None = None) -> CliResult:
+  """``python -m csa_jax.cli *args`` in ``cwd`` under a memory limit and a timeout."""
+  e = dict(os.environ)
+  e.pop("XLA_FLAGS", None)  # one CPU device: the cases test input handling, not sharding
+  e.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **(env or {}))
+  args = [str(a) for a in args]
+  try:
+    p = subprocess.run([sys.executable, "-m", "csa_jax.cli", *args], cwd=str(cwd), env=e,
+                       capture_output=True, text=True, timeout=timeout,
+                       preexec_fn=_limits(mem_mb), stdin=subprocess.DEVNULL)
+  except subprocess.TimeoutExpired as ex:
+    raise AssertionError(f"csa-jax {' '.join(args)}: still running after {timeout} s\n"
+                         f"{(ex.stderr or b'')[-2000:]!r}") from None
+  return CliResult(args, p.returncode, p.stdout, p.stderr)
+
+
+def expect_input_error(res: CliResult, *needles: str) -> str:
+  """Asserts the one-line error contract; returns the error line.
+
+  needles: substrings the error line must contain (the file, the field, ...).
+  """
+  assert res.returncode >= 0, f"killed by signal {-res.returncode}\n{res}"
+  assert "Traceback" not in res.stderr, f"traceback\n{res}"
+  assert res.returncode == 2, f"expected exit 2\n{res}"
+  errors = [l for l in res.stderr.splitlines() if ": error: " in l]
+  assert len(errors) == 1, f"expected exactly one error line\n{res}"
+  line = errors[0]
+  assert line.startswith(f"csa-jax {res.args[0]}: error: "), f"malformed error line\n{res}"
+  last = [l for l in res.stderr.splitlines() if l.strip()][-1]
+  assert last == line, f"the error must be the last thing said\n{res}"
+  for n in needles:
+    assert n in line, f"error line lacks {n!r}: {line}\n{res}"
+  return line
+
+
+def expect_ok(res: CliResult) -> None:
+  assert res.returncode == 0, f"expected exit 0\n{res}"
+  assert "Traceback" not in res.stderr, f"traceback\n{res}"
+
+
+def leftover_temp_files(root) -> list[str]:
+  """Temporary files of an atomic write (``.<name>.*.tmp``) anywhere under ``root``."""
+  return sorted(str(p) for p in pathlib.Path(root).rglob(".*.tmp"))
