@@ -26,7 +26,7 @@ from csa_jax import bench_race as br
 from csa_jax.affinity import training_affinity
 from csa_jax.config import ModelConfig
 from csa_jax.errors import fail
-from csa_jax.fileio import write_json
+from csa_jax.fileio import check_output_path, write_json
 
 SCHEMA = "csa_jax.bench/1"
 
@@ -92,6 +92,7 @@ def parse_args(argv):
 
 def run(args, argv=()) -> dict:
   """Runs the whole benchmark; returns the results dict (also written to ``args.out``)."""
+  check_output_path(args.out)  # before minutes of benchmarking, not after
   accel = jax.default_backend() != "cpu"
   batches = args.batches or ([1, 8, 64] if accel else [1, 8])
   repeats = args.repeats if args.repeats is not None else (10 if accel else 3)

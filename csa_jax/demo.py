@@ -21,7 +21,7 @@ import jax
 from csa_jax import data_io, evaluate, pipeline, synthetic
 from csa_jax.configlib import ConfigDict
 from csa_jax.errors import fail
-from csa_jax.fileio import write_json
+from csa_jax.fileio import check_output_path, write_json
 from csa_jax.reranking import csa_rerank
 from csa_jax.search import top_k_search
 
@@ -61,6 +61,9 @@ def demo_config(root: str, K: int = 64, anchors: int = 64, dim: int = 64, heads:
 
 
 def _prepare_out(out: str) -> None:
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise fail(out, "--out", "a new or empty directory", "a file")
+  check_output_path(os.path.join(out, MARKER), "--out")
   if os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, MARKER)):
     raise fail(out, "--out", "a new or empty directory (or one a previous demo wrote)",
                f"a directory holding {len(os.listdir(out))} other entries")

@@ -27,6 +27,7 @@ import time
 
 from csa_jax import configlib, demo
 from csa_jax.errors import InputError
+from csa_jax.fileio import check_output_path
 from csa_jax.experiments_common import Bench, Context, check_positive, finish, write_synthetic
 
 EXPERIMENTS = ("ablation", "seeds", "cross-feature", "kl-sweep", "heldout-val", "baselines")
@@ -88,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
 def make_context(a, config_path, overrides) -> Context:
   """The study's Context from parsed arguments (writes the synthetic benchmark when needed)."""
   out = os.path.abspath(a.out)
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise InputError(f"{out}: --out: expected a directory for the study's outputs, found a file")
+  check_output_path(os.path.join(out, "study.json"), "--out")
   if a.data:
     features = _csv(a.features)
     datasets = _csv(a.datasets) or ["roxford5k", "rparis6k"]

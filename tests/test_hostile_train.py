@@ -265,3 +265,17 @@ def test_stale_temp_files_are_removed_and_outputs_follow_the_umask(tmp_path, env
   assert leftover_temp_files(w) == []
   for name in ("state_dict.npz", "config.json", "metrics.jsonl"):
     assert os.stat(w / name).st_mode & 0o777 == 0o664, name
+
+
+@pytest.mark.parametrize("args", [
+    ["demo", "--out", "{f}"],
+    ["demo", "--out", "{f}/sub"],
+    ["bench", "--no-torch", "--out", "{f}/bench.json"],
+    ["experiment", "seeds", "--out", "{f}"],
+])
+def test_outputs_under_a_file_are_refused_before_any_work(tmp_path, env, args):
+  f = tmp_path / "a_file"
+  f.write_text("x")
+  res = run_cli([a.format(f=f) for a in args], cwd=tmp_path, env=env, timeout=60)
+  expect_input_error(res, "--out", "a_file")
+  assert f.read_text() == "x"
