@@ -7,13 +7,15 @@ A file's kind is told by its content: a gnd file or the rSfM120k annotations bec
 of descriptor arrays .npz, a bare array (R1M) .npy. Descriptors are written as validated:
 float32, (n, C), L2-normalised, so a converted R1M file is memory-mapped by every reader.
 ``--gnd`` / ``--annotations`` cross-check counts. With ``--root`` every pickle of a SPEC section 6
-tree is converted, features checked against their annotations. Everything is read and validated
-before anything is written, and each output is written atomically: a bad input leaves no output.
+tree is converted, features checked against their annotations. Everything is read and validated,
+and every output path checked, before anything is written; outputs are renamed into place only
+once all are complete: a bad input or a failed write leaves no output and no temporary file.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import os
 
@@ -21,7 +23,8 @@ import numpy as np
 
 from csa_jax import data_io
 from csa_jax.errors import fail
-from csa_jax.fileio import save_npy, save_npz, write_json
+from csa_jax.fileio import (atomic_path, check_output_path, save_npy, save_npz,
+                            write_json)
 
 
 def _kind(obj, source: str) -> str:
@@ -38,13 +41,9 @@ def _kind(obj, source: str) -> str:
              "a descriptor array", data_io.describe(obj))
 
 
-def _gnd_json(obj, gnd: list[dict]) -> dict:
+def _gnd_json(obj, gnd: list[dict], src: str) -> dict:
   entries = [{k: v.tolist() for k, v in g.items()} for g in gnd]
-  out = {"gnd": entries}
-  for k in ("imlist", "qimlist"):
-    if obj.get(k) is not None:
-      out[k] = [str(s) for s in obj[k]]
-  return out
+  return {"gnd": entries, **data_io.gnd_names(obj, src)}
 
 
 def _annotations_json(ann: dict) -> dict:
@@ -58,7 +57,7 @@ def convert(src: str, gnd: str | None = None, annotations: str | None = None):
   kind = _kind(obj, src)
   if kind == "gnd":
     parsed = data_io.parse_gnd(obj, src)
-    doc = _gnd_json(obj, parsed)
+    doc = _gnd_json(obj, parsed, src)
     return ".json", lambda p: write_json(p, doc)
   if kind == "annotations":
     doc = _annotations_json(data_io.load_annotations(src))
@@ -130,9 +129,17 @@ def main(argv: list[str]) -> int:
     ap.error("give either one SRC file or --root DIR")
 
   if args.src is not None:
+    if args.out_root is not None:
+      raise fail("command line", "--out-root", "--root DIR (with one SRC, use --out)",
+                 f"--out-root {args.out_root}")
+    if args.out is not None:
+      check_output_path(args.out, "--out")  # before reading anything
     jobs = [(args.src, {"gnd": args.gnd, "annotations": args.annotations})]
     bases = [None]
   else:
+    if args.out is not None:
+      raise fail("command line", "--out", "--out-root DIR (with --root, --out names one file)",
+                 f"--out {args.out}")
     jobs = _tree_jobs(args.root)
     if not jobs:
       raise fail(args.root, "root", "a data tree with annotations/, train/ or test/ pickles",
@@ -142,18 +149,26 @@ def main(argv: list[str]) -> int:
 
   # Validate everything first: one bad file means nothing is written. A tree is read twice
   # rather than held in memory whole (R1M alone is 8 GB).
-  ready = []
-  for src, kw in jobs:
-    ready.append(convert(src, **kw))
+  ready, dsts = [], []
+  for (src, kw), base in zip(jobs, bases):
+    suffix, write = convert(src, **kw)
     data_io.say(f"{src}: valid")
-    if len(jobs) > 1:
-      ready[-1] = None
-  for (src, kw), base, done in zip(jobs, bases, ready):
-    suffix, write = done or convert(src, **kw)
-    if base is None:
-      dst = args.out or _strip(src) + suffix
-    else:
-      dst = base + suffix
-    write(dst)
+    dst = (args.out or _strip(src) + suffix) if base is None else base + suffix
+    check_output_path(dst, "--out" if base is None else "--out-root")
+    dsts.append(dst)
+    ready.append(write if len(jobs) == 1 else None)
+    del write  # in a tree, never two files' arrays in memory at once
+  # Every output goes to its temporary file first and all are renamed only once every one is
+  # complete: a failure while writing leaves no output and no temporary file.
+  dst = dsts[0]
+  try:
+    with contextlib.ExitStack() as stack:
+      for (src, kw), dst, write in zip(jobs, dsts, ready):
+        tmp = stack.enter_context(atomic_path(dst))
+        (write or convert(src, **kw)[1])(tmp)
+  except OSError as e:
+    raise fail(dst, "--out" if args.src else "--out-root", "a writable output file",
+               e.strerror or type(e).__name__) from None
+  for dst in dsts:
     print(f"wrote {dst}")
   return 0

@@ -3,8 +3,10 @@
 Every reader accepts the original pickles (through ``safe_pickle``: data only, never code) and
 the same content as ``.npy`` / ``.npz`` / ``.json``; the format is told by the file's first
 bytes, not its name. Everything a reader returns has been checked: descriptors are finite,
-float32, (n, C) and L2-normalised; index lists are integers inside the database. Any problem is an
-``InputError`` whose one line names the file, the field, what was expected and what was found.
+float32, (n, C) and L2-normalised (checked as float32, after the cast and the normalisation: a
+float64 value beyond the float32 range is refused, not turned into inf); index lists are integers
+inside the database; name lists are lists of names. Any problem is an ``InputError`` whose one line
+names the file, the field, what was expected and what was found (the row, for a bad descriptor).
 """
 
 from __future__ import annotations
@@ -12,16 +14,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-import zipfile
 from typing import Any
 
 import numpy as np
 
+from csa_jax import npyio
 from csa_jax.errors import fail
 from csa_jax.safe_pickle import load_data
 
 NORM_TOL = 1e-3  # |norm - 1| above this re-normalises (with a warning)
-_R1M_SAMPLE = 4096  # rows per probe when a memory-mapped file is only spot-checked
+_BLOCK_BYTES = 32 << 20  # float64 working set per block of rows: bounded whatever n is
 
 
 def say(msg: str) -> None:
@@ -63,23 +65,16 @@ def load_container(path, mmap: bool = False) -> Any:
     return load_data(path)
   if fmt == "json":
     try:
-      with open(path) as f:
+      with open(path, encoding="utf-8") as f:
         return json.load(f)
     except (ValueError, UnicodeDecodeError) as e:
       raise fail(path, "file", "a complete JSON document", f"invalid JSON ({e})") from None
-  try:
-    if fmt == "npy":
-      return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    with np.load(path, allow_pickle=False) as z:
-      return {k: z[k] for k in z.files}
-  except ValueError as e:
-    if "allow_pickle" in str(e):
-      raise fail(path, "dtype", "numeric arrays", "an object array (pickled Python objects)") \
-          from None
-    raise fail(path, "file", f"a complete .{fmt} file", f"unreadable ({e})") from None
-  except (OSError, EOFError, zipfile.BadZipFile) as e:
-    raise fail(path, "file", f"a complete .{fmt} file", f"unreadable ({type(e).__name__}: {e})") \
-        from None
+    except RecursionError:
+      raise fail(path, "file", "a JSON document of reasonable nesting depth",
+                 "nesting too deep to parse") from None
+  if fmt == "npy":
+    return npyio.load_npy(path, mmap=mmap)
+  return npyio.load_npz(path)
 
 
 def describe(obj) -> str:
@@ -89,7 +84,8 @@ def describe(obj) -> str:
     return f"a dict with keys {sorted(map(str, obj))[:8]}"
   if isinstance(obj, (list, tuple)):
     return f"a {type(obj).__name__} of {len(obj)} items"
-  return f"a {type(obj).__name__}"
+  name = type(obj).__name__
+  return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
 
 
 def pick(obj, source: str, key: str | None, what: str):
@@ -133,25 +129,24 @@ def as_descriptors(arr, source: str, field: str, n: int | None = None,
 
   Accepts (n, C) or (C, n): decided by the expected count ``n`` when given, else the expected size
   ``dim``, else which axis has unit norm, else the smaller axis is C; the choice goes to stderr.
+  Finiteness is checked on the float32 array as used, so a float64 value beyond the float32 range
+  is refused (naming its row) rather than becoming inf. Norms are taken in float64, so a finite
+  float32 row whose norm exceeds the float32 range (values near 3e38) is still a direction and
+  normalises correctly.
   """
-  if not isinstance(arr, np.ndarray):
-    try:
-      arr = np.asarray(arr)
-    except ValueError:
-      raise fail(source, field, "a 2-D array of descriptors", describe(arr)) from None
-  if arr.dtype.kind != "f":
-    raise fail(source, field, "floating-point descriptors (float16/32/64)",
-               f"dtype {arr.dtype}")
-  if arr.ndim != 2:
-    raise fail(source, field, "a 2-D (n, C) or (C, n) array", f"shape {arr.shape}")
-  if arr.size == 0:
-    raise fail(source, field, "a non-empty array", f"shape {arr.shape}")
-  bad = ~np.isfinite(arr)
-  if bad.any():
-    i, j = np.argwhere(bad)[0]
-    raise fail(source, field, "finite values",
-               f"{int(bad.sum())} NaN/inf (first at stored position [{i}, {j}])")
-  x = arr.astype(np.float32, copy=False)  # R1M is 8 GB: no copy unless needed
+  arr = _float_matrix(arr, source, field)
+  with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values: reported below
+    x = arr.astype(np.float32, copy=False)  # R1M is 8 GB: no copy unless needed
+  bad_rows, bad_cols, n_bad = _nonfinite(x)
+  if n_bad:
+    transpose, _ = _orientation(x.shape, False, False, n, dim)
+    bad = bad_cols if transpose else bad_rows
+    r = int(np.argmax(bad))
+    stored = arr[:, r] if transpose else arr[r]
+    rows = int(bad.sum())
+    raise fail(source, field, "finite values (as float32)",
+               f"{n_bad} NaN/inf values in {rows} row{'s' * (rows != 1)} (first: row {r}: "
+               f"{_nonfinite_kind(stored)})")
   row_norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
   col_norms = np.sqrt(np.einsum("ij,ij->j", x, x, dtype=np.float64))
   rows_unit = bool(np.all(np.abs(row_norms - 1) <= NORM_TOL))
@@ -166,7 +161,7 @@ def as_descriptors(arr, source: str, field: str, n: int | None = None,
     raise fail(source, field, f"descriptor size C={dim} (as the other descriptors)",
                f"C={x.shape[1]} (shape {arr.shape})")
   if not rows_unit:
-    zero = row_norms < 1e-12
+    zero = row_norms == 0  # any other norm is a direction (float64: no underflow)
     if zero.any():
       raise fail(source, field, "non-zero descriptors",
                  f"{int(zero.sum())} all-zero rows (first: row {int(np.argmax(zero))})")
@@ -175,8 +170,71 @@ def as_descriptors(arr, source: str, field: str, n: int | None = None,
   if not rows_unit:
     say(f"warning: {source}: {field}: descriptors are not L2-normalised (norms "
         f"{row_norms.min():.4g}..{row_norms.max():.4g}); re-normalising")
-    x = x / row_norms[:, None].astype(np.float32)  # never in place: x may be the caller's
+    x = _normalised(x, row_norms, source, field)  # never in place: x may be the caller's
   return x
+
+
+def _float_matrix(arr, source: str, field: str) -> np.ndarray:
+  """``arr`` as a non-empty 2-D floating-point ndarray, else the error saying what it is."""
+  if not isinstance(arr, np.ndarray):
+    if not isinstance(arr, (list, tuple)):  # e.g. a dict where an array belongs
+      raise fail(source, field, "a 2-D array of descriptors", describe(arr))
+    try:
+      arr = np.asarray(arr)
+    except (ValueError, TypeError, RecursionError):
+      raise fail(source, field, "a 2-D array of descriptors",
+                 f"{describe(arr)} that is not a rectangular array of numbers") from None
+  if arr.dtype.kind != "f":
+    raise fail(source, field, "floating-point descriptors (float16/32/64)",
+               f"dtype {arr.dtype}")
+  if arr.ndim != 2:
+    raise fail(source, field, "a 2-D (n, C) or (C, n) array", f"shape {arr.shape}")
+  if arr.size == 0:
+    raise fail(source, field, "a non-empty array", f"shape {arr.shape}")
+  return arr
+
+
+def _row_blocks(n: int, c: int):
+  """[a, b) ranges of rows whose float64 copies stay within ``_BLOCK_BYTES``."""
+  step = max(1, _BLOCK_BYTES // (8 * max(c, 1)))
+  return ((a, min(n, a + step)) for a in range(0, n, step))
+
+
+def _nonfinite(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+  """(rows with a NaN/inf, columns with one, how many values), a block of rows at a time."""
+  bad_rows = np.zeros(x.shape[0], bool)
+  bad_cols = np.zeros(x.shape[1], bool)
+  count = 0
+  for a, b in _row_blocks(*x.shape):
+    bad = ~np.isfinite(x[a:b])
+    if bad.any():
+      bad_rows[a:b] = bad.any(axis=1)
+      bad_cols |= bad.any(axis=0)
+      count += int(bad.sum())
+  return bad_rows, bad_cols, count
+
+
+def _nonfinite_kind(stored_row: np.ndarray) -> str:
+  """Why a row is not finite as float32: NaN, inf, or a stored value beyond the float32 range."""
+  with np.errstate(over="ignore", invalid="ignore"):
+    if np.isnan(stored_row).any():
+      return "NaN"
+    if np.isinf(stored_row).any():
+      return "inf"
+    big = float(np.max(np.abs(stored_row.astype(np.float64))))
+  return f"{big:.3g} is beyond the float32 range +-3.4e38"
+
+
+def _normalised(x: np.ndarray, norms: np.ndarray, source: str, field: str) -> np.ndarray:
+  """x / norms in float64 (no overflow for values near the float32 maximum), as float32."""
+  out = np.empty(x.shape, np.float32)
+  for a, b in _row_blocks(*x.shape):
+    out[a:b] = x[a:b] / norms[a:b, None]
+    ok = np.isfinite(out[a:b]).all(axis=1)
+    if not ok.all():  # cannot happen for finite rows of non-zero norm; never pass one on
+      raise fail(source, field, "finite values after L2 normalisation",
+                 f"NaN/inf in row {a + int(np.argmin(ok))}")
+  return out
 
 
 def load_descriptors(path, key: str | None = None, *, n: int | None = None,
@@ -192,30 +250,76 @@ def load_descriptors(path, key: str | None = None, *, n: int | None = None,
 
 
 def load_r1m(path, dim: int | None = None):
-  """R1M distractors (n, C). A float32 (n, C) .npy is memory-mapped (never read whole into RAM) and
-  spot-checked on a few thousand rows; anything else is read and fully validated in RAM."""
+  """R1M distractors (n, C), every row checked.
+
+  A native float32 (n, C) .npy is memory-mapped, never read whole into RAM: it is scanned a block
+  of rows at a time through one reused buffer (finite and unit-norm rows), then returned as a
+  read-only memmap. Anything else (a pickle, (C, n), float64, rows to re-normalise) is read and
+  validated in RAM like any descriptors.
+
+  Args:
+    path: the file.
+    dim: the test set's descriptor size C, which the distractors must share.
+  """
   path = os.fspath(path)
   if file_format(path) == "npy":
     mm = load_container(path, mmap=True)
-    if (mm.dtype == np.float32 and mm.ndim == 2 and mm.shape[0] > mm.shape[1] > 0
-        and mm.flags.c_contiguous and (dim is None or mm.shape[1] == dim)):
-      rng = np.random.default_rng(0)
-      rows = np.unique(np.concatenate([
-          np.arange(min(_R1M_SAMPLE, len(mm))), np.arange(max(0, len(mm) - _R1M_SAMPLE), len(mm)),
-          rng.integers(0, len(mm), _R1M_SAMPLE)]))
-      sample = np.asarray(mm[rows])
-      if not np.isfinite(sample).all():
-        raise fail(path, "r1m", "finite values", "NaN/inf in the checked rows")
-      norms = np.linalg.norm(sample, axis=1)
-      if np.all(np.abs(norms - 1) <= NORM_TOL):
-        say(f"{path}: r1m: found (n, C) = {mm.shape}; memory-mapped, {len(rows)} rows checked")
+    if mm.ndim == 2 and dim is not None and dim not in mm.shape:  # from the header alone
+      raise fail(path, "r1m", f"descriptor size C={dim} (as the test set's descriptors)",
+                 f"shape {mm.shape}")
+    if (isinstance(mm, np.memmap) and mm.dtype == np.dtype(np.float32) and mm.ndim == 2
+        and mm.shape[0] > mm.shape[1] > 0 and mm.flags.c_contiguous
+        and (dim is None or mm.shape[1] == dim)):
+      if scan_rows(path, int(mm.offset), mm.shape, "r1m"):
+        say(f"{path}: r1m: found (n, C) = {mm.shape}; memory-mapped, every row checked")
         return mm
-      say(f"{path}: r1m: sampled rows are not unit-norm; reading the whole file to re-normalise")
+      say(f"{path}: r1m: rows are not unit-norm; reading the whole file to re-normalise")
     else:
       say(f"{path}: r1m: not a float32 (n, C) array (shape {mm.shape}, {mm.dtype}); reading it "
           "into memory (convert it to a float32 (n, C) .npy to memory-map it)")
     del mm
-  return load_descriptors(path, dim=dim)
+  obj = load_container(path)
+  return as_descriptors(pick(obj, path, None, "descriptors"), path, "r1m", dim=dim)
+
+
+def scan_rows(path: str, offset: int, shape: tuple[int, int], field: str,
+              block_rows: int | None = None) -> bool:
+  """Checks every row of a native float32 C-order (n, C) array stored at ``offset`` in ``path``.
+
+  Reads ``block_rows`` rows at a time (default: about ``_BLOCK_BYTES``) into one buffer, so memory
+  stays bounded whatever the file's size, and the page cache, not the process, holds what a later
+  memory map needs.
+
+  Returns:
+    Whether every row has unit L2 norm (within ``NORM_TOL``).
+
+  Raises:
+    InputError: naming the first row holding a NaN or inf.
+  """
+  n, c = shape
+  step = block_rows or max(1, _BLOCK_BYTES // (8 * c))
+  buf = np.empty((min(step, n), c), np.float32)
+  unit = True
+  with open(path, "rb") as f:
+    f.seek(offset)
+    for a in range(0, n, step):
+      blk = buf[:min(step, n - a)]
+      view, got = memoryview(blk).cast("B"), 0
+      while got < len(view):
+        k = f.readinto(view[got:])
+        if not k:
+          break
+        got += k
+      if got != len(view):  # the file shrank since its header was checked
+        raise fail(path, field, f"{n} rows of {c} float32", f"the file ends at row {a}")
+      ok = np.isfinite(blk).all(axis=1)
+      if not ok.all():
+        raise fail(path, field, "finite values",
+                   f"NaN/inf in row {a + int(np.argmin(ok))} (of {n})")
+      if unit:
+        norms = np.sqrt(np.einsum("ij,ij->i", blk, blk, dtype=np.float64))
+        unit = bool(np.all(np.abs(norms - 1) <= NORM_TOL))
+  return unit
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,19 +328,24 @@ def load_r1m(path, dim: int | None = None):
 
 def as_indices(v, source: str, field: str, n: int | None = None) -> np.ndarray:
   """A 1-D int64 array of 0-based indices, inside [0, n) when n is known."""
+  if isinstance(v, (str, bytes, dict)):
+    raise fail(source, field, "a flat list of integer indices", describe(v))
   try:
     a = np.asarray(v)
-  except ValueError:
+  except (ValueError, TypeError, RecursionError):
     raise fail(source, field, "a flat list of integer indices", describe(v)) from None
   if a.size == 0:
     return np.zeros((0,), np.int64)
   if a.ndim != 1:
     raise fail(source, field, "a flat list of integer indices", f"shape {a.shape}")
-  if a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.round(a)):
+  if (a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.round(a))
+      and np.all(np.abs(a) < 2.0**62)):
     a = a.astype(np.int64)  # JSON / MATLAB-converted lists sometimes store 3.0
   if a.dtype.kind not in "iu":
     first = a.ravel()[:1].tolist()[0]
-    raise fail(source, field, "integer indices", f"dtype {a.dtype} (e.g. {first!r})")
+    raise fail(source, field, "integer indices", f"dtype {a.dtype} (e.g. {first!r:.40})")
+  if a.dtype.kind == "u" and a.max() > np.iinfo(np.int64).max:
+    raise fail(source, field, "indices that fit int64", f"{int(a.max())}")
   a = a.astype(np.int64)
   if n is not None and (a.min() < 0 or a.max() >= n):
     bad = a[(a < 0) | (a >= n)]
@@ -244,6 +353,44 @@ def as_indices(v, source: str, field: str, n: int | None = None) -> np.ndarray:
                f"{bad.size} out of range (e.g. {int(bad[0])})")
   if n is None and a.min() < 0:
     raise fail(source, field, "non-negative indices", f"{int(a.min())}")
+  return a
+
+
+def as_names(v, source: str, field: str) -> list[str]:
+  """A flat list of image names or ids ('imlist', 'qimlist', 'cids') as strings."""
+  if isinstance(v, np.ndarray):
+    if v.ndim != 1 or v.dtype.kind not in "USiuO":  # object arrays: each name checked below
+      raise fail(source, field, "a flat list of names", describe(v))
+    v = v.tolist()
+  if not isinstance(v, (list, tuple)):
+    raise fail(source, field, "a list of names", describe(v))
+  out = []
+  for i, s in enumerate(v):
+    if isinstance(s, bytes):
+      s = s.decode("utf-8", "replace")
+    elif isinstance(s, (int, np.integer)) and not isinstance(s, bool):
+      s = str(int(s))  # numeric ids (cids) are names too
+    elif not isinstance(s, str):
+      raise fail(source, f"{field}[{i}]", "a name (text)", describe(s))
+    out.append(str(s))
+  return out
+
+
+def _as_bbx(v, source: str, field: str) -> np.ndarray:
+  """A query's bounding box: 4 finite numbers [x1, y1, x2, y2], float64."""
+  want = "a bounding box of 4 finite numbers [x1, y1, x2, y2]"
+  if isinstance(v, (str, bytes, dict)):
+    raise fail(source, field, want, describe(v))
+  try:
+    a = np.asarray(v)
+  except (ValueError, TypeError, RecursionError):
+    raise fail(source, field, want, f"{describe(v)} that is not a flat list of numbers") \
+        from None
+  if a.dtype.kind not in "iuf" or a.size != 4:
+    raise fail(source, field, want, f"shape {a.shape} of dtype {a.dtype}")
+  a = a.astype(np.float64).reshape(4)
+  if not np.all(np.isfinite(a)):
+    raise fail(source, field, want, f"{a.tolist()}")
   return a
 
 
@@ -256,20 +403,29 @@ def load_gnd(path, n_db: int | None = None) -> list[dict]:
   return parse_gnd(load_container(path), path, n_db)
 
 
+def gnd_names(obj, path: str) -> dict[str, list[str]]:
+  """The validated 'imlist' / 'qimlist' of a gnd document (those present and not None)."""
+  if not isinstance(obj, dict):
+    return {}
+  return {k: as_names(obj[k], path, k) for k in ("imlist", "qimlist") if obj.get(k) is not None}
+
+
 def parse_gnd(obj, path: str, n_db: int | None = None) -> list[dict]:
   """``load_gnd`` on already loaded content."""
   if isinstance(obj, dict):
     if "gnd" not in obj:
       raise fail(path, "gnd", "a dict with key 'gnd' (per-query ground truth)", describe(obj))
-    imlist, entries = obj.get("imlist"), obj["gnd"]
-    if imlist is not None:
+    entries = obj["gnd"]
+    names = gnd_names(obj, path)
+    if "imlist" in names:
+      imlist = names["imlist"]
       if n_db is not None and len(imlist) != n_db:
         raise fail(path, "imlist", f"{n_db} database images", f"{len(imlist)} names")
       n_db = len(imlist) if n_db is None else n_db
-    qimlist = obj.get("qimlist")
-    if qimlist is not None and isinstance(entries, (list, tuple)) and len(qimlist) != len(entries):
+    if "qimlist" in names and isinstance(entries, (list, tuple)) \
+        and len(names["qimlist"]) != len(entries):
       raise fail(path, "qimlist", f"one name per gnd entry ({len(entries)})",
-                 f"{len(qimlist)} names")
+                 f"{len(names['qimlist'])} names")
   else:
     entries = obj
   if not isinstance(entries, (list, tuple)):
@@ -284,10 +440,10 @@ def parse_gnd(obj, path: str, n_db: int | None = None) -> list[dict]:
     for k in ("easy", "hard", "junk"):
       if k not in e:
         raise fail(path, f"gnd[{q}].{k}", f"a list of db indices under '{k}'",
-                   f"no such key (keys: {sorted(map(str, e))})")
+                   f"no such key (keys: {sorted(map(str, e))[:8]})")
       out[k] = as_indices(e[k], path, f"gnd[{q}].{k}", n_db)
     if "bbx" in e and e["bbx"] is not None:
-      out["bbx"] = np.asarray(e["bbx"], np.float64)
+      out["bbx"] = _as_bbx(e["bbx"], path, f"gnd[{q}].bbx")
     gnd.append(out)
   return gnd
 
@@ -302,30 +458,51 @@ def check_gnd_range(gnd: list[dict], source: str, n_db: int) -> None:
 def load_test_set(features_path, gnd_path, query_key: str = "query", db_key: str = "db"):
   """(query_QxC, db_NxC, gnd) of one test set; the features file holds 'db' and 'query'.
 
-  Counts are cross-checked: one query descriptor per gnd entry, gnd indices inside the db, the
-  same C for both, and as many db descriptors as the gnd's 'imlist' names when it has one.
+  Counts are cross-checked (see ``_cross_checked``).
   """
-  features_path, gnd_path = os.fspath(features_path), os.fspath(gnd_path)
-  gnd_obj = load_container(gnd_path)
-  gnd = parse_gnd(gnd_obj, gnd_path)
-  gnd_obj_n = _imlist_len(gnd_obj)
+  features_path = os.fspath(features_path)
+  gnd_path = os.fspath(gnd_path)
+  gnd, n_db = _test_gnd(gnd_path)
   obj = load_container(features_path)
   if not isinstance(obj, dict):
     raise fail(features_path, "file", "a dict with 'db' and 'query' descriptors", describe(obj))
-  db = as_descriptors(pick(obj, features_path, db_key, "database descriptors"), features_path,
-                      db_key, n=gnd_obj_n)
-  query = as_descriptors(pick(obj, features_path, query_key, "query descriptors"), features_path,
-                         query_key, n=len(gnd), dim=db.shape[1])
-  if gnd_obj_n is None:
+  db = (pick(obj, features_path, db_key, "database descriptors"), features_path, db_key)
+  query = (pick(obj, features_path, query_key, "query descriptors"), features_path, query_key)
+  return _cross_checked(gnd, gnd_path, n_db, db, query)
+
+
+def load_test_files(db_path, query_path, gnd_path):
+  """``load_test_set`` for a test set whose db and query descriptors are two files.
+
+  Each file holds a bare array (or a one-entry dict); the same cross-checks apply.
+  """
+  db_path, query_path, gnd_path = map(os.fspath, (db_path, query_path, gnd_path))
+  gnd, n_db = _test_gnd(gnd_path)
+  db = (pick(load_container(db_path), db_path, None, "database descriptors"), db_path, "db")
+  query = (pick(load_container(query_path), query_path, None, "query descriptors"), query_path,
+           "query")
+  return _cross_checked(gnd, gnd_path, n_db, db, query)
+
+
+def _test_gnd(gnd_path: str) -> tuple[list[dict], int | None]:
+  """The gnd and, when it names its database images, their count."""
+  obj = load_container(gnd_path)
+  gnd = parse_gnd(obj, gnd_path)
+  names = gnd_names(obj, gnd_path)
+  return gnd, len(names["imlist"]) if "imlist" in names else None
+
+
+def _cross_checked(gnd, gnd_path: str, n_db: int | None, db, query):
+  """(query, db, gnd) once one query descriptor per gnd entry, as many db descriptors as the
+  gnd's 'imlist' names (when it has one), gnd indices inside the db and one C for both hold.
+
+  db, query: (array, file, field) as found.
+  """
+  db = as_descriptors(*db, n=n_db)
+  query = as_descriptors(*query, n=len(gnd), dim=db.shape[1])
+  if n_db is None:  # else parse_gnd checked the indices against the imlist
     check_gnd_range(gnd, gnd_path, len(db))
   return query, db, gnd
-
-
-def _imlist_len(obj) -> int | None:
-  # When the gnd names its database images, the db orientation can use their count.
-  if isinstance(obj, dict) and isinstance(obj.get("imlist"), (list, tuple, np.ndarray)):
-    return len(obj["imlist"])
-  return None
 
 
 def _as_clusters(v, source: str, field: str) -> np.ndarray:
@@ -364,10 +541,10 @@ def load_annotations(path) -> dict:
     n = len(cluster)
     cids = s.get("cids")
     if cids is not None:
+      cids = as_names(cids, path, f"{split}.cids")
       if len(cids) != n:
         raise fail(path, f"{split}.cids", f"{n} image ids (one per cluster label)",
                    f"{len(cids)}")
-      cids = [str(c) for c in cids]
     pair = {k: as_indices(s[k], path, f"{split}.{k}", n) for k in ("qidxs", "pidxs") if k in s}
     if len(pair) == 2 and len(pair["qidxs"]) != len(pair["pidxs"]):
       raise fail(path, f"{split}.pidxs", f"one positive per query ({len(pair['qidxs'])})",

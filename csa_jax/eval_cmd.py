@@ -3,11 +3,12 @@
   csa-jax eval --features F --gnd G [--r1m R1M.npy] [--model PATH [--K 1024] [--L L]]
                [--out results.json]
 
-F holds the test set's 'db' and 'query' descriptors (or give them as two files, --db and --query),
-G its ground truth (SPEC section 6 pickles, or .npz/.npy/.json with the same content). R1M distractors are used only when given; a float32
-(n, C) .npy is memory-mapped, never read whole. The evaluation is exact over the whole database
-(every positive's rank counts, as with a full sort), printed as the reference tools print it
-and written to JSON.
+F holds the test set's 'db' and 'query' descriptors (or give them as two files, --db and --query:
+the same cross-checks with G apply), G its ground truth (SPEC section 6 pickles, or
+.npz/.npy/.json with the same content). R1M distractors are used only when given; a float32 (n, C)
+.npy is memory-mapped, never read whole, and every row is checked. The output path is checked
+before anything is loaded. The evaluation is exact over the whole database (every positive's rank
+counts, as with a full sort), printed as the reference tools print it and written to JSON.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 
 from csa_jax import data_io, evaluate
 from csa_jax.errors import fail
-from csa_jax.fileio import write_json
+from csa_jax.fileio import check_output_path, write_json
 from csa_jax.search import SCORE_DTYPES, StackedRows, top_k_search
 
 FIRST_ROUND_T = 100  # ranked list kept without a model (the evaluation itself needs none)
@@ -104,9 +105,13 @@ def main(argv: list[str]) -> int:
     if v is not None and v < 1:
       raise fail("command line", "--" + flag.replace("_", "-"), "an integer >= 1", str(v))
 
-  if (args.features is None) == (args.db is None or args.query is None):
+  if args.features is not None and (args.db is not None or args.query is not None) \
+      or args.features is None and (args.db is None or args.query is None):
     raise fail("command line", "--features", "either --features F or both --db and --query",
                f"--features {args.features}, --db {args.db}, --query {args.query}")
+  name = args.dataset or _dataset_name(args.gnd, bool(args.r1m))
+  path = args.out or f"eval_{name}.json"
+  check_output_path(path, "--out")  # before any model, data or compute
   model = None
   if args.model:  # first: a wrong model or --L fails before any data is read
     from csa_jax.export import load_model
@@ -115,15 +120,11 @@ def main(argv: list[str]) -> int:
       raise fail("command line", "--L", f"{model[1].anchors} (the model's anchors)", str(args.L))
   if args.features:
     q, db, gnd = data_io.load_test_set(args.features, args.gnd)
-  else:
-    gnd = data_io.load_gnd(args.gnd)
-    db = data_io.load_descriptors(args.db)
-    data_io.check_gnd_range(gnd, args.gnd, len(db))
-    q = data_io.load_descriptors(args.query, n=len(gnd), dim=db.shape[1])
+  else:  # the same cross-checks as one features file
+    q, db, gnd = data_io.load_test_files(args.db, args.query, args.gnd)
   n_db = len(db)
   if args.r1m:
     db = StackedRows([db, data_io.load_r1m(args.r1m, dim=db.shape[1])])
-  name = args.dataset or _dataset_name(args.gnd, bool(args.r1m))
   res = run(q, db, gnd, model=model, K=args.K, L=args.L, batch_size=args.batch_size,
             search_dtype=args.search_dtype, block=args.block, source=args.features or args.db)
 
@@ -135,8 +136,10 @@ def main(argv: list[str]) -> int:
   if model is not None:
     print(evaluate.format_results(res["csa"], f"{name} CSA(K={res['info']['K']})"))
     out.update(model=args.model, csa=evaluate.results_to_json(res["csa"]))
-  path = args.out or f"eval_{name}.json"
-  write_json(path, out)
+  try:
+    write_json(path, out)  # atomic: a failure leaves neither the file nor a temporary
+  except OSError as e:
+    raise fail(path, "--out", "a writable file", e.strerror or type(e).__name__) from None
   print(f"csa-jax eval: {name}: {len(q)} queries, {len(db)} images ({out['distractors']} "
         f"distractors), {args.search_dtype} first-round scores; times {res['info']['seconds']} "
         f"s; results in {path}", file=sys.stderr)

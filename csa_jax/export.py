@@ -18,6 +18,7 @@ from csa_jax.config import ModelConfig
 from csa_jax.errors import InputError
 from csa_jax.fileio import save_npz
 from csa_jax.interop import params_from_torch_state_dict, params_to_torch_state_dict
+from csa_jax.npyio import load_npz
 
 EXPORT_NAME = "state_dict.npz"
 
@@ -30,19 +31,23 @@ def save_export(path, params, cfg: ModelConfig) -> None:
 
 def load_export(path):
   """(params, ModelConfig) from an ``.npz`` written by ``save_export``."""
+  z = load_npz(path)  # sizes checked against the bytes present before anything is allocated
+  if "model_config" not in z:
+    raise InputError(f"{path}: model_config: expected the model's config as JSON text, "
+                     "found no such entry (not a csa_jax export)")
+  mc = z["model_config"]
+  if mc.ndim != 0 or mc.dtype.kind != "U":
+    raise InputError(f"{path}: model_config: expected one JSON string, found an array of shape "
+                     f"{mc.shape} ({mc.dtype})")
   try:
-    with np.load(path, allow_pickle=False) as z:
-      files = set(z.files)
-      if "model_config" not in files:
-        raise InputError(f"{path}: model_config: expected the model's config as JSON text, "
-                         "found no such entry (not a csa_jax export)")
-      cfg_dict = json.loads(str(z["model_config"]))
-      sd = {k[len("param/"):]: z[k] for k in files if k.startswith("param/")}
-  except InputError:
-    raise
-  except Exception as e:
-    raise InputError(f"{path}: file: expected a csa_jax export (.npz), found "
-                     f"{type(e).__name__}: {e}") from None
+    cfg_dict = json.loads(str(mc))
+  except (ValueError, RecursionError) as e:
+    raise InputError(f"{path}: model_config: expected JSON text, found {type(e).__name__}: "
+                     f"{str(e)[:100]}") from None
+  if not isinstance(cfg_dict, dict):
+    raise InputError(f"{path}: model_config: expected a JSON object, found "
+                     f"{type(cfg_dict).__name__}")
+  sd = {k[len("param/"):]: v for k, v in z.items() if k.startswith("param/")}
   known = {f.name for f in dataclasses.fields(ModelConfig)}
   unknown = sorted(set(cfg_dict) - known)
   if unknown:

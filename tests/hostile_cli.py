@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import resource
 import subprocess
 import sys
 
@@ -31,12 +30,12 @@ class CliResult:
             f"--- stderr (tail) ---\n{self.stderr[-3000:]}")
 
 
-def _limits(mem_mb: int):
-  def apply():
-    lim = mem_mb * 2**20
-    resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-  return apply
+# Sets the limits, then becomes the real command: no preexec_fn, whose fork() in a test process
+# that has JAX's threads running is unsafe (and warned about).
+_TRAMPOLINE = ("import os, resource, sys; lim = int(sys.argv[1]) * 2**20; "
+               "resource.setrlimit(resource.RLIMIT_AS, (lim, lim)); "
+               "resource.setrlimit(resource.RLIMIT_CORE, (0, 0)); "
+               "os.execv(sys.executable, [sys.executable] + sys.argv[2:])")
 
 
 def run_cli(args, cwd, *, mem_mb: int = MEM_LIMIT_MB, timeout: float = TIMEOUT_S,
@@ -47,9 +46,9 @@ def run_cli(args, cwd, *, mem_mb: int = MEM_LIMIT_MB, timeout: float = TIMEOUT_S
   e.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **(env or {}))
   args = [str(a) for a in args]
   try:
-    p = subprocess.run([sys.executable, "-m", "csa_jax.cli", *args], cwd=str(cwd), env=e,
-                       capture_output=True, text=True, timeout=timeout,
-                       preexec_fn=_limits(mem_mb), stdin=subprocess.DEVNULL)
+    p = subprocess.run([sys.executable, "-c", _TRAMPOLINE, str(mem_mb), "-m", "csa_jax.cli",
+                        *args], cwd=str(cwd), env=e, capture_output=True, text=True,
+                       timeout=timeout, stdin=subprocess.DEVNULL)
   except subprocess.TimeoutExpired as ex:
     raise AssertionError(f"csa-jax {' '.join(args)}: still running after {timeout} s\n"
                          f"{(ex.stderr or b'')[-2000:]!r}") from None

@@ -191,3 +191,68 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
   assert p.stderr.strip() == (f"csa-jax convert-data: error: {bad}: gnd: expected at least one "
                               "query, found an empty list")
   assert not os.path.exists(str(tmp_path / "g.json"))
+
+
+def test_failed_write_leaves_no_output_and_no_temporary(tmp_path, capsys, monkeypatch):
+  from csa_jax import data_cmd
+  src, dst = str(tmp_path / "src"), tmp_path / "dst"
+  _tree(src)
+
+  def full_disk(path, arr):  # the last output (R1M, .npy) fails half-way
+    with open(path, "wb") as f:
+      f.write(b"\x93NUMPY partial")
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(data_cmd, "save_npy", full_disk)
+  rc, stdout, stderr = _run(["--root", src, "--out-root", str(dst)], capsys)
+  assert rc == 2 and stdout == ""
+  assert stderr.strip().splitlines()[-1].startswith("csa-jax convert-data: error: ")
+  assert ("test/r1m/gem.npy: --out-root: expected a writable output file, found No space "
+          "left") in stderr
+  # The four outputs written before the failure were never renamed into place.
+  assert [p for p in dst.rglob("*") if p.is_file()] == []
+  assert not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("bad", ["out_is_dir", "out_parent_is_file", "out_with_root",
+                                 "out_root_with_src"])
+def test_bad_output_paths_fail_before_reading(tmp_path, capsys, bad):
+  (tmp_path / "afile").write_text("x")
+  (tmp_path / "adir").mkdir()
+  missing = str(tmp_path / "missing.pkl")  # never read: the output path fails first
+  args, needle = {
+      "out_is_dir": ([missing, "--out", str(tmp_path / "adir")],
+                     "adir: --out: expected a file path, found a directory"),
+      "out_parent_is_file": ([missing, "--out", str(tmp_path / "afile" / "x.npz")],
+                             "x.npz: --out: expected a path whose parent is a directory"),
+      "out_with_root": (["--root", str(tmp_path), "--out", "x.npz"],
+                        "command line: --out: expected --out-root DIR"),
+      "out_root_with_src": ([missing, "--out-root", str(tmp_path)],
+                            "command line: --out-root: expected --root DIR"),
+  }[bad]
+  before = sorted(os.listdir(tmp_path))
+  rc, stdout, stderr = _run(args, capsys)
+  assert rc == 2 and stdout == ""
+  assert stderr.strip().splitlines() == [stderr.strip().splitlines()[-1]]
+  assert needle in stderr
+  assert sorted(os.listdir(tmp_path)) == before and os.listdir(tmp_path / "adir") == []
+
+
+def test_default_output_path_checked_before_writing(tmp_path, capsys):
+  src = _dump(str(tmp_path / "gnd_x.pkl"), _gnd())
+  (tmp_path / "gnd_x.json").mkdir()  # where SRC's .json would go
+  rc, stdout, stderr = _run([src], capsys)
+  assert rc == 2 and stdout == ""
+  assert "gnd_x.json: --out: expected a file path, found a directory" in stderr
+  assert sorted(os.listdir(tmp_path)) == ["gnd_x.json", "gnd_x.pkl"]
+
+
+def test_gnd_names_converted_as_text(tmp_path, capsys):
+  g = _gnd()
+  g["imlist"] = np.array([f"im{i}" for i in range(40)])  # numpy text array, not a list
+  g["qimlist"] = [b"q0", b"q1", b"q2"]
+  src = _dump(str(tmp_path / "g.pkl"), g)
+  rc, _, _ = _run([src], capsys)
+  assert rc == 0
+  js = json.load(open(tmp_path / "g.json"))
+  assert js["imlist"][39] == "im39" and js["qimlist"] == ["q0", "q1", "q2"]

@@ -161,3 +161,64 @@ def test_bad_input_is_one_line_exit_2(files, capsys, bad):
   assert rc == 2
   assert want in error_line(err) and out == ""
   assert not (d / "x.json").exists()
+
+
+@pytest.mark.parametrize("bad", ["parent_is_file", "is_dir", "default_is_dir"])
+def test_output_path_checked_before_model_and_data(files, capsys, tmp_path, monkeypatch, bad):
+  d = files[0]
+  (tmp_path / "afile").write_text("x")
+  (tmp_path / "adir").mkdir()
+  monkeypatch.chdir(tmp_path)  # where the default eval_<dataset>.json goes
+  (tmp_path / "eval_toy.json").mkdir()
+  # Neither the model nor the features exist: only the output path can be what fails.
+  args = ["--features", tmp_path / "missing.npz", "--gnd", d / "gnd_toy.json", "--model",
+          tmp_path / "missing_model.npz"]
+  out, want = {"parent_is_file": (["--out", tmp_path / "afile" / "r.json"],
+                                  "r.json: --out: expected a path whose parent is a directory"),
+               "is_dir": (["--out", tmp_path / "adir"], "adir: --out: expected a file path"),
+               "default_is_dir": ([], "eval_toy.json: --out: expected a file path")}[bad]
+  rc, stdout, err = run_eval(args + out, capsys)
+  assert rc == 2 and stdout == ""
+  assert want in error_line(err)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile", "eval_toy.json"]
+
+
+def test_two_files_are_cross_checked_with_the_gnd(files, capsys):
+  d, q, db, gnd = files
+  np.save(d / "db_short.npy", db[:30])  # gnd_toy.json has no imlist; its indices reach 40
+  np.save(d / "q3.npy", q[:3])
+  np.save(d / "db_full.npy", db)
+  np.save(d / "q_full.npy", q)
+  for dbf, qf, want in (("db_short.npy", "q_full.npy", "gnd_toy.json: gnd[0].hard: expected "
+                                                       "indices in [0, 30)"),
+                        ("db_full.npy", "q3.npy", "q3.npy: query: expected 4 descriptors")):
+    rc, out, err = run_eval(["--db", d / dbf, "--query", d / qf, "--gnd", d / "gnd_toy.json",
+                             "--out", d / "y.json"], capsys)
+    assert rc == 2 and out == ""
+    assert want in error_line(err)
+    assert not (d / "y.json").exists()
+
+
+def test_features_and_files_together_refused(files, capsys):
+  d = files[0]
+  rc, _, err = run_eval(["--features", d / "feats.npz", "--db", d / "feats.npz", "--query",
+                         d / "feats.npz", "--gnd", d / "gnd_toy.json"], capsys)
+  assert rc == 2 and "command line: --features: expected either" in error_line(err)
+
+
+def test_failed_write_leaves_no_output_and_no_temporary(files, capsys, tmp_path, monkeypatch):
+  from csa_jax import eval_cmd, fileio
+  d = files[0]
+
+  def full_disk(path, obj):
+    with fileio.atomic_path(path) as tmp, open(tmp, "w") as f:
+      f.write('{"partial": ')
+      raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(eval_cmd, "write_json", full_disk)
+  rc, _, err = run_eval(["--features", d / "feats.npz", "--gnd", d / "gnd_toy.json", "--out",
+                         tmp_path / "r.json"], capsys)
+  assert rc == 2
+  assert "r.json: --out: expected a writable file, found No space left on device" in \
+      error_line(err)
+  assert list(tmp_path.iterdir()) == []
