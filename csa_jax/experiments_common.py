@@ -29,6 +29,7 @@ from csa_jax import baselines, configlib, data_io, export, neighbors, pipeline, 
 from csa_jax.errors import InputError, fail
 from csa_jax.evaluate import revisited_map
 from csa_jax.fileio import atomic_path, save_npz, write_json
+from csa_jax.npyio import load_npz
 
 PROTOCOLS = ("easy", "medium", "hard")
 RANK_DEPTH = 10_000  # ranks kept for mAP beyond the re-ranked top-K (the whole db when smaller)
@@ -143,8 +144,8 @@ def _backbone(x, spec, rng, proj):
 def write_synthetic(root: str, cfg: synthetic.SynthConfig) -> Bench:
   """Writes the synthetic benchmark and its derived backbones under ``root``; their Bench."""
   p = synthetic.write_benchmark(root, cfg)
-  train = np.load(p["train_features"])
-  test = np.load(p["test_features"])
+  train = load_npz(p["train_features"])
+  test = load_npz(p["test_features"])
   c = train["train"].shape[1]
   for b, (name, spec) in enumerate(SYNTH_BACKBONES.items()):
     if spec is None:

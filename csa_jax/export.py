@@ -3,7 +3,8 @@
 An export is an ``.npz`` holding ``param/<original PyTorch name>`` arrays (the layout of SPEC
 section 3, so any PyTorch user can ``load_state_dict`` it after ``torch.from_numpy``) and
 ``model_config``, the ``ModelConfig`` as JSON text (heads are not recoverable from shapes).
-No pickles: ``np.load(..., allow_pickle=False)`` reads it.
+No pickles: ``np.load(..., allow_pickle=False)`` reads it; csa_jax reads it through ``npyio``,
+which checks every member's size against the bytes present first.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import numpy as np
 
 from csa_jax.data_io import say
 from csa_jax.fileio import save_npz
+from csa_jax.npyio import load_npz
 from csa_jax.search import top_k_search
 
 # Bumped whenever the definition of the lists changes, so old caches are recomputed, not reused.
@@ -88,9 +89,9 @@ def cache_path(cache_dir, digest: str, K: int, L: int) -> str:
 def _valid(path: str, digest: str, K: int, L: int, n: int) -> np.ndarray | None:
   """The cached lists when the file is complete and matches the key, else None (with a note)."""
   try:
-    with np.load(path, allow_pickle=False) as z:
-      meta = (str(z["hash"]), int(z["K"]), int(z["L"]))
-      nbrs = z["nbrs"]
+    z = load_npz(path)
+    meta = (str(z["hash"]), int(z["K"]), int(z["L"]))
+    nbrs = z["nbrs"]
   except Exception as e:  # corrupt, truncated or foreign: recompute
     say(f"neighbour cache {path}: unreadable ({type(e).__name__}); recomputing")
     return None
