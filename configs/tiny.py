@@ -3,7 +3,8 @@
 global_batch 16 divides over 1, 2, 4 or 8 devices (the tests' fake CPU devices).
 """
 
-from csa_jax.configlib import ConfigDict, placeholder
+from ml_collections import ConfigDict
+from ml_collections.config_dict import placeholder
 
 
 def get_config() -> ConfigDict:

@@ -18,18 +18,18 @@ C descriptor size, D hidden size.
 - ``revisited_map(ranks_TxQ, gnd)``, ``revisited_map_from_scores(scores_QxN, gnd, top_QxK)``.
 """
 
-from csa_jax.affinity import rerank_affinity, training_affinity
-from csa_jax.config import ModelConfig
+from csa_jax.core.affinity import rerank_affinity, training_affinity
+from csa_jax.core.config import ModelConfig
 from csa_jax.errors import InputError
-from csa_jax.evaluate import revisited_map, revisited_map_from_scores
-from csa_jax.export import load_model, save_export
-from csa_jax.interop import params_from_torch_state_dict, params_to_torch_state_dict
-from csa_jax.losses import contrastive_loss, csa_loss
-from csa_jax.model import CSA
-from csa_jax.rerank import init_params, rerank_scores, training_outputs
-from csa_jax.reranking import csa_rerank
-from csa_jax.search import top_k_search
-from csa_jax.torch_checkpoint import load_torch_checkpoint
+from csa_jax.evaluation.revisited import revisited_map, revisited_map_from_scores
+from csa_jax.interop.export import load_model, save_export
+from csa_jax.interop.state_dict import params_from_torch_state_dict, params_to_torch_state_dict
+from csa_jax.core.losses import contrastive_loss, csa_loss
+from csa_jax.core.model import CSA
+from csa_jax.core.forward import init_params, rerank_scores, training_outputs
+from csa_jax.retrieval.rerank import csa_rerank
+from csa_jax.retrieval.search import top_k_search
+from csa_jax.interop.pth import load_torch_checkpoint
 
 __version__ = "0.1.0"
 

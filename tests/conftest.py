@@ -11,10 +11,14 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib  # noqa: E402
+import sys  # noqa: E402
 
 import pytest  # noqa: E402
 
-DATA = pathlib.Path(__file__).parent / "data"
+# Shared test helpers (hostile_cli) live beside this file; the tests sit in subfolders.
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+DATA = pathlib.Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(scope="session")

@@ -40,13 +40,13 @@ _TRAMPOLINE = ("import os, resource, sys; lim = int(sys.argv[1]) * 2**20; "
 
 def run_cli(args, cwd, *, mem_mb: int = MEM_LIMIT_MB, timeout: float = TIMEOUT_S,
             env: dict | None = None) -> CliResult:
-  """``python -m csa_jax.cli *args`` in ``cwd`` under a memory limit and a timeout."""
+  """``python -m csa_jax.cli.main *args`` in ``cwd`` under a memory limit and a timeout."""
   e = dict(os.environ)
   e.pop("XLA_FLAGS", None)  # one CPU device: the cases test input handling, not sharding
   e.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **(env or {}))
   args = [str(a) for a in args]
   try:
-    p = subprocess.run([sys.executable, "-c", _TRAMPOLINE, str(mem_mb), "-m", "csa_jax.cli",
+    p = subprocess.run([sys.executable, "-c", _TRAMPOLINE, str(mem_mb), "-m", "csa_jax.cli.main",
                         *args], cwd=str(cwd), env=e, capture_output=True, text=True,
                        timeout=timeout, stdin=subprocess.DEVNULL)
   except subprocess.TimeoutExpired as ex:

@@ -171,8 +171,8 @@ def work_original(d: str) -> dict:
 
 
 def work_csa_jax(d: str, T: int) -> dict:
-  from csa_jax import evaluate
-  from csa_jax.search import top_k_search
+  from csa_jax.evaluation import revisited as evaluate
+  from csa_jax.retrieval.search import top_k_search
   q, gnd = load_inputs(d)
   t0 = time.perf_counter()
   db = np.load(os.path.join(d, "db.npy"), mmap_mode="r")
@@ -185,7 +185,7 @@ def work_csa_jax(d: str, T: int) -> dict:
 
 
 def table(res) -> str:
-  from csa_jax.evaluate import format_results  # the reference tools' print format
+  from csa_jax.evaluation.revisited import format_results  # the reference tools' print format
   return format_results(res, "bench", KAPPAS)
 
 

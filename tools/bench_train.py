@@ -6,7 +6,7 @@ Times ``train_step.make_train_step`` (the step ``csa-jax train`` runs: affinitie
 built on device from descriptors, forward, backward, SGD update) at K=512, L=512, D=768, depth 2,
 12 heads, dropout on, on every local device (one on a plain CPU). Compilation is timed apart;
 steady-state samples/s is the mean over ``--steps`` timed steps after ``--warmup`` untimed ones.
-FLOPs follow SPEC section 9 (training ~ 3x forward). Progress on stderr; the table on stdout;
+FLOPs follow docs/method.md section 9 (training ~ 3x forward). Progress on stderr; the table on stdout;
 ``--json PATH`` writes the numbers.
 """
 
@@ -22,14 +22,14 @@ import time
 import jax
 import numpy as np
 
-from csa_jax import optim
-from csa_jax import train_step as ts
-from csa_jax.config import ModelConfig
-from csa_jax.pipeline import TrainSet
+from csa_jax.train import optim
+from csa_jax.train import step as ts
+from csa_jax.core.config import ModelConfig
+from csa_jax.data.train_set import TrainSet
 
 
 def forward_flops(n: int, l: int, d: int, depth: int) -> float:
-  """SPEC section 9, per sample, training (feature_align included)."""
+  """docs/method.md section 9, per sample, training (feature_align included)."""
   return 2 * n * l * d + depth * (2 * n * d * 3 * d + 4 * n * n * d + 2 * n * d * d
                                   + 16 * n * d * d) + 2 * n * d * l
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One short GPU lease: parity tests, then `csa-jax bench` (bf16 csa_jax vs PyTorch fp16 autocast,
+# One short GPU check: parity tests, then `csa-jax bench` (bf16 csa_jax vs PyTorch fp16 autocast,
 # eager and torch.compile), all results in one folder. Budget: under 5 minutes on one H100/H200.
 #
 #   bash tools/gpu_check.sh            # results in $OUT if set, else ./gpu_results
@@ -7,7 +7,7 @@
 # What the GPU machine needs (nothing is downloaded when it is already there):
 #   - Python >= 3.10 with: jax + a CUDA plugin (jax[cuda12] or jax-cuda13-plugin/pjrt, matching
 #     the driver), flax, optax, orbax-checkpoint, numpy, ml_dtypes, matplotlib, pytest, and torch
-#     built with CUDA. The workplace's 'cuda' image (python3 = /opt/torch/.venv) has all of them.
+#     built with CUDA. A CUDA image with PyTorch and JAX usually has all of them.
 #   - csa_jax itself comes from this checkout (PYTHONPATH, or `pip install -e .` when allowed).
 #   - Offline machine missing a package: put wheels in ./.whl (see the device tool's README) and
 #     they are installed from there with --no-index; with network, pip fetches what is missing.
@@ -29,8 +29,8 @@ log() { echo "[gpu_check $(date +%H:%M:%S)] $*" | tee -a "$OUT/gpu_check.log" >&
 # --- dependencies: only what is missing, from ./.whl when offline ---------------------------
 missing=$("$PY" - <<'EOF'
 import importlib.util
-mods = ["jax", "flax", "optax", "orbax.checkpoint", "numpy", "ml_dtypes", "matplotlib", "pytest",
-        "torch"]
+mods = ["jax", "flax", "optax", "orbax.checkpoint", "numpy", "ml_dtypes", "ml_collections",
+        "matplotlib", "pytest", "torch"]
 print(" ".join(m for m in mods if importlib.util.find_spec(m) is None))
 EOF
 )
@@ -67,14 +67,14 @@ log "parity tests"
 # The parity tests only (model, re-ranking, interop against the original's fixture and PyTorch);
 # the bench checks parity again at the paper size before it times anything.
 JAX_PLATFORMS=cuda,cpu JAX_DEFAULT_MATMUL_PRECISION=highest timeout "${TEST_TIMEOUT:-80}" \
-  "$PY" -m pytest -q -p no:cacheprovider tests/test_model.py tests/test_rerank.py \
-  tests/test_interop.py tests/test_torch_model.py \
+  "$PY" -m pytest -q -p no:cacheprovider tests/core/test_model.py tests/core/test_forward.py \
+  tests/interop/test_state_dict.py tests/interop/test_torch_reference.py \
   >"$OUT/pytest.log" 2>&1
 log "pytest exit $? ($(tail -n 1 "$OUT/pytest.log"))"
 
 # --- 2. the benchmark: paper model, K=1024 batches 1/8/64, training K=512 at <= 256 ----------
 log "bench"
-timeout "${BENCH_TIMEOUT:-190}" "$PY" -m csa_jax.cli bench --out "$OUT/bench_gpu.json" \
+timeout "${BENCH_TIMEOUT:-190}" "$PY" -m csa_jax.cli.main bench --out "$OUT/bench_gpu.json" \
   ${BENCH_ARGS:---repeats 5} >"$OUT/bench_gpu.txt" 2>"$OUT/bench_gpu.stderr"
 rc=$?
 log "bench exit $rc"

@@ -1,4 +1,4 @@
-"""Writes tests/data/csa_tiny_original.pth: the reference fixture's weights saved by real torch.
+"""Writes tests/fixtures/csa_tiny_original.pth: the reference fixture's weights saved by real torch.
 
 The checkpoint loader is tested against this file without torch installed, so it must be produced
 by torch itself, in the original training script's layout {'epoch', 'state_dict'}.
@@ -11,7 +11,7 @@ import pathlib
 import numpy as np
 import torch
 
-DATA = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data"
+DATA = pathlib.Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 
 if __name__ == "__main__":
   ref = np.load(DATA / "csa_tiny_reference.npz")

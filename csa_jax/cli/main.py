@@ -1,0 +1,68 @@
+"""``csa-jax <command> ...``: a thin dispatcher over library functions.
+
+Each command lives in its own module exposing ``main(argv) -> int``; it is imported only when
+run, so ``csa-jax --help`` stays fast and a command's optional dependencies stay optional.
+Bad input (``InputError``) becomes one line on stderr and exit code 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+
+from csa_jax import log
+from csa_jax.errors import InputError
+
+COMMANDS = {
+    "smoke": ("csa_jax.cli.smoke", "re-rank a generated retrieval set with a fresh model (shapes, "
+              "timings; no quality claim)"),
+    "demo": ("csa_jax.cli.demo", "synthetic landmark benchmark: train a small CSA, re-rank, compare"),
+    "train": ("csa_jax.cli.train", "train CSA from a config (configs/*.py)"),
+    "eval": ("csa_jax.cli.eval", "revisited mAP of first-round search, optionally CSA re-ranked"),
+    "convert-data": ("csa_jax.cli.convert_data", "turn the original pickle layout into .npy/.json"),
+    "bench": ("csa_jax.bench.compare", "csa_jax vs PyTorch throughput, same weights"),
+    "experiment": ("csa_jax.cli.experiment", "the paper's studies and re-ranking baselines"),
+}
+
+
+def _usage() -> str:
+  lines = ["usage: csa-jax [--quiet|--verbose] <command> [args...]", "", "commands:"]
+  for name, (mod, helptext) in COMMANDS.items():
+    if importlib.util.find_spec(mod) is not None:
+      lines.append(f"  {name:<13} {helptext}")
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if not argv or argv[0] in ("-h", "--help"):
+    print(_usage())
+    return 0
+  level = logging.INFO
+  for flag, lvl in (("--quiet", logging.WARNING), ("--verbose", logging.DEBUG)):
+    if flag in argv:
+      argv.remove(flag)
+      level = lvl
+  if not argv:
+    print(_usage())
+    return 0
+  name, rest = argv[0], argv[1:]
+  if name not in COMMANDS or importlib.util.find_spec(COMMANDS[name][0]) is None:
+    print(f"csa-jax: unknown command {name!r}\n{_usage()}", file=sys.stderr)
+    return 2
+  log.setup(level)
+  try:
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+  except InputError as e:
+    print(f"csa-jax {name}: error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print(f"csa-jax {name}: interrupted", file=sys.stderr)
+    return 130
+
+
+if __name__ == "__main__":
+  sys.exit(main())

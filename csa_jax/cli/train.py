@@ -1,0 +1,81 @@
+"""``csa-jax train --config configs/<name>.py [--config.key=value ...] --workdir DIR [--resume]``.
+
+Multi-host: start the same command on every host with ``--coordinator_address HOST:PORT
+--num_processes P --process_id I`` (or the environment variables JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES, JAX_PROCESS_ID), or ``--distributed`` to let JAX detect a cluster (SLURM,
+Open MPI, Kubernetes, Cloud TPU). On CPU the processes talk through gloo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from csa_jax import configs
+from csa_jax.errors import InputError
+
+
+def init_distributed(coordinator: str | None, num_processes: int | None,
+                     process_id: int | None, auto: bool = False) -> bool:
+  """``jax.distributed.initialize`` from flags or environment; False when single-process.
+
+  Must run before anything touches a JAX backend.
+  """
+  env = os.environ
+  coordinator = coordinator or env.get("JAX_COORDINATOR_ADDRESS")
+  if num_processes is None and env.get("JAX_NUM_PROCESSES"):
+    num_processes = int(env["JAX_NUM_PROCESSES"])
+  if process_id is None and env.get("JAX_PROCESS_ID"):
+    process_id = int(env["JAX_PROCESS_ID"])
+  if not (auto or coordinator or (num_processes or 1) > 1):
+    return False
+  if not auto and (coordinator is None or num_processes is None or process_id is None):
+    raise InputError("command line: --coordinator_address/--num_processes/--process_id: "
+                     "expected all three for a multi-process run, found "
+                     f"{coordinator!r}/{num_processes!r}/{process_id!r}")
+  import jax
+  # Cross-process collectives on CPU need an implementation; GPU/TPU ignore this option.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                             process_id=process_id)
+  return True
+
+
+def main(argv: list[str]) -> int:
+  config_path, overrides, rest = configs.split_flags(argv)
+  p = argparse.ArgumentParser(
+      prog="csa-jax train", description="Train CSA from a config file. Override any config "
+      "value with --config.<key>=<value> (e.g. --config.train.epochs=10).")
+  # Parsed by configs.split_flags before argparse; declared here for --help.
+  p.add_argument("--config", metavar="NAME|FILE", dest="_config",
+                 help="a shipped config (tiny, synthetic, rsfm120k, rsfm120k_aug) or a config file; "
+                 "then any --config.<key>=<value>")
+  p.add_argument("--workdir", required=True, help="checkpoints, metrics, plots, final model")
+  p.add_argument("--resume", action="store_true",
+                 help="continue from the latest checkpoint in --workdir")
+  p.add_argument("--allow-config-change", action="store_true",
+                 help="with --resume: go on with hyper-parameters that differ from the saved "
+                 "run's (each change is reported; the model's shape, batch and seed never change)")
+  p.add_argument("--coordinator_address", default=None, help="HOST:PORT of process 0")
+  p.add_argument("--num_processes", type=int, default=None)
+  p.add_argument("--process_id", type=int, default=None)
+  p.add_argument("--distributed", action="store_true",
+                 help="jax.distributed.initialize() with cluster auto-detection")
+  p.add_argument("--no-progress", dest="progress", action="store_false",
+                 help="no progress line on stderr")
+  args = p.parse_args(rest)
+  if config_path is None:
+    p.error("--config NAME|FILE is required")
+  config = configs.load(config_path, overrides)
+  init_distributed(args.coordinator_address, args.num_processes, args.process_id,
+                   auto=args.distributed)
+
+  from csa_jax.train.loop import train
+  if args.allow_config_change and not args.resume:
+    p.error("--allow-config-change only applies with --resume")
+  result = train(config, args.workdir, resume=args.resume, progress=args.progress,
+                 allow_config_change=args.allow_config_change)
+  print(f"trained {result.step} steps ({result.skipped} skipped): "
+        f"{os.path.join(result.workdir, 'state_dict.npz')}", file=sys.stderr)
+  return 0

@@ -1,0 +1,77 @@
+"""Affinity features: similarities of tokens to anchors, built on device (docs/method.md sections 1-2).
+
+Only these similarities enter the model, never the descriptors, so one trained re-ranker serves
+any descriptor. Both builders are one gather plus one batched matmul, jitted with K and L static.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+def _check_sizes(what: str, k: int, l: int, available: int, need_k: int, need_l: int):
+  if k < 1 or l < 1:
+    raise ValueError(f"{what}: K and L must be >= 1, got K={k}, L={l}")
+  if need_k > available or need_l > available:
+    raise ValueError(
+        f"{what}: K={k} and L={l} need {max(need_k, need_l)} neighbours per query, but only "
+        f"{available} are available (columns of the neighbour/top list)")
+
+
+@functools.partial(jax.jit, static_argnames=("k", "l"))
+def _rerank_affinity(q_QxC, db_NxC, top_QxT, k, l):
+  tokens = jnp.concatenate([q_QxC[:, None], db_NxC[top_QxT[:, :k]]], axis=1)  # (Q, K+1, C)
+  anchors = tokens[:, :l] if l <= k + 1 else jnp.concatenate(
+      [q_QxC[:, None], db_NxC[top_QxT[:, :l - 1]]], axis=1)  # (Q, L, C)
+  return jnp.einsum("qkc,qlc->qkl", tokens, anchors, precision="highest",
+                    preferred_element_type=jnp.float32)
+
+
+def rerank_affinity(q_QxC, db_NxC, top_QxT, K: int, L: int) -> jax.Array:
+  """Test-time affinity (docs/method.md section 1): float32 (Q, K+1, L).
+
+  tokens = [query, db[top[:, :K]]], anchors = [query, db[top[:, :L-1]]], affinity = tokens @
+  anchors^T; row 0 is the query. Needs T >= K and T >= L-1 ranked database indices per query.
+
+  q_QxC: L2-normalised queries; db_NxC: L2-normalised database; top_QxT: first-round ranking
+  (int, descending score).
+  """
+  q, t = top_QxT.shape
+  if q_QxC.shape[0] != q:
+    raise ValueError(f"rerank_affinity: {q_QxC.shape[0]} queries but {q} ranked lists")
+  _check_sizes("rerank_affinity", K, L, t, K, L - 1)
+  if K > db_NxC.shape[0] or L - 1 > db_NxC.shape[0]:
+    raise ValueError(f"rerank_affinity: K={K}, L={L} exceed the database size "
+                     f"{db_NxC.shape[0]}")
+  return _rerank_affinity(q_QxC, db_NxC, top_QxT, K, L)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "l"))
+def _training_affinity(feats_NxC, nbrs_NxM, clusters_N, idx_B, k, l):
+  nb = nbrs_NxM[idx_B]  # (B, M)
+  tokens, anchors = nb[:, :k], nb[:, :l]
+  aff = jnp.einsum("bkc,blc->bkl", feats_NxC[tokens], feats_NxC[anchors], precision="highest",
+                   preferred_element_type=jnp.float32)
+  targets = (clusters_N[tokens] == clusters_N[idx_B][:, None]).astype(jnp.float32)
+  # Token 0 is the query itself (its own first neighbour); its target is 1 by definition, also
+  # when a duplicate image displaced it from position 0.
+  return aff, targets.at[:, 0].set(1.0)
+
+
+def training_affinity(feats_NxC, nbrs_NxM, clusters_N, idx_B, K: int, L: int):
+  """Training sample i (docs/method.md section 2): tokens = nbrs[i, :K], anchors = nbrs[i, :L].
+
+  feats_NxC: L2-normalised descriptors; nbrs_NxM: each image's neighbours by descending
+  similarity, nbrs[i, 0] = i; clusters_N: int cluster ids; idx_B: the batch's query indices.
+  Returns (aff float32 (B, K, L), targets float32 (B, K)), targets[:, j] = 1 iff token j shares
+  the query's cluster.
+  """
+  _check_sizes("training_affinity", K, L, nbrs_NxM.shape[1], K, L)
+  if nbrs_NxM.shape[0] != feats_NxC.shape[0] or clusters_N.shape[0] != feats_NxC.shape[0]:
+    raise ValueError(f"training_affinity: feats ({feats_NxC.shape[0]}), nbrs "
+                     f"({nbrs_NxM.shape[0]}) and clusters ({clusters_N.shape[0]}) must have one "
+                     "row per image")
+  return _training_affinity(feats_NxC, nbrs_NxM, clusters_N, idx_B, K, L)

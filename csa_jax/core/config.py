@@ -1,0 +1,69 @@
+"""Model hyper-parameters (docs/method.md section 3)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The CSA re-ranker's shape; defaults are the paper model.
+
+  Frozen and hashable so it can be a static argument of ``jax.jit``.
+
+  Attributes:
+    anchors: L, the number of anchor similarities per token (input width).
+    dim: D, the hidden size.
+    depth: number of pre-norm transformer blocks.
+    heads: H, attention heads (D must be divisible by H).
+    mlp_ratio: MLP hidden size is ``mlp_ratio * D``.
+    qkv_bias: whether the fused qkv projection has a bias.
+    drop: dropout on the input ("sim_drop"), after the projection ("pos_drop"), after attention
+      and MLP projections.
+    attn_drop: dropout on the attention probabilities.
+    drop_path: the last block's stochastic-depth rate; block i uses linspace(0, drop_path, depth)[i].
+    temperature: t in exp(z_0 . z_j / t).
+    dtype: compute dtype of the matmuls, "float32" or "bfloat16"; parameters stay float32.
+  """
+
+  anchors: int = 512
+  dim: int = 768
+  depth: int = 2
+  heads: int = 12
+  mlp_ratio: int = 4
+  qkv_bias: bool = True
+  drop: float = 0.1
+  attn_drop: float = 0.1
+  drop_path: float = 0.1
+  temperature: float = 2.0
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.dtype not in _DTYPES:
+      raise ValueError(f"ModelConfig: dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+    for name in ("anchors", "dim", "depth", "heads", "mlp_ratio"):
+      v = getattr(self, name)
+      if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"ModelConfig: {name} must be an integer >= 1, got {v!r}")
+    if self.dim % self.heads:
+      raise ValueError(f"ModelConfig: dim {self.dim} is not divisible by heads {self.heads}")
+    for name in ("drop", "attn_drop", "drop_path"):
+      v = getattr(self, name)
+      if not (isinstance(v, (int, float)) and 0 <= v < 1):
+        raise ValueError(f"ModelConfig: {name} must be a rate in [0, 1), got {v!r}")
+    # t divides the logits: 0, negative or non-finite values make every loss NaN.
+    t = self.temperature
+    if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+      raise ValueError(f"ModelConfig: temperature must be a finite number > 0, got {t!r}")
+
+  @property
+  def compute_dtype(self):
+    return _DTYPES[self.dtype]
+
+  def replace(self, **kw) -> "ModelConfig":
+    return dataclasses.replace(self, **kw)

@@ -1,0 +1,295 @@
+"""Revisited Oxford/Paris evaluation (Radenovic et al., CVPR 2018; docs/method.md section 7), exact and fast.
+
+Two entry points give the reference tools' numbers:
+
+- ``revisited_map(ranks_TxQ, gnd)``: from rankings as the reference tools take them (column q holds
+  db indices in ranked order, possibly truncated to T rows).
+- ``revisited_map_from_scores(scores_QxN, gnd, top_QxK=None)``: from scores over the whole db (and
+  optionally a re-ordered top-K placed first), identical to a full stable argsort of the scores
+  but without sorting the db: only where positives and ignored images land matters, and the rank
+  of an image is the number of images placed above it.
+
+Both reduce each query to sparse "hits" (positions of positives and of ignored images in the
+ranking); the metrics are then a few vectorised passes over the hits. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+KAPPAS = (1, 5, 10)
+PROTOCOLS = ("easy", "medium", "hard")
+
+# Label bits of an image for one query.
+_EASY, _HARD, _JUNK = 1, 2, 4
+# Per protocol: (bits that are positives, bits that are ignored). An image both positive and
+# ignored (e.g. listed as junk and easy) is a positive at its own rank and ignored for the images
+# below it, exactly as the reference's position-based loop treats it.
+_PROTOCOL_BITS = {"easy": (_EASY, _JUNK | _HARD), "medium": (_EASY | _HARD, _JUNK),
+                  "hard": (_HARD, _JUNK | _EASY)}
+# Entries of the (queries x db) label table built at once by the ranks path.
+_TABLE_ENTRIES = 1 << 24
+
+
+def _gnd_lists(gnd) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """(easy, hard, junk) int64 arrays per query; 'junk' is optional, as in the reference."""
+  out = []
+  for q, g in enumerate(gnd):
+    try:
+      lists = [np.asarray(g[k]) for k in ("easy", "hard")] + [np.asarray(g.get("junk", ()))]
+    except (KeyError, TypeError, AttributeError):
+      raise ValueError(f"gnd[{q}]: expected a dict with 'easy', 'hard' (and 'junk') index lists, "
+                       f"found {type(g).__name__} {sorted(g) if isinstance(g, dict) else ''}"
+                       ) from None
+    for k, a in zip(("easy", "hard", "junk"), lists):
+      if a.size and not np.all(np.mod(a, 1) == 0):
+        raise ValueError(f"gnd[{q}]['{k}']: expected integer db indices, found {a.dtype} values")
+    out.append(tuple(a.astype(np.int64).ravel() for a in lists))
+  return out
+
+
+def _n_pos(lists, protocol: str) -> np.ndarray:
+  """Positives per query as the reference counts them: the list's length, duplicates included."""
+  e, h = ([len(x[i]) for x in lists] for i in (0, 1))
+  n = {"easy": e, "medium": [a + b for a, b in zip(e, h)], "hard": h}[protocol]
+  return np.asarray(n, np.float64)
+
+
+def _metrics(pos_q, pos_t, junk_q, junk_t, n_pos_Q, kappas):
+  """AP and P@k per query from sparse hits.
+
+  pos_q/pos_t: query and 0-based position in its ranking of every retrieved positive, sorted by
+  (q, t); junk_q/junk_t: the same for ignored images. n_pos_Q: positives per query (float).
+  """
+  nq = len(n_pos_Q)
+  span = int(max(pos_t.max(initial=0), junk_t.max(initial=0))) + 1
+  pos_key = pos_q * span + pos_t
+  junk_key = junk_q * span + junk_t
+  # A positive's rank r drops by the ignored images strictly above it.
+  junk_above = (np.searchsorted(junk_key, pos_key, side="left")
+                - np.searchsorted(junk_key, pos_q * span, side="left"))
+  r = (pos_t - junk_above).astype(np.float64)
+  # j: this positive's 0-based order among the query's retrieved positives.
+  j = (np.arange(len(pos_q)) - np.searchsorted(pos_q, pos_q, side="left")).astype(np.float64)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    p0 = np.where(r == 0, 1.0, j / r)
+    p1 = (j + 1.0) / (r + 1.0)
+    # Same expression and summation order as the reference, so the sums match to the last bit.
+    step = 1.0 / n_pos_Q
+    aps = np.bincount(pos_q, weights=(p0 + p1) * step[pos_q] / 2.0,
+                      minlength=nq).astype(np.float64)  # an empty bincount is int
+  empty = n_pos_Q == 0
+  aps[empty] = np.nan
+
+  pos1 = r + 1.0  # 1-based adjusted ranks
+  max_pos = np.zeros(nq)
+  np.maximum.at(max_pos, pos_q, pos1)
+  prs = np.zeros((nq, len(kappas)))
+  for i, k in enumerate(kappas):
+    kq = np.minimum(max_pos, k)  # 0 for a query with no retrieved positive
+    hits = np.bincount(pos_q, weights=(pos1 <= kq[pos_q]), minlength=nq)
+    with np.errstate(divide="ignore", invalid="ignore"):
+      prs[:, i] = np.where(kq > 0, hits / np.where(kq > 0, kq, 1.0), 0.0)
+  prs[empty] = np.nan
+  return aps, prs
+
+
+def _summary(aps, prs, kappas) -> dict:
+  ok = ~np.isnan(aps)
+  if ok.any():
+    # Left-to-right sums divided by the count, as the reference accumulates them.
+    m = sum(aps[ok].tolist()) / int(ok.sum())
+    mp = np.sum(prs[ok], axis=0) / int(ok.sum())
+  else:
+    m, mp = float("nan"), np.full(len(kappas), np.nan)
+  return {"map": m, "aps": aps, "mp": mp, "prs": prs}
+
+
+def _from_hits(hits_by_bit, lists, kappas):
+  """hits_by_bit: {bit: (q, t)} sorted sparse positions of the easy, hard and junk images."""
+  out = {}
+  for name, (pbits, jbits) in _PROTOCOL_BITS.items():
+    pos = _union_hits([hits_by_bit[b] for b in (_EASY, _HARD, _JUNK) if b & pbits])
+    junk = _union_hits([hits_by_bit[b] for b in (_EASY, _HARD, _JUNK) if b & jbits])
+    aps, prs = _metrics(*pos, *junk, _n_pos(lists, name), tuple(kappas))
+    out[name] = _summary(aps, prs, kappas)
+  return out
+
+
+def _union_hits(parts):
+  """Union of sparse (q, t) hit sets, sorted by (q, t), each position once."""
+  q = np.concatenate([p[0] for p in parts])
+  t = np.concatenate([p[1] for p in parts])
+  if len(parts) > 1 and q.size:
+    span = int(t.max()) + 1
+    key = np.unique(q * span + t)
+    q, t = key // span, key % span
+  return q, t
+
+
+def revisited_map(ranks_TxQ, gnd, kappas=KAPPAS) -> dict:
+  """The revisited protocol's numbers from rankings, exactly as the reference ``compute_map``.
+
+  ranks_TxQ: int (T, Q); column q lists 0-based db indices in ranked order, possibly truncated
+    (positives missing from it add nothing to AP). gnd: Q dicts with 'easy', 'hard', 'junk' lists.
+  Returns {'easy'|'medium'|'hard': {'map': float, 'aps': (Q,), 'mp': (len(kappas),),
+    'prs': (Q, len(kappas))}} as fractions in [0, 1]; a query without positives is NaN and left
+    out of the means. A query whose positives are all missing from a truncated ranking has AP 0
+    and P@k 0 (the reference would crash on it).
+  """
+  ranks = np.asarray(ranks_TxQ)
+  if ranks.ndim != 2 or ranks.shape[1] != len(gnd):
+    raise ValueError(f"ranks: expected (T, {len(gnd)}) (one column per gnd query), found shape "
+                     f"{ranks.shape}")
+  if ranks.size and not np.issubdtype(ranks.dtype, np.integer):
+    raise ValueError(f"ranks: expected integer db indices, found {ranks.dtype}")
+  lists = _gnd_lists(gnd)
+  nq, t = len(lists), ranks.shape[0]
+  ranks = ranks.astype(np.int64, copy=False)
+  every = [ranks.ravel()] + [a for x in lists for a in x]
+  lo = min(int(a.min(initial=0)) for a in every)
+  size = max(int(a.max(initial=0)) for a in every) - lo + 1
+
+  # Label every ranked position with the bits of the lists its image is in, a chunk of queries at
+  # a time through a (chunk x db) table: one gather instead of a set test per query and list.
+  labels_QxT = np.zeros((nq, t), np.uint8)
+  chunk = max(1, _TABLE_ENTRIES // size)
+  for q0 in range(0, nq, chunk):
+    qs = range(q0, min(nq, q0 + chunk))
+    table = np.zeros((len(qs), size), np.uint8)
+    for row, q in enumerate(qs):
+      for bit, idx in zip((_EASY, _HARD, _JUNK), lists[q]):
+        table[row, idx - lo] |= bit
+    labels_QxT[qs.start:qs.stop] = np.take_along_axis(table, (ranks[:, qs.start:qs.stop].T - lo),
+                                                      axis=1)
+  hits = {b: np.nonzero(labels_QxT & b) for b in (_EASY, _HARD, _JUNK)}
+  return _from_hits(hits, lists, kappas)
+
+
+def _stable_desc_before(vals_M, idx_M, t_R, tidx_R) -> np.ndarray:
+  """For each probe r: #{m : vals[m] > t[r] or (vals[m] == t[r] and idx[m] < tidx[r])}.
+
+  The number of the M items a stable descending sort places above probe r (sorts M items only).
+  """
+  m = len(vals_M)
+  order = np.lexsort((idx_M, vals_M))  # ascending value, then index
+  v, ix = vals_M[order], idx_M[order].astype(np.int64)
+  above = m - np.searchsorted(v, t_R, side="right")
+  # Among items equal to the probe, count lower indices: within a run of equal values the
+  # indices ascend, so (start of run, index) is one sorted key.
+  start = np.searchsorted(v, v, side="left").astype(np.int64)
+  span = int(max(ix.max(initial=0), tidx_R.max(initial=0))) + 1
+  key = start * span + ix
+  left = np.searchsorted(v, t_R, side="left").astype(np.int64)
+  tie_lower = np.searchsorted(key, left * span + tidx_R, side="left") - left
+  tie_lower = np.where(np.searchsorted(v, t_R, side="right") > left, tie_lower, 0)
+  return above + tie_lower
+
+
+def _rank_in_scores(s_N: np.ndarray, rel_R: np.ndarray, cells: int) -> np.ndarray:
+  """0-based rank of db items rel_R in the stable descending order of s_N, without sorting s_N.
+
+  Images scoring above the highest relevant score or below the lowest cannot tie with one, so a
+  histogram over a fine grid of the scores counts them; only images in grid cells that hold a
+  relevant score are compared one by one. The cell map only needs to be monotone in the score,
+  so rounding never makes the count inexact.
+  """
+  t = s_N[rel_R]
+  lo, hi = float(t.min()), float(t.max())
+  span = hi - lo
+  if span <= 0:  # one relevant score: a grid as fine as the scores' own spread
+    span = float(s_N.max()) - float(s_N.min())
+  scale = min(cells / span, 1e300) if span > 0 else 1.0
+  # float32 scores stay float32 unless the scale could overflow it.
+  dtype = np.float32 if s_N.dtype == np.float32 and scale < 1e30 else np.float64
+
+  def cell(x):  # monotone in x, in [0, cells + 2]; the same operations for scores and probes
+    w = np.subtract(x, lo, dtype=dtype)
+    w *= scale
+    w += 1
+    np.clip(w, 0, cells + 2, out=w)
+    return w.astype(np.int32)
+
+  c_N, c_R = cell(s_N), cell(t)
+  marked = np.zeros(cells + 3, bool)
+  marked[c_R] = True
+  hist = np.bincount(c_N, minlength=cells + 3)
+  hist[marked] = 0
+  # above_cell[c]: unmarked images in cells above c, i.e. scoring strictly above any score in c.
+  above_cell = np.concatenate([np.cumsum(hist[::-1])[::-1][1:], [0]])
+  near = np.flatnonzero(marked[c_N])
+  return above_cell[c_R] + _stable_desc_before(s_N[near], near, t, rel_R)
+
+
+def revisited_map_from_scores(scores_QxN, gnd, top_QxK=None, kappas=KAPPAS,
+                              cells: int | None = None) -> dict:
+  """``revisited_map`` of the ranking the scores imply, without sorting the db.
+
+  scores_QxN: (Q, N) first-round scores (any float dtype; higher is better). The ranking is a
+    stable descending sort: equal scores keep the lower db index first.
+  top_QxK: optional int (Q, K) of distinct db indices placed first in the given order (e.g. the
+    first-round top-K re-ordered by a re-ranker); the other images follow by score.
+  Equal to ``revisited_map(stable_argsort(-scores).T, gnd)`` (with top_QxK spliced in front).
+  """
+  s_all = np.asarray(scores_QxN)
+  if s_all.dtype.kind != "f" or s_all.dtype.itemsize < 4:
+    s_all = s_all.astype(np.float32)  # bfloat16/float16 widen exactly: same order and ties
+  if s_all.ndim != 2 or s_all.shape[0] != len(gnd):
+    raise ValueError(f"scores: expected (Q={len(gnd)}, N), found shape {s_all.shape}")
+  nq, n = s_all.shape
+  top = None if top_QxK is None else np.asarray(top_QxK).astype(np.int64)
+  if top is not None:
+    if top.ndim != 2 or top.shape[0] != nq or top.shape[1] > n:
+      raise ValueError(f"top_QxK: expected (Q={nq}, K<={n}), found shape {top.shape}")
+    srt = np.sort(top, axis=1)
+    if top.size and (srt[:, 0].min() < 0 or srt[:, -1].max() >= n
+                     or (srt[:, 1:] == srt[:, :-1]).any()):
+      raise ValueError(f"top_QxK: expected distinct db indices in [0, {n}) per row")
+  lists = _gnd_lists(gnd)
+  hits = {b: ([], []) for b in (_EASY, _HARD, _JUNK)}
+  for q, (easy, hard, junk) in enumerate(lists):
+    rel = np.unique(np.concatenate([easy, hard, junk]))
+    if rel.size and (rel[0] < 0 or rel[-1] >= n):
+      raise ValueError(f"gnd[{q}]: expected db indices in [0, {n}), found {rel[0]}..{rel[-1]}")
+    if not rel.size:
+      continue
+    s = s_all[q]
+    if not np.isfinite(s.max() - s.min()):  # NaN propagates through min / max
+      raise ValueError(f"scores[{q}]: expected finite scores, found NaN or inf")
+    g = cells or max(4096, 256 * rel.size)
+    pos = _rank_in_scores(s, rel, g)
+    if top is not None and top.shape[1]:
+      tq = top[q]
+      order = np.argsort(tq, kind="stable")
+      at = np.searchsorted(tq[order], rel).clip(max=tq.size - 1)
+      in_top = tq[order][at] == rel
+      # Outside the top list: K, plus the images outside it that the score order puts above.
+      pos = tq.size + pos - _stable_desc_before(s[tq], tq, s[rel], rel)
+      pos = np.where(in_top, order[at], pos)
+    for bit, idx in zip((_EASY, _HARD, _JUNK), (easy, hard, junk)):
+      u = np.unique(idx)
+      t = np.sort(pos[np.searchsorted(rel, u)])
+      hits[bit][0].append(np.full(t.size, q, np.int64))
+      hits[bit][1].append(t.astype(np.int64))
+  hits = {b: (np.concatenate(qs or [np.zeros(0, np.int64)]),
+              np.concatenate(ts or [np.zeros(0, np.int64)])) for b, (qs, ts) in hits.items()}
+  return _from_hits(hits, lists, kappas)
+
+
+def format_results(results: dict, dataset: str, kappas=KAPPAS) -> str:
+  """The two lines the reference tools print (``compute_map_and_print``), in percent."""
+  m = [np.around(results[p]["map"] * 100, decimals=2) for p in PROTOCOLS]
+  mp = [np.around(np.asarray(results[p]["mp"]) * 100, decimals=2) for p in PROTOCOLS]
+  return (f">> {dataset}: mAP E: {m[0]}, M: {m[1]}, H: {m[2]}\n"
+          f">> {dataset}: mP@k{list(kappas)} E: {mp[0]}, M: {mp[1]}, H: {mp[2]}")
+
+
+def results_to_json(results: dict, kappas=KAPPAS) -> dict:
+  """Percent values, per-query APs included; NaN (no positives) becomes null."""
+
+  def pct(x):
+    x = np.asarray(x, np.float64) * 100
+    return np.where(np.isnan(x), None, x).tolist()
+
+  return {p: {"map": pct(r["map"]), "mp": dict(zip((f"P@{k}" for k in kappas), pct(r["mp"]))),
+              "aps": pct(r["aps"]), "prs": pct(r["prs"])} for p, r in results.items()}

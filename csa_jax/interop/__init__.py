@@ -1,0 +1,2 @@
+"""The original PyTorch world: state_dict mapping, a torch-free ``.pth`` reader, csa_jax's own
+export format, and the reference PyTorch model used for parity and benchmarks."""

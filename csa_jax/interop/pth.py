@@ -1,0 +1,317 @@
+"""Reads an original ``torch.save`` checkpoint without torch and without trusting it.
+
+A ``.pth`` (torch >= 1.6) is a zip holding ``<name>/data.pkl`` (the object tree),
+``<name>/byteorder`` and ``<name>/data/<key>`` (raw tensor storages). The pickle names storages
+through persistent ids and rebuilds tensors with ``torch._utils._rebuild_tensor_v2``; those names
+get validating stand-ins through ``safe_pickle``, so no torch code and no other global ever runs.
+
+Everything is checked before memory is touched. A storage is a private typed buffer (a pickle
+cannot make one) of the element count its persistent id declares, from a fixed table of numeric
+types, read from a zip member whose header is plausible for the archive and never beyond the
+declared bytes (so neither a zip bomb nor a lying header can exhaust memory). A tensor is a view
+with a non-negative int offset, sizes and strides that lies inside its storage, copied out. The
+byte order is 'little' or 'big'.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import types
+import zipfile
+
+import ml_dtypes
+import numpy as np
+
+from csa_jax.errors import InputError, fail
+from csa_jax.data.safe_pickle import (MAX_NDIM, NUMPY_GLOBALS, Budget, Global, Marker,
+                                 RestrictedUnpickler, brief, unpickle)
+
+_STORAGE_DTYPES = {
+    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
+    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+_DEFLATE_MAX_RATIO = 1032  # deflate cannot expand more than this: a header claiming more lies
+_BYTEORDER_MAX = 16
+_CHUNK = 1 << 24
+
+
+class StorageType(Marker):
+  """``torch.<X>Storage`` as a pickle names it: an immutable marker of the element type."""
+
+  __slots__ = ("name", "dtype")
+
+  def __init__(self, name: str, dtype):
+    object.__setattr__(self, "name", name)
+    object.__setattr__(self, "dtype", np.dtype(dtype))
+
+  def __repr__(self) -> str:
+    return f"torch.{self.name}"
+
+
+STORAGE_TYPES = types.MappingProxyType({n: StorageType(n, d) for n, d in _STORAGE_DTYPES.items()})
+
+
+class _Storage(Marker):
+  """One storage of the archive: ``array`` holds exactly its declared elements, native order.
+
+  Made only by ``_Archive.storage``; ``_rebuild_tensor_v2`` accepts nothing else.
+  """
+
+  __slots__ = ("key", "stype", "array")
+
+  def __init__(self, key: str, stype: StorageType, array: np.ndarray):
+    object.__setattr__(self, "key", key)
+    object.__setattr__(self, "stype", stype)
+    object.__setattr__(self, "array", array)
+
+  def __repr__(self) -> str:
+    return f"storage {self.key!r}"
+
+
+def check_view(numel: int, offset, size, stride, source: str) -> None:
+  """Raises ``InputError`` unless the tensor view lies inside a storage of ``numel`` elements.
+
+  Args:
+    numel: elements in the storage.
+    offset, size, stride: as the pickle gives them (elements, not bytes).
+    source: names the file in messages.
+  """
+  if type(offset) is not int or offset < 0:
+    raise fail(source, "tensor offset", "a non-negative int", brief(offset))
+  for what, v in (("size", size), ("stride", stride)):
+    if (type(v) is not tuple or len(v) > MAX_NDIM
+        or not all(type(s) is int and s >= 0 for s in v)):
+      raise fail(source, f"tensor {what}", f"a tuple of at most {MAX_NDIM} non-negative ints",
+                 brief(v))
+  if len(size) != len(stride):
+    raise fail(source, "tensor stride", f"one stride per dimension ({len(size)})",
+               f"{len(stride)} strides")
+  if 0 in size:
+    return  # no element is read
+  last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+  if last >= numel:
+    raise fail(source, "tensor view", f"elements inside its storage of {numel}",
+               f"offset {offset}, size {size}, stride {stride} reaching element {last}")
+
+
+def _rebuild_tensor_v2(up: RestrictedUnpickler, storage, offset, size, stride,
+                       requires_grad=False, hooks=None, metadata=None):
+  if type(storage) is not _Storage:
+    raise fail(up.source, "pickle", "_rebuild_tensor_v2 of a storage from the archive",
+               brief(storage))
+  arr = storage.array
+  check_view(arr.size, offset, size, stride, up.source)
+  if type(requires_grad) is not bool or not (hooks is None or isinstance(hooks, dict)) \
+      or not (metadata is None or isinstance(metadata, dict)):
+    raise fail(up.source, "pickle", "_rebuild_tensor_v2(storage, offset, size, stride, bool, "
+               "hooks, metadata)", brief((requires_grad, hooks, metadata)))
+  n = math.prod(size)
+  up.budget.charge(n * arr.itemsize, "copying tensors")
+  if n == 0:
+    return np.zeros(size, arr.dtype)
+  # Bounds are checked above; a size-1 dimension's stride moves nowhere, so it is zeroed rather
+  # than trusted with an arbitrary (possibly overflowing) byte count.
+  strides = tuple(0 if k == 1 else s * arr.itemsize for k, s in zip(size, stride))
+  view = np.lib.stride_tricks.as_strided(arr[offset:], shape=size, strides=strides,
+                                         writeable=False)
+  return view.copy()
+
+
+def _rebuild_parameter(up: RestrictedUnpickler, data, requires_grad=False, hooks=None):
+  if type(data) is not np.ndarray or type(requires_grad) is not bool:
+    raise fail(up.source, "pickle", "_rebuild_parameter(tensor, bool, hooks)",
+               brief((data, requires_grad)))
+  return data
+
+
+def _table():
+  g = dict(NUMPY_GLOBALS)
+  g[("torch._utils", "_rebuild_tensor_v2")] = Global("torch._utils", "_rebuild_tensor_v2",
+                                                     _rebuild_tensor_v2)
+  g[("torch._utils", "_rebuild_parameter")] = Global("torch._utils", "_rebuild_parameter",
+                                                     _rebuild_parameter)
+  for name, stype in STORAGE_TYPES.items():
+    g[("torch", name)] = stype
+  return types.MappingProxyType(g)
+
+
+TORCH_GLOBALS = _table()
+
+
+class _Archive:
+  """One opened checkpoint: member checks, storages, and the unpickling of ``data.pkl``."""
+
+  def __init__(self, zf: zipfile.ZipFile, path: str):
+    self.zf, self.path, self.size = zf, path, os.path.getsize(path)
+    self.infos: dict[str, zipfile.ZipInfo] = {}
+    for info in zf.infolist():
+      if info.filename in self.infos:
+        raise fail(path, info.filename, "one zip member per name", "duplicates")
+      self.infos[info.filename] = info
+    pkl = [n for n in self.infos if n.endswith("data.pkl") and n.count("/") == 1]
+    if len(pkl) != 1:
+      raise fail(path, "data.pkl", "one object tree in the zip", str(len(pkl)))
+    self.pkl = pkl[0]
+    self.prefix = pkl[0][: -len("data.pkl")]
+    self.source = f"{path}: data.pkl"
+    self.cache: dict[str, _Storage] = {}
+    self.storage_bytes = 0  # compressed bytes of storages read: overlapping members add up
+    self.budget: Budget | None = None
+    self.order = self._byteorder()
+
+  def member(self, name: str) -> zipfile.ZipInfo | None:
+    """The member's header, if plausible for this archive (sizes are only claims until read)."""
+    info = self.infos.get(name)
+    if info is None:
+      return None
+    if info.compress_type == zipfile.ZIP_STORED:
+      ok = info.file_size == info.compress_size
+    elif info.compress_type == zipfile.ZIP_DEFLATED:
+      ok = info.file_size <= _DEFLATE_MAX_RATIO * info.compress_size + 64
+    else:
+      raise fail(self.path, name, "a stored or deflated zip member",
+                 f"compression method {info.compress_type}")
+    if not ok or info.header_offset + info.compress_size > self.size:
+      raise fail(self.path, name, f"a zip member inside the {self.size}-byte archive",
+                 f"a header declaring {info.file_size} bytes ({info.compress_size} compressed, "
+                 f"at offset {info.header_offset})")
+    return info
+
+  def _read(self, info: zipfile.ZipInfo, out) -> int:
+    """Reads at most ``len(out)`` bytes of a member into ``out``; returns how many arrived."""
+    got = 0
+    try:
+      with self.zf.open(info) as f:
+        with memoryview(out) as m:
+          while got < len(m):
+            chunk = f.read(min(len(m) - got, _CHUNK))
+            if not chunk:
+              break
+            m[got:got + len(chunk)] = chunk
+            got += len(chunk)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+      raise fail(self.path, info.filename, "a readable zip member",
+                 f"{type(e).__name__}: {e}") from None
+    return got
+
+  def _byteorder(self) -> str:
+    info = self.member(self.prefix + "byteorder")
+    if info is None:
+      return "little"  # torch wrote no byteorder before 1.10 and only ran little-endian
+    if info.file_size > _BYTEORDER_MAX:
+      raise fail(self.path, info.filename, "'little' or 'big'", f"{info.file_size} bytes")
+    buf = bytearray(info.file_size)
+    text = bytes(buf[: self._read(info, buf)]).decode("ascii", "replace").strip()
+    if text not in ("little", "big"):
+      raise fail(self.path, info.filename, "'little' or 'big'", repr(text))
+    return text
+
+  def storage(self, pid) -> _Storage:
+    """``persistent_load``: the storage a ``('storage', type, key, location, numel)`` id names."""
+    if not (type(pid) is tuple and len(pid) == 5 and type(pid[0]) is str
+            and pid[0] == "storage"):
+      raise fail(self.source, "persistent id", "('storage', type, key, location, numel)",
+                 brief(pid))
+    _, stype, key, location, numel = pid
+    if type(stype) is not StorageType or STORAGE_TYPES.get(stype.name) is not stype:
+      raise fail(self.source, "persistent id", f"a storage type ({', '.join(STORAGE_TYPES)})",
+                 brief(stype))
+    if type(key) is not str or type(location) is not str:
+      raise fail(self.source, "persistent id", "a string key and location",
+                 brief((key, location)))
+    if type(numel) is not int or numel < 0:
+      raise fail(self.source, "persistent id", "a non-negative int element count", brief(numel))
+    cached = self.cache.get(key)
+    if cached is not None:
+      if cached.stype is not stype or cached.array.size != numel:
+        raise fail(self.source, "persistent id", f"storage {key} as first declared "
+                   f"({cached.stype!r}, {cached.array.size} elements)", f"{stype!r}, {numel}")
+      return cached
+    self.cache[key] = s = self._load_storage(key, stype, numel)
+    return s
+
+  def _load_storage(self, key: str, stype: StorageType, numel: int) -> _Storage:
+    name = f"{self.prefix}data/{key}"
+    info = self.member(name)
+    if info is None:
+      raise fail(self.path, name, "a tensor storage", "none")
+    item = stype.dtype.itemsize
+    need = numel * item
+    if info.file_size < need:
+      raise fail(self.path, name, f"{numel} elements",
+                 f"{info.file_size // item} ({info.file_size} bytes in the zip)")
+    self.storage_bytes += info.compress_size
+    if self.storage_bytes > self.size:
+      raise fail(self.path, name, "storages that fit in the archive",
+                 f"members overlapping each other ({self.storage_bytes} bytes declared in a "
+                 f"{self.size}-byte file)")
+    buf = bytearray(need)
+    got = self._read(info, buf)
+    if got != need:
+      raise fail(self.path, name, f"{numel} elements ({need} bytes)", f"only {got} bytes")
+    self.budget.allow(need)
+    if stype.dtype == np.bool_:
+      arr = np.frombuffer(buf, np.uint8) != 0  # bytes other than 0/1 are not valid numpy bools
+    else:
+      arr = np.frombuffer(buf, stype.dtype.newbyteorder("<" if self.order == "little" else ">"))
+      if stype.dtype == ml_dtypes.bfloat16:  # numpy code downstream treats bfloat16 as opaque
+        arr = arr.astype(np.float32)
+      elif not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return _Storage(key, stype, arr)
+
+  def load(self):
+    info = self.member(self.pkl)
+    self.budget = Budget(self.source, info.file_size)
+    try:
+      f = self.zf.open(info)
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+      raise fail(self.path, info.filename, "a readable zip member",
+                 f"{type(e).__name__}: {e}") from None
+    with f:
+      return unpickle(f, info.file_size, self.source, table=TORCH_GLOBALS,
+                      persistent=self.storage, budget=self.budget)
+
+
+def read_torch_file(path) -> object:
+  """The object tree of a zip-format ``torch.save`` file, tensors as numpy arrays.
+
+  Raises:
+    InputError: the file is missing, not a zip checkpoint, or anything in it is malformed or
+      inconsistent (one line naming the file and the member or field).
+  """
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise InputError(f"{path}: file: expected a torch checkpoint, found no such file")
+  if not zipfile.is_zipfile(path):
+    raise InputError(f"{path}: format: expected a zip-format torch.save file (torch >= 1.6), "
+                     "found something else (re-save legacy checkpoints with a recent torch)")
+  try:
+    with zipfile.ZipFile(path) as zf:
+      return _Archive(zf, path).load()
+  except InputError:
+    raise
+  except MemoryError:
+    raise fail(path, "file", "a checkpoint that fits in memory", "a MemoryError while reading") \
+        from None
+  except Exception as e:  # a corrupt zip directory
+    raise fail(path, "zip", "a readable torch.save archive",
+               f"{type(e).__name__}: {' '.join(str(e).split())[:300]}") from None
+
+
+def load_torch_checkpoint(path, heads: int = 12, **cfg_overrides):
+  """An original CSA ``.pth`` -> (params, ModelConfig), torch not needed.
+
+  Accepts ``{'epoch', 'state_dict'}`` (what the original training saves) or a bare state_dict.
+  heads: not recorded in the weights' shapes; the paper model has 12.
+  """
+  from csa_jax.interop.state_dict import params_from_torch_state_dict
+
+  obj = read_torch_file(path)
+  sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+  if not isinstance(sd, dict):
+    raise InputError(f"{path}: state_dict: expected a dict of tensors, found {type(obj).__name__}")
+  return params_from_torch_state_dict(sd, heads=heads, source=str(path), **cfg_overrides)

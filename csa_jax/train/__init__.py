@@ -1,0 +1,1 @@
+"""Training: the optimizer, the data-parallel step, the loop, checkpoints, checks and telemetry."""

@@ -1,0 +1,213 @@
+"""What ``train`` checks before any heavy work: config values, the workdir and its lock.
+
+Every check raises ``InputError`` with one line naming the key, so ``csa-jax train`` fails in
+seconds (exit 2) instead of after loading data, compiling or training, and never leaves a
+half-initialised workdir behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import math
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from csa_jax import configs
+from csa_jax.errors import InputError, fail
+from csa_jax.fileio import check_output_path
+
+# Keys that may change between a run and its resume without changing what is computed.
+RESUMABLE_CHANGES = ("checkpoint.", "log.", "eval.", "data.root", "data.cache_dir")
+# Keys a resume can never change, even when told to accept a changed config: the checkpoint's
+# array shapes and the position in the data order depend on them.
+FIXED_ON_RESUME = ("model.anchors", "model.dim", "model.depth", "model.heads", "model.mlp_ratio",
+                   "model.qkv_bias", "train.global_batch", "train.seed")
+LOCK_NAME = ".lock"
+SEED_MAX = 2**32 - 1  # the largest seed every PRNG here (numpy, JAX threefry) accepts as is
+
+log = logging.getLogger(__name__)
+
+
+def _number(config, key: str, *, lo=None, hi=None, lo_open=False, hi_open=False,
+            integer=False) -> None:
+  group, name = key.split(".")
+  v = config[group][name]
+  kind = "an integer" if integer else "a finite number"
+  rng = ""
+  if lo is not None:
+    rng += f" {'>' if lo_open else '>='} {lo}"
+  if hi is not None:
+    rng += (" and" if rng else "") + f" {'<' if hi_open else '<='} {hi}"
+  ok = isinstance(v, int) if integer else isinstance(v, (int, float)) and math.isfinite(v)
+  ok = ok and not isinstance(v, bool)
+  if ok and lo is not None:
+    ok = v > lo if lo_open else v >= lo
+  if ok and hi is not None:
+    ok = v < hi if hi_open else v <= hi
+  if not ok:
+    raise fail("config", key, kind + rng, repr(v))
+
+
+def validate_config(config, check_data: bool = True) -> None:
+  """Range checks of every value ``train`` uses; the model group is checked by ``ModelConfig``.
+
+  Args:
+    config: a training config.
+    check_data: also check the data group (False when the caller brings its own training set).
+  """
+  for key in ("train.global_batch", "train.epochs", "checkpoint.every_steps", "checkpoint.keep",
+              "log.every_steps", "data.K"):
+    _number(config, key, lo=1, integer=True)
+  _number(config, "train.warmup_epochs", lo=0, hi=config.train.epochs, integer=True)
+  _number(config, "train.seed", lo=0, hi=SEED_MAX, integer=True)
+  for key in ("train.base_lr", "train.warmup_lr", "train.final_lr", "train.weight_decay",
+              "train.clip_norm", "train.alpha"):
+    _number(config, key, lo=0)
+  _number(config, "train.momentum", lo=0, hi=1, hi_open=True)
+  if config.get("eval") is not None:
+    _number(config, "eval.every_epochs", lo=0, integer=True)
+  d = config.data
+  if not check_data:
+    return
+  if d.source == "random":
+    for key in ("data.num_samples", "data.num_clusters", "data.dim"):
+      _number(config, key, lo=1, integer=True)
+    _number(config, "data.K", lo=1, hi=d.num_samples, integer=True)
+  elif d.source == "files":
+    _check_data_paths(d)
+  else:
+    raise fail("config", "data.source", "'files' or 'random'", repr(d.source))
+
+
+def _check_data_paths(d) -> None:
+  if not d.descriptors:
+    raise fail("config", "data.descriptors", "at least one descriptor file", "()")
+  paths = [("data.descriptors", p) for p in d.descriptors] + [("data.annotations",
+                                                              d.annotations)]
+  for key, p in paths:
+    if not p:
+      raise fail("config", key, "a file path", repr(p))
+    if d.root is None and not os.path.isabs(p) and not os.path.exists(p):
+      # The usual mistake is a forgotten --config.data.root, not a wrong relative path.
+      raise fail("config", "data.root", f"the data root that holds {key} {p!r} "
+                 "(--config.data.root=DIR)", "it unset")
+  if d.root is not None and not os.path.isdir(d.root):
+    raise fail(d.root, "data.root", "a directory holding the data layout", "no such directory")
+
+
+def check_workdir(workdir: str) -> str:
+  """The workdir, absolute and created; one line if it cannot be one (a file, not writable)."""
+  workdir = os.path.abspath(os.fspath(workdir))
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise fail(workdir, "--workdir", "a directory", "a file")
+  check_output_path(os.path.join(workdir, "config.json"), "--workdir")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise fail(workdir, "--workdir", "a directory it can create",
+               e.strerror or type(e).__name__) from None
+  return workdir
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str, enabled: bool = True):
+  """Holds ``<workdir>/.lock`` (an exclusive ``flock``) for the body; a second run fails.
+
+  The kernel drops the lock when the process dies, so a killed run never leaves it stale.
+  enabled: False on all but one process of a multi-process run (they share the workdir).
+  """
+  if not enabled:
+    yield
+    return
+  path = os.path.join(workdir, LOCK_NAME)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+        raise
+      holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+      raise InputError(f"{workdir}: --workdir: expected no other run in this workdir, found "
+                       f"one running (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    yield
+  finally:
+    os.close(fd)
+
+
+def _config_changes(saved: dict, now: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+  """(key, saved value, current value) for every leaf that differs, ignoring harmless keys."""
+  out = []
+  for k in sorted(set(saved) | set(now)):
+    key = prefix + k
+    if any(key.startswith(p) for p in RESUMABLE_CHANGES):
+      continue
+    va, vb = saved.get(k, "<absent>"), now.get(k, "<absent>")
+    if isinstance(va, dict) and isinstance(vb, dict):
+      out += _config_changes(va, vb, key + ".")
+    elif va != vb:
+      out.append((key, va, vb))
+  return out
+
+
+def check_resume_config(saved: dict, config, source: str, allow_change: bool) -> None:
+  """Refuses a resume whose config differs from the saved run's (unless ``allow_change``).
+
+  Args:
+    saved: the config the run was started with (from its checkpoint or config.json).
+    config: the config of this call.
+    source: where ``saved`` came from (for the error line).
+    allow_change: accept changes (each logged), except of ``FIXED_ON_RESUME`` keys.
+  """
+  changes = _config_changes(saved, configs.as_plain(config))
+  for key, va, vb in changes:
+    if not allow_change or key in FIXED_ON_RESUME:
+      how = "start a new workdir" + ("" if key in FIXED_ON_RESUME else
+                                     ", or pass --allow-config-change")
+      raise InputError(f"{source}: {key}: expected the resumed run's value {va!r}, found "
+                       f"{vb!r} ({how} to change it)")
+  for key, va, vb in changes:
+    log.warning("resuming with %s changed from %r to %r "
+                "(--allow-config-change)", key, va, vb)
+
+
+def saved_config(ckpt, step: int, cfg_path: str):
+  """(the config the run was started with, where it came from), or (None, None) if unknown."""
+  try:
+    saved = ckpt.read_meta(step).get("config")
+  except Exception:  # a damaged latest checkpoint: restore() falls back and reports it
+    saved = None
+  if saved is not None:
+    return saved, f"{ckpt.directory}/{step}"
+  if os.path.exists(cfg_path):
+    try:
+      with open(cfg_path) as f:
+        return json.load(f), cfg_path
+    except (OSError, ValueError):
+      pass
+  return None, None
+
+
+def check_outcome(params, skipped: int, skipped_last_epoch: int, total: int, spe: int) -> None:
+  """Refuses to export a model that training never changed, that diverged, or that is not finite."""
+  hint = "(non-finite loss or parameters: lower train.base_lr or check the data)"
+  if skipped >= total:
+    raise InputError(f"config: train: expected training to apply updates, found every one of "
+                     f"the {total} steps skipped {hint}; nothing exported")
+  if skipped_last_epoch >= spe:
+    raise InputError(f"config: train: expected a converging run, found every step of the last "
+                     f"epoch skipped {hint}; nothing exported")
+  bad = [jax.tree_util.keystr(p) for p, v in jax.tree_util.tree_flatten_with_path(params)[0]
+         if not np.isfinite(np.asarray(v)).all()]
+  if bad:
+    raise InputError(f"config: train: expected finite parameters, found NaN/inf in {bad[0]}; "
+                     "nothing exported")

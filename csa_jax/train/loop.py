@@ -1,0 +1,265 @@
+"""The training loop (docs/method.md section 5) as a library function: ``train(config, workdir)``.
+
+Per step the host picks the global batch's sample indices (``pipeline``: a pure function of
+seed, epoch and step, each process its own slice) and the jitted, data-parallel step
+(``train_step``) builds the affinities on device and updates the replicated state. Everything
+that decides the next step (state, dropout key, position in the data order) is checkpointed, so
+``train(..., resume=True)`` after a kill at any point ends bitwise where an uninterrupted run
+ends (on CPU). At the end: ``<workdir>/state_dict.npz`` (original PyTorch names, see
+``export``), plus ``state_dict.pth`` when torch is installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+from csa_jax.interop import export
+from csa_jax.train import telemetry as metrics
+from csa_jax.train import optim
+from csa_jax.data import train_set as pipeline
+from csa_jax.train import step as ts
+from csa_jax.train.checkpoint import Checkpointer
+from csa_jax.core.config import ModelConfig
+from csa_jax import configs
+from csa_jax.errors import InputError
+from csa_jax.fileio import atomic_path, remove_stale_temps, write_json
+from csa_jax.train.checks import (check_outcome, check_resume_config, check_workdir,
+                                  saved_config, validate_config, workdir_lock)
+
+CONFIG_NAME = "config.json"
+PLOT_EVERY_S = 60.0  # redraw the curves at checkpoints at most this often (and at the end)
+
+
+@dataclasses.dataclass
+class TrainResult:
+  params: dict  # host numpy arrays
+  model_cfg: ModelConfig
+  step: int
+  skipped: int
+  workdir: str
+  history: list  # the metric records of this call (process 0)
+
+
+def model_config(config) -> ModelConfig:
+  try:
+    return ModelConfig(**config.model.to_dict())
+  except (TypeError, ValueError) as e:
+    raise InputError(f"config: model: expected valid ModelConfig fields, found {e}") from None
+
+
+def random_train_set(num_samples: int, num_clusters: int, dim: int, M: int, seed: int):
+  """A seeded in-memory ``TrainSet`` of clustered unit descriptors (tests, smoke runs)."""
+  rng = np.random.default_rng(seed)
+  clusters = rng.integers(0, num_clusters, num_samples).astype(np.int32)
+  centers = rng.normal(size=(num_clusters, dim))
+  feats = centers[clusters] + 1.5 * rng.normal(size=(num_samples, dim))
+  feats = (feats / np.linalg.norm(feats, axis=1, keepdims=True)).astype(np.float32)
+  # Stable sort on -score with self forced first: the definition of neighbours.top_neighbors.
+  scores = feats @ feats.T
+  np.fill_diagonal(scores, np.inf)
+  nbrs = np.argsort(-scores, axis=1, kind="stable")[:, :M].astype(np.int32)
+  return pipeline.TrainSet(feats, clusters, nbrs, [("random", 0, num_samples)])
+
+
+def load_train_data(config, workdir: str) -> pipeline.TrainSet:
+  """The ``TrainSet`` a config describes (``data.source``: 'files' or 'random')."""
+  d, m = config.data, max(config.data.K, config.model.anchors)
+  if d.source == "random":
+    return random_train_set(d.num_samples, d.num_clusters, d.dim, m, config.train.seed)
+  if d.source != "files":
+    raise InputError(f"config: data.source: expected 'files' or 'random', found {d.source!r}")
+  root = d.root or ""
+  resolve = lambda p: p if os.path.isabs(p) or not root else os.path.join(root, p)
+  if not d.descriptors:
+    raise InputError("config: data.descriptors: expected at least one descriptor file, found ()")
+  cache = d.cache_dir or os.path.join(workdir, "neighbors")
+  return pipeline.load_train_set([resolve(p) for p in d.descriptors], resolve(d.annotations),
+                                 K=d.K, L=config.model.anchors, cache_dir=cache, split=d.split)
+
+
+def _save_pth(path: str, params, epoch: int) -> bool:
+  try:
+    import torch
+  except ImportError:
+    return False
+  from csa_jax.interop.state_dict import params_to_torch_state_dict
+  sd = {k: torch.from_numpy(np.array(v, copy=True))
+        for k, v in params_to_torch_state_dict(params).items()}
+  with atomic_path(path) as tmp:
+    torch.save({"epoch": epoch, "state_dict": sd}, tmp)
+  return True
+
+
+def train(config, workdir: str, resume: bool = False, train_set=None, progress: bool = True,
+          allow_config_change: bool = False) -> TrainResult:
+  """Trains CSA as ``config`` says, in ``workdir``; returns the final parameters.
+
+  Args:
+    config: a training config (``configs/*.py``); every value is checked before any work.
+    workdir: checkpoints, metrics, plots and the final model; locked while the run lasts.
+    resume: continue from the latest intact checkpoint in ``workdir`` (from scratch if there is
+      none); without it a workdir that already holds checkpoints is an error.
+    train_set: a ready ``pipeline.TrainSet`` instead of ``config.data`` (library use).
+    progress: a progress line (steps, ETA, throughput) on stderr.
+    allow_config_change: let ``resume`` go on with hyper-parameters other than the saved run's
+      (never the model's shape, the batch or the seed).
+
+  Returns:
+    A ``TrainResult``. A run that never applied an update, whose last epoch skipped every step
+    (diverged), or whose parameters are not finite raises ``InputError`` and exports nothing.
+  """
+  validate_config(config, check_data=train_set is None)
+  model_cfg = model_config(config)
+  workdir = check_workdir(workdir)
+  lead = jax.process_index() == 0
+  mesh = ts.make_mesh()
+  ts.check_batch(config.train.global_batch, mesh)
+  if config.train.global_batch % jax.process_count():
+    raise InputError(f"config: train.global_batch: expected a multiple of the "
+                     f"{jax.process_count()} processes, found {config.train.global_batch}")
+  with workdir_lock(workdir, enabled=lead):
+    if lead:
+      remove_stale_temps(workdir)  # left by a run killed while writing its outputs
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
+    try:
+      return _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
+                    allow_config_change)
+    finally:
+      ckpt.close()  # before any error reaches the CLI: orbax threads must not outlive it
+
+
+def _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
+           allow_config_change) -> TrainResult:
+  lead = jax.process_index() == 0
+  tc = config.train
+  latest = ckpt.latest_step()
+  cfg_path = os.path.join(workdir, CONFIG_NAME)
+  if latest is not None and not resume:
+    raise InputError(f"{workdir}: checkpoints: expected a fresh workdir (or --resume), found a "
+                     f"run at step {latest}")
+  if resume and latest is not None:
+    saved, source = saved_config(ckpt, latest, cfg_path)
+    if saved is not None:
+      check_resume_config(saved, config, source, allow_config_change)
+
+  data = train_set if train_set is not None else load_train_data(config, workdir)
+  n = data.num_samples
+  if max(config.data.K, model_cfg.anchors) > n:
+    raise InputError(f"config: data.K: expected at most the {n} training samples (and "
+                     f"model.anchors too), found K={config.data.K}, anchors={model_cfg.anchors}")
+  spe = pipeline.steps_per_epoch(n, tc.global_batch)
+  if spe < 1:
+    raise InputError(f"config: train.global_batch: expected at most the {n} training samples, "
+                     f"found {tc.global_batch}")
+  total = spe * tc.epochs
+  tx = optim.optimizer_from_config(tc, spe)
+  schedule = optim.schedule_from_config(tc, spe)
+  init_key, rng = jax.random.split(jax.random.key(tc.seed))
+  state = ts.init_state(model_cfg, tx, init_key, mesh)
+  epoch_start_skipped = 0
+  if resume and latest is not None:
+    state, rng, meta = ckpt.restore(state)
+    if (meta.get("num_samples"), meta.get("steps_per_epoch")) != (n, spe):
+      raise InputError(f"{ckpt.directory}: num_samples: expected the resumed run's "
+                       f"{meta.get('num_samples')} training samples, found {n} (the data "
+                       "changed; start a new workdir)")
+    epoch_start_skipped = meta.get("skipped_at_epoch_start", 0)
+  if lead and not (resume and os.path.exists(cfg_path) and not allow_config_change):
+    write_json(cfg_path, configs.as_plain(config))
+  start = int(jax.device_get(state.step))
+
+  log = metrics.MetricsLog(workdir, enabled=lead)
+  log.truncate_after(start)
+  bar = metrics.Progress(total, start, tc.global_batch, enabled=progress, lead=lead)
+  bar.say(f"train: {n} samples, {spe} steps/epoch x {tc.epochs} epochs = {total} steps, global "
+          f"batch {tc.global_batch} on {mesh.size} devices ({jax.process_count()} processes), "
+          f"K={config.data.K} L={model_cfg.anchors} D={model_cfg.dim} depth={model_cfg.depth} "
+          f"{model_cfg.dtype}" + (f"; resumed at step {start}" if start else ""))
+  arrays = ts.put_replicated((data.feats_NxC, data.nbrs_NxM, data.clusters_N), mesh)
+  step_fn = ts.make_train_step(model_cfg, tx, mesh, tc.alpha, config.data.K, model_cfg.anchors,
+                               schedule=schedule)
+  evaluator = _make_evaluator(config, workdir)
+
+  history, pending, order, order_epoch = [], [], None, None
+  every_log, every_ckpt = max(config.log.every_steps, 1), max(config.checkpoint.every_steps, 1)
+  t_first, t_plot = None, time.perf_counter()
+  for step in range(start, total):
+    epoch, i = divmod(step, spe)
+    if order_epoch != epoch:
+      order, order_epoch = pipeline.epoch_order(n, tc.seed, epoch), epoch
+    if i == 0:
+      epoch_start_skipped = int(jax.device_get(state.opt_state.skipped))
+    local = pipeline.batch_indices(order, i, tc.global_batch, jax.process_index(),
+                                   jax.process_count())
+    idx = ts.global_batch_array(local, mesh, tc.global_batch)
+    if t_first is None:
+      t0 = time.perf_counter()
+    state, m = step_fn(state, arrays, idx, jax.random.fold_in(rng, step))
+    pending.append(m)
+    if t_first is None:
+      jax.block_until_ready(m)
+      t_first = time.perf_counter() - t0
+      bar.rate(step + 1)  # throughput intervals start after compilation
+    done = step + 1
+    ckpt_due = done % every_ckpt == 0 or done == total
+    # Also flushed at checkpoints, so a resumed run logs exactly the intervals an uninterrupted
+    # one does.
+    if done % every_log == 0 or ckpt_due:
+      recs = jax.device_get(pending)
+      pending = []
+      rec = {"kind": "train", "step": done, "epoch": epoch,
+             **metrics.summarize([{k: v.item() for k, v in r.items()} for r in recs]),
+             "samples_per_s": bar.rate(done)}
+      if not history:
+        rec["first_step_s"] = t_first  # compilation included
+      history.append(rec)
+      log.write(rec)
+      bar.update(done, epoch, tc.epochs, {k: rec[k] for k in ("loss", "lr", "grad_norm")
+                                          if k in rec}, rec["samples_per_s"])
+    if ckpt_due:
+      t0 = time.perf_counter()
+      ckpt.save(done, state, rng, {"step": done, "epoch": done // spe,
+                                   "step_in_epoch": done % spe, "seed": tc.seed,
+                                   "steps_per_epoch": spe, "num_samples": n,
+                                   "skipped_at_epoch_start": epoch_start_skipped,
+                                   "config": configs.as_plain(config)})
+      if lead and time.perf_counter() - t_plot > PLOT_EVERY_S:
+        metrics.plot_curves(log.path, os.path.join(workdir, metrics.PLOT_NAME))
+        t_plot = time.perf_counter()
+      bar.exclude(time.perf_counter() - t0)
+    if evaluator is not None and done % spe == 0 and (done // spe) % evaluator.every == 0:
+      t0 = time.perf_counter()
+      res = evaluator(jax.device_get(state.params), model_cfg)
+      bar.exclude(time.perf_counter() - t0)
+      rec = {"kind": "eval", "step": done, "epoch": done // spe, **res}
+      history.append(rec)
+      log.write(rec)
+      bar.say(f"eval after epoch {done // spe}: {json.dumps(res)}")
+
+  params = jax.device_get(state.params)
+  skipped = int(jax.device_get(state.opt_state.skipped))
+  if lead:
+    metrics.plot_curves(log.path, os.path.join(workdir, metrics.PLOT_NAME))
+  check_outcome(params, skipped, skipped - epoch_start_skipped, total, spe)
+  if lead:
+    export.save_export(os.path.join(workdir, export.EXPORT_NAME), params, model_cfg)
+    has_pth = _save_pth(os.path.join(workdir, "state_dict.pth"), params, tc.epochs)
+    bar.say(f"train: done at step {total} ({skipped} skipped); wrote "
+            f"{os.path.join(workdir, export.EXPORT_NAME)}" + (" and state_dict.pth" if has_pth
+                                                               else ""))
+  return TrainResult(params, model_cfg, total, skipped, workdir, history)
+
+
+def _make_evaluator(config, workdir):
+  """An ``evaluate(params, model_cfg) -> dict`` every ``eval.every_epochs``, or None."""
+  ec = config.get("eval")
+  if ec is None or not ec.every_epochs:
+    return None
+  from csa_jax.train import periodic_eval as train_eval
+  return train_eval.make_evaluator(config, workdir)

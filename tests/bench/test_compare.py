@@ -1,0 +1,82 @@
+"""csa_jax.bench.compare: ``csa-jax bench`` end to end at tiny sizes (JSON fields, parity, table)."""
+
+import importlib.util
+import json
+
+import pytest
+
+from csa_jax.bench import compare as bench
+from csa_jax.bench import race as br
+
+TINY_ARGS = ["--dim", "16", "--depth", "1", "--heads", "2", "--anchors", "8", "--k", "12",
+             "--db", "32", "--descriptor-dim", "16", "--batches", "1,2", "--train-batch", "2",
+             "--train-k", "8", "--repeats", "2", "--matmul-size", "32", "--no-compile",
+             "--dropout", "0"]  # dropout only lengthens compilation; test_torch_model covers it
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                                 reason="torch (optional extra) not installed")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp("bench") / "bench.json"
+  return bench.main(TINY_ARGS + ["--out", str(out)]), json.loads(out.read_text())
+
+
+@needs_torch
+def test_tiny_bench_end_to_end(tiny_run):
+  rc, res = tiny_run
+  assert rc == 0
+  assert res["schema"] == bench.SCHEMA and res["command"].startswith("csa-jax bench --dim 16")
+  for key in ("date", "cpu_model", "cpu_count", "jax_version", "jax_backend", "torch_version",
+              "loadavg_start", "loadavg_end"):
+    assert key in res["machine"], key
+  par = res["parity"]
+  assert par["checked"] and par["rerank_max_abs_diff"] <= 1e-4
+  assert par["train_loss_max_abs_diff"] <= 1e-4
+  assert res["matmul_peak"]["device_peak_flops"] > 0
+  for part, batches in (("rerank", [1, 2]), ("train", [2])):
+    rows = res[part]
+    assert {(r["batch"], r["impl"]) for r in rows} == {
+        (b, i) for b in batches for i in (br.JAX, br.EAGER)}
+    for r in rows:
+      assert "error" not in r, r
+      assert len(r["steady_s"]) == 2 and r["items_per_s"] > 0 and r["first_call_s"] > 0
+      assert r["achieved_flops"] == pytest.approx(r["flops_per_item"] * r["items_per_s"])
+      assert r["frac_of_matmul_peak"] > 0
+      assert "peak_mem_bytes" in r and "peak_mem_method" in r
+      if r["impl"] == br.EAGER:
+        assert r["speedup_vs_torch_eager"] == pytest.approx(1.0)
+
+
+@needs_torch
+def test_tiny_bench_prints_a_table(tiny_run):
+  rc, res = tiny_run
+  table = bench.format_table(res)
+  assert "parity:" in table and "OK" in table
+  rows = [line.split() for line in table.splitlines() if line.startswith(("rerank ", "train "))]
+  assert sorted((r[0], r[1], r[2]) for r in rows) == sorted(
+      (part, b, impl) for part, b in (("rerank", "1"), ("rerank", "2"), ("train", "2"))
+      for impl in (br.JAX, br.EAGER))
+
+
+def test_bench_runs_without_torch(tmp_path, capsys):
+  out = tmp_path / "jax_only.json"
+  assert bench.main(TINY_ARGS + ["--no-torch", "--no-train", "--out", str(out)]) == 0
+  res = json.loads(out.read_text())
+  assert res["parity"] == {"checked": False} and res["train"] == []
+  assert [(r["batch"], r["impl"]) for r in res["rerank"]] == [(1, br.JAX), (2, br.JAX)]
+  assert "not checked" in capsys.readouterr().out
+
+
+def test_bad_sizes_are_rejected_before_any_work(tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    bench.parse_args(["--batches", "1,x"])
+  assert e.value.code == 2 and "positive integers" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    bench.parse_args(["--repeats", "0"])
+  from csa_jax.errors import InputError
+  with pytest.raises(InputError, match="--db"):
+    bench.main(TINY_ARGS + ["--db", "4", "--out", str(tmp_path / "x.json")])
+  with pytest.raises(InputError, match="divisible"):
+    bench.main(TINY_ARGS + ["--heads", "3", "--out", str(tmp_path / "x.json")])
+  assert not (tmp_path / "x.json").exists()

@@ -1,0 +1,64 @@
+"""``csa-jax demo`` in its tiny size: the whole path runs and writes results.json as documented.
+(The full demo's quality claim is measured by running it; see tools/README.md.)"""
+
+import json
+import math
+
+import pytest
+
+from csa_jax.cli import main as cli
+from csa_jax.cli import demo
+from csa_jax.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp("demo")
+  rc = cli.main(["demo", "--out", str(out), "--size", "tiny", "--seed", "3"])
+  return out, rc
+
+
+def test_results_json(tiny_run):
+  out, rc = tiny_run
+  assert rc == 0
+  res = json.loads((out / "results.json").read_text())
+  assert set(res) == {"first_round", "csa"}
+  for k in res:
+    assert set(res[k]) == {"easy", "medium", "hard"}
+    assert all(isinstance(v, float) and math.isfinite(v) and 0 <= v <= 100
+               for v in res[k].values())
+  assert (out / "train" / "state_dict.npz").exists()
+
+
+def test_rerun_replaces_its_own_dir_and_refuses_others(tiny_run, tmp_path):
+  out, _ = tiny_run
+  (out / "train" / "stale").write_text("x")
+  demo._prepare_out(str(out))  # a previous demo's directory: its data and train are replaced
+  assert (out / demo.MARKER).exists() and (out / "neighbors").is_dir()
+  assert not any((out / p).exists() for p in ("train", "data", "results.json"))
+  (tmp_path / "notes.txt").write_text("mine")
+  with pytest.raises(InputError, match="--out: expected a new or empty directory"):
+    demo.run(str(tmp_path), "tiny")
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_table_format():
+  res = {"first_round": {"easy": 90.0, "medium": 60.5, "hard": 40.25},
+         "csa": {"easy": 91.0, "medium": 70.0, "hard": 55.0}}
+  lines = demo.format_table(res, 128).splitlines()
+  assert lines[1].split()[-3:] == ["90.00", "60.50", "40.25"]
+  assert "K=128" in lines[2] and lines[2].split()[-3:] == ["91.00", "70.00", "55.00"]
+  assert lines[3].split()[-3:] == ["+1.00", "+9.50", "+14.75"]
+
+
+def test_the_demo_trains_the_shipped_synthetic_recipe():
+  # `csa-jax train --config synthetic` must reproduce the demo's training: the demo only adds
+  # where the data is and how often to log and checkpoint, nothing that changes a result.
+  from csa_jax import configs
+  cfg = configs.load("synthetic", [("data.root", "/x")])
+  want = demo.demo_config(root="/x")
+  for group in ("model", "train"):
+    assert cfg[group].to_dict() == want[group].to_dict(), group
+  assert cfg.data.K == want.data.K and cfg.data.descriptors == want.data.descriptors
+  tiny = demo.demo_config(root="/x", **demo.SIZES["tiny"][1])
+  assert (tiny.model.dim, tiny.data.K, tiny.train.epochs) == (16, 16, 1)

@@ -1,0 +1,36 @@
+"""The dispatcher: help, unknown commands, and the InputError contract."""
+
+import subprocess
+import sys
+
+from csa_jax.cli import main as cli
+from csa_jax.cli import smoke
+
+
+def test_help_lists_commands(capsys):
+  assert cli.main(["--help"]) == 0
+  assert "smoke" in capsys.readouterr().out
+
+
+def test_unknown_command_exit_2(capsys):
+  assert cli.main(["frobnicate"]) == 2
+  assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+def test_input_error_is_one_line_exit_2(tmp_path):
+  # Through a real process: no traceback may reach the user.
+  code = ("import sys; from csa_jax import errors; from csa_jax.cli import main, smoke\n"
+          "def bad(argv): raise errors.fail('x.npy', 'db', '(n, 2048)', '(3,)')\n"
+          "smoke.main = bad\n"
+          "sys.exit(main.main(['smoke']))\n")
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert r.returncode == 2
+  assert r.stderr.strip().splitlines() == [
+      "csa-jax smoke: error: x.npy: db: expected (n, 2048), found (3,)"]
+
+
+def test_smoke_runs_small():
+  r = smoke.run(queries=2, db=64, dim=32, k=16, l=8)
+  assert r["shapes"] == {"top": [2, 16], "affinity": [2, 17, 8], "scores": [2, 16],
+                         "new_top": [2, 16]}
+  assert 0.0 <= r["fraction_of_top_k_moved"] <= 1.0 and r["queries_per_s"] > 0

@@ -1,0 +1,130 @@
+"""The data-parallel step: 1 and 8 devices compute the same update; bad batches are skipped."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from csa_jax.train import optim
+from csa_jax.train import step as ts
+from csa_jax.core.affinity import training_affinity
+from csa_jax.core.config import ModelConfig
+from csa_jax.errors import InputError
+from csa_jax.core.losses import csa_loss
+from csa_jax.core.forward import training_outputs
+from csa_jax.train.loop import random_train_set
+
+K = L = 8
+B = 16
+# Same computation, 3x faster to compile on a busy 2-core machine.
+FAST = {"xla_backend_optimization_level": 0}
+
+
+@pytest.fixture(scope="module")
+def setup():
+  # Dropout on: the masks must not depend on how the batch is sharded either.
+  cfg = ModelConfig(anchors=L, dim=16, depth=1, heads=2, mlp_ratio=2)
+  tx = optim.make_optimizer(base_lr=0.5, warmup_lr=0.1, final_lr=0.0, warmup_steps=2,
+                            total_steps=10, weight_decay=1e-3)
+  sched = optim.warmup_cosine(0.1, 0.5, 0.0, 2, 10)
+  data = random_train_set(64, 5, 12, max(K, L), seed=0)
+  meshes = {n: ts.make_mesh(jax.devices()[:n]) for n in (1, 8)}
+  host_state = jax.device_get(ts.init_state(cfg, tx, jax.random.key(0), meshes[1], FAST))
+  steps = {n: ts.make_train_step(cfg, tx, m, 0.2, K, L, schedule=sched, compiler_options=FAST)
+           for n, m in meshes.items()}
+  arrays = {n: ts.put_replicated((data.feats_NxC, data.nbrs_NxM, data.clusters_N), m)
+            for n, m in meshes.items()}
+  return dict(cfg=cfg, tx=tx, sched=sched, data=data, meshes=meshes, host_state=host_state,
+              steps=steps, arrays=arrays)
+
+
+def _plain_loss(params, aff, targets, rng, cfg):
+  logits, mse = training_outputs(params, aff, cfg, rng)
+  return csa_loss(logits, targets, mse, 0.2)[0]
+
+
+def _run(s, n, idx_list, rngs):
+  mesh = s["meshes"][n]
+  state = ts.put_replicated(s["host_state"], mesh)
+  out = []
+  for idx, rng in zip(idx_list, rngs):
+    state, m = s["steps"][n](state, s["arrays"][n], ts.global_batch_array(idx, mesh, B), rng)
+    out.append(jax.device_get(m))
+  return jax.device_get(state), out
+
+
+def test_one_and_eight_devices_give_the_same_loss_and_parameters(setup):
+  idx = [np.arange(B), np.arange(B, 2 * B)]
+  rngs = [jax.random.key(10), jax.random.key(11)]
+  s1, m1 = _run(setup, 1, idx, rngs)
+  s8, m8 = _run(setup, 8, idx, rngs)
+  for a, b in zip(m1, m8):
+    for k in ("loss", "contrastive", "mse", "grad_norm", "lr"):
+      np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  # The step really moved the parameters, and the loss is the global-batch mean: it equals the
+  # plain (unsharded, unjitted-step) loss of the first batch.
+  p0 = setup["host_state"].params
+  assert max(float(np.abs(a - b).max()) for a, b in
+             zip(jax.tree.leaves(s1.params), jax.tree.leaves(p0))) > 1e-4
+  d = setup["data"]
+  aff, tgt = training_affinity(d.feats_NxC, d.nbrs_NxM, d.clusters_N, idx[0], K, L)
+  plain = jax.jit(lambda p, a, t, r: _plain_loss(p, a, t, r, setup["cfg"]), compiler_options=FAST)
+  want = plain(p0, aff, tgt, rngs[0])
+  np.testing.assert_allclose(m8[0]["loss"], float(want), rtol=1e-5)
+  assert int(s8.step) == 2 and int(m8[-1]["skipped"]) == 0
+  # Warm-up 0.1 -> 0.5 over 2 steps: the second step runs at the peak.
+  np.testing.assert_allclose([m8[0]["lr"], m8[1]["lr"]], [0.1, 0.5], rtol=1e-6)
+
+
+def test_dropout_key_changes_the_step(setup):
+  idx = [np.arange(B)]
+  _, ma = _run(setup, 8, idx, [jax.random.key(1)])
+  _, mb = _run(setup, 8, idx, [jax.random.key(2)])
+  assert abs(float(ma[0]["loss"]) - float(mb[0]["loss"])) > 1e-6
+
+
+def test_a_nan_batch_is_skipped_counted_and_leaves_params_and_state_untouched(setup):
+  mesh = setup["meshes"][1]
+  step = ts.make_batch_train_step(setup["cfg"], setup["tx"], mesh, 0.2, compiler_options=FAST)
+  d = setup["data"]
+  aff, tgt = training_affinity(d.feats_NxC, d.nbrs_NxM, d.clusters_N, np.arange(B), K, L)
+  # The ready-batch variant computes what the on-device-affinity variant computes.
+  state, m = step(ts.put_replicated(setup["host_state"], mesh), aff, tgt, jax.random.key(10))
+  ref, mref = _run(setup, 1, [np.arange(B)], [jax.random.key(10)])
+  np.testing.assert_allclose(m["loss"], mref[0]["loss"], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(ref.params)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+  before = jax.device_get(state)
+  bad = np.asarray(aff).copy()
+  bad[3, 2, 1] = np.nan
+  state, m = step(state, bad, tgt, jax.random.key(11))
+  after = jax.device_get(state)
+  assert not bool(m["ok"]) and int(m["skipped"]) == 1 and not np.isfinite(float(m["loss"]))
+  for a, b in zip(jax.tree.leaves(after.params), jax.tree.leaves(before.params)):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(after.opt_state.inner_state),
+                  jax.tree.leaves(before.opt_state.inner_state)):
+    np.testing.assert_array_equal(a, b)
+  assert int(after.step) == 2  # the batch was consumed: the data order moves on
+  # A row without any positive target makes the loss +inf: skipped as well.
+  no_pos = np.asarray(tgt).copy()
+  no_pos[0] = 0.0
+  state, m = step(state, aff, no_pos, jax.random.key(12))
+  assert not bool(m["ok"]) and int(m["skipped"]) == 2
+  state, m = step(state, aff, tgt, jax.random.key(13))
+  assert bool(m["ok"]) and int(m["skipped"]) == 2
+
+
+def test_batch_that_does_not_divide_over_the_devices_is_a_clear_error(setup):
+  mesh = setup["meshes"][8]
+  with pytest.raises(InputError, match="expected a positive multiple of the 8 devices.*found 12"):
+    ts.check_batch(12, mesh)
+  state = ts.put_replicated(setup["host_state"], mesh)
+  with pytest.raises(InputError, match="multiple of the 8 devices"):
+    setup["steps"][8](state, setup["arrays"][8], jnp.arange(12, dtype=jnp.int32),
+                      jax.random.key(0))
+  assert ts.check_batch(16, mesh) == 2
+  with pytest.raises(InputError, match="data.L"):
+    ts.make_train_step(setup["cfg"], setup["tx"], mesh, 0.2, K, L + 1)
