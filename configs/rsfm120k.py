@@ -11,12 +11,13 @@ from ml_collections.config_dict import placeholder
 
 def get_config() -> ConfigDict:
   c = ConfigDict()
-  # The paper model (docs/method.md section 3). The original trained with fp16 autocast + loss scaling;
-  # bfloat16 compute over float32 parameters is the JAX equivalent and needs no scaling.
+  # The paper model (docs/method.md section 3). The original trained with fp16 autocast + loss
+  # scaling; bfloat16 compute over float32 parameters is the JAX equivalent and needs no scaling.
   c.model = dict(anchors=512, dim=768, depth=2, heads=12, mlp_ratio=4, qkv_bias=True, drop=0.1,
                  attn_drop=0.1, drop_path=0.1, temperature=2.0, dtype="bfloat16")
   c.data = dict(
-      source="files",  # "files" (docs/method.md section 6 layout) or "random" (in-memory, for tests)
+      # "files" (the layout of docs/method.md section 6) or "random" (in-memory, for tests)
+      source="files",
       root=placeholder(str),  # relative paths below resolve against it
       descriptors=("train/gl18-tl-resnet101-gem-w.pkl",),
       annotations="annotations/retrieval-SfM-120k.pkl",
@@ -28,8 +29,8 @@ def get_config() -> ConfigDict:
       global_batch=256,
       epochs=100,
       warmup_epochs=20,
-      # Learning rate (docs/method.md section 5). The scripts pass base_lr 0.1 and warmup_lr 0.001 for
-      # batch 256, but train.py divides the batch by the 4 GPUs *before* scaling lr by
+      # Learning rate (docs/method.md section 5). The scripts pass base_lr 0.1 and warmup_lr 0.001
+      # for batch 256, but train.py divides the batch by the 4 GPUs *before* scaling lr by
       # batch / 256, so the runs behind the paper's numbers used 0.1 * 64/256 = 0.025 and
       # 0.001 * 64/256 = 0.00025 for their global batch of 256. These are those values.
       base_lr=0.025,

@@ -1,41 +1,79 @@
 """csa_jax: CSA visual re-ranking (Ouyang et al., NeurIPS 2021) in JAX/Flax.
 
-Pure functions over plain pytrees; shapes use B batch, N tokens, K candidates, L anchors,
-C descriptor size, D hidden size.
+Pure functions over plain pytrees. Shapes in names: B batch, N tokens, K candidates, L anchors,
+C descriptor size, D hidden size, Q queries, T ranked list length. Rankings are queries-first,
+(Q, T) arrays of database indices, best first. The method as implemented: docs/method.md.
 
-- ``ModelConfig``: the re-ranker's hyper-parameters (paper defaults).
+The model:
+- ``ModelConfig``: the re-ranker's hyper-parameters (paper defaults); ``CSA``: the Flax module.
 - ``init_params(cfg, rng) -> params``.
 - ``rerank_scores(params, aff_BxNxL, cfg) -> (B, N-1)``: cosine of refined tokens 1.. to token 0.
 - ``training_outputs(params, aff_BxNxL, cfg, rng=None) -> (logits_BxN, mse)``.
-- ``csa_loss(logits_BxN, targets_BxN, mse, alpha) -> (loss, {'contrastive', 'mse'})``.
-- ``rerank_affinity(q_QxC, db_NxC, top_QxT, K, L) -> (Q, K+1, L)``.
-- ``training_affinity(feats_NxC, nbrs_NxM, clusters_N, idx_B, K, L) -> ((B, K, L), (B, K))``.
+- ``csa_loss(logits_BxN, targets_BxN, mse, alpha) -> (loss, {'contrastive', 'mse'})``,
+  ``contrastive_loss``.
+- ``rerank_affinity(q_QxC, db_NxC, top_QxT, K, L) -> (Q, K+1, L)``;
+  ``training_affinity(feats_NxC, nbrs_NxM, clusters_N, idx_B, K, L) -> ((B, K, L), (B, K))``.
+- ``l2_normalize(x, axis=-1)``: the one normaliser (numpy or jax arrays).
+
+Retrieval and evaluation:
+- ``top_k_search(q_QxC, db, T) -> (scores_QxT, idx_QxT)``: blocked on-device search, memmap ok.
+- ``csa_rerank(params, cfg, q_QxC, db_NxC, top_QxT, K, L) -> top_QxT``: batched, sharded.
+- ``revisited_map(ranks_QxT, gnd)``, ``revisited_map_from_scores(scores_QxN, gnd, top_QxK)``.
+- ``evaluate(q_QxC, db, gnd, model=None, K=...)``: first round and CSA, exact over the database.
+
+Checkpoints and training:
 - ``params_from_torch_state_dict(sd, heads) -> (params, cfg)``, ``params_to_torch_state_dict``,
   ``load_torch_checkpoint(path, heads) -> (params, cfg)``: original checkpoints, no torch needed.
 - ``load_model(path) -> (params, cfg)`` (.pth, .npz export or workdir), ``save_export``.
-- ``top_k_search(q_QxC, db, T) -> (scores_QxT, idx_QxT)``: blocked on-device search, memmap ok.
-- ``csa_rerank(params, cfg, q_QxC, db_NxC, top_QxT, K, L) -> top_QxT``: batched, sharded.
-- ``revisited_map(ranks_TxQ, gnd)``, ``revisited_map_from_scores(scores_QxN, gnd, top_QxK)``.
+- ``csa_jax.train.loop.train(config, workdir, resume=False) -> TrainResult``; configs from
+  ``csa_jax.configs`` (``configs.load('tiny')``).
 """
 
-from csa_jax.core.affinity import rerank_affinity, training_affinity
+from csa_jax.core.affinity import rerank_affinity
+from csa_jax.core.affinity import training_affinity
 from csa_jax.core.config import ModelConfig
-from csa_jax.errors import InputError
-from csa_jax.evaluation.revisited import revisited_map, revisited_map_from_scores
-from csa_jax.interop.export import load_model, save_export
-from csa_jax.interop.state_dict import params_from_torch_state_dict, params_to_torch_state_dict
-from csa_jax.core.losses import contrastive_loss, csa_loss
+from csa_jax.core.forward import init_params
+from csa_jax.core.forward import rerank_scores
+from csa_jax.core.forward import training_outputs
+from csa_jax.core.losses import contrastive_loss
+from csa_jax.core.losses import csa_loss
 from csa_jax.core.model import CSA
-from csa_jax.core.forward import init_params, rerank_scores, training_outputs
+from csa_jax.core.normalize import l2_normalize
+from csa_jax.errors import InputError
+from csa_jax.evaluation.evaluate import evaluate
+from csa_jax.evaluation.revisited import revisited_map
+from csa_jax.evaluation.revisited import revisited_map_from_scores
+from csa_jax.interop.export import load_model
+from csa_jax.interop.export import save_export
+from csa_jax.interop.pth import load_torch_checkpoint
+from csa_jax.interop.state_dict import params_from_torch_state_dict
+from csa_jax.interop.state_dict import params_to_torch_state_dict
 from csa_jax.retrieval.rerank import csa_rerank
 from csa_jax.retrieval.search import top_k_search
-from csa_jax.interop.pth import load_torch_checkpoint
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CSA", "InputError", "ModelConfig", "contrastive_loss", "csa_loss", "csa_rerank", "init_params",
-    "load_model", "load_torch_checkpoint", "save_export", "params_from_torch_state_dict", "params_to_torch_state_dict",
-    "rerank_affinity", "rerank_scores", "revisited_map", "revisited_map_from_scores",
-    "top_k_search", "training_affinity", "training_outputs",
-]
+
+__all__ = (
+    "CSA",
+    "InputError",
+    "ModelConfig",
+    "contrastive_loss",
+    "csa_loss",
+    "csa_rerank",
+    "evaluate",
+    "init_params",
+    "l2_normalize",
+    "load_model",
+    "load_torch_checkpoint",
+    "params_from_torch_state_dict",
+    "params_to_torch_state_dict",
+    "rerank_affinity",
+    "rerank_scores",
+    "revisited_map",
+    "revisited_map_from_scores",
+    "save_export",
+    "top_k_search",
+    "training_affinity",
+    "training_outputs",
+)

@@ -11,8 +11,9 @@ own subprocess so that peak RSS is separate, end to end from descriptors to the 
 
   original: dense scores (numpy, db as a memmap), full argsort of every column, and the reference
             tools' per-query loop evaluator (compute_ap / compute_map, written here in their style);
-  csa_jax:  blocked top-T search on device with scores as a by-product (``search.top_k_search``)
-            and the exact evaluator (``evaluate.revisited_map_from_scores``), as ``csa-jax eval``
+  csa_jax:  blocked top-T search on device with scores as a by-product
+            (``csa_jax.retrieval.search.top_k_search``) and the exact evaluator
+            (``csa_jax.evaluation.revisited.revisited_map_from_scores``), as ``csa-jax eval``
             (``csa_jax:T`` keeps a top-T list of another length, e.g. 1024 for re-ranking).
 
 Prints time and peak RSS of both and checks both print the same table. The .npy is deleted at the
@@ -171,8 +172,10 @@ def work_original(d: str) -> dict:
 
 
 def work_csa_jax(d: str, T: int) -> dict:
+  from csa_jax import log as csa_log
   from csa_jax.evaluation import revisited as evaluate
   from csa_jax.retrieval.search import top_k_search
+  csa_log.setup()  # the search's progress records, on stderr as csa-jax shows them
   q, gnd = load_inputs(d)
   t0 = time.perf_counter()
   db = np.load(os.path.join(d, "db.npy"), mmap_mode="r")

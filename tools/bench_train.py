@@ -2,12 +2,13 @@
 
   python tools/bench_train.py [--batch 32] [--dtypes float32,bfloat16] [--steps 3]
 
-Times ``train_step.make_train_step`` (the step ``csa-jax train`` runs: affinities and targets
-built on device from descriptors, forward, backward, SGD update) at K=512, L=512, D=768, depth 2,
-12 heads, dropout on, on every local device (one on a plain CPU). Compilation is timed apart;
-steady-state samples/s is the mean over ``--steps`` timed steps after ``--warmup`` untimed ones.
-FLOPs follow docs/method.md section 9 (training ~ 3x forward). Progress on stderr; the table on stdout;
-``--json PATH`` writes the numbers.
+Times ``csa_jax.train.step.make_train_step`` (the step ``csa-jax train`` runs: affinities and
+targets built on device from descriptors, forward, backward, SGD update) at K=512, L=512, D=768,
+depth 2, 12 heads, dropout on, on every local device (one on a plain CPU), over a random
+clustered training set (``train_set.random_train_set``; the cost does not depend on the values).
+Compilation is timed apart; steady-state samples/s is the mean over ``--steps`` timed steps after
+``--warmup`` untimed ones. FLOPs follow docs/method.md section 9 (``bench.flops.train_flops``:
+training ~ 3x forward). Progress on stderr; the table on stdout; ``--json PATH`` writes the numbers.
 """
 
 from __future__ import annotations
@@ -22,28 +23,12 @@ import time
 import jax
 import numpy as np
 
+from csa_jax import parallel
+from csa_jax.bench.flops import train_flops
+from csa_jax.core.config import ModelConfig
+from csa_jax.data.train_set import random_train_set
 from csa_jax.train import optim
 from csa_jax.train import step as ts
-from csa_jax.core.config import ModelConfig
-from csa_jax.data.train_set import TrainSet
-
-
-def forward_flops(n: int, l: int, d: int, depth: int) -> float:
-  """docs/method.md section 9, per sample, training (feature_align included)."""
-  return 2 * n * l * d + depth * (2 * n * d * 3 * d + 4 * n * n * d + 2 * n * d * d
-                                  + 16 * n * d * d) + 2 * n * d * l
-
-
-def _random_train_set(n: int, c: int, m: int, seed: int = 0) -> TrainSet:
-  rng = np.random.default_rng(seed)
-  feats = rng.normal(size=(n, c)).astype(np.float32)
-  feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-  # Random neighbour lists (self first) and clusters: the cost does not depend on their values.
-  others = np.stack([rng.choice(n - 1, m - 1, replace=False) for _ in range(n)])
-  others += others >= np.arange(n)[:, None]  # skip i itself
-  nbrs = np.concatenate([np.arange(n)[:, None], others], axis=1).astype(np.int32)
-  clusters = rng.integers(0, n // 20, n).astype(np.int32)
-  return TrainSet(feats, clusters, nbrs, [("random", 0, n)])
 
 
 def _cpu_name() -> str:
@@ -69,12 +54,12 @@ def _memory(compiled) -> dict:
 def bench(dtype: str, batch: int, K: int, L: int, dim: int, depth: int, heads: int, steps: int,
           warmup: int, samples: int, descriptor_dim: int) -> dict:
   cfg = ModelConfig(anchors=L, dim=dim, depth=depth, heads=heads, dtype=dtype)
-  mesh = ts.make_mesh(jax.local_devices())
+  mesh = parallel.make_mesh(jax.local_devices())
   ts.check_batch(batch, mesh)
   tx = optim.make_optimizer(base_lr=0.025, warmup_lr=0.00025, final_lr=0.0, warmup_steps=100,
                             total_steps=1000, weight_decay=1e-6)
-  data = _random_train_set(samples, descriptor_dim, max(K, L))
-  arrays = ts.put_replicated((data.feats_NxC, data.nbrs_NxM, data.clusters_N), mesh)
+  data = random_train_set(samples, max(1, samples // 20), descriptor_dim, max(K, L), seed=0)
+  arrays = parallel.put_replicated((data.feats_NxC, data.nbrs_NxM, data.clusters_N), mesh)
   state = ts.init_state(cfg, tx, jax.random.key(0), mesh)
   step = ts.make_train_step(cfg, tx, mesh, 0.2, K, L)
   order = np.random.default_rng(1).permutation(samples).astype(np.int32)
@@ -98,7 +83,7 @@ def bench(dtype: str, batch: int, K: int, L: int, dim: int, depth: int, heads: i
     if i >= warmup:
       times.append(dt)
   step_s = float(np.mean(times))
-  flops = 3 * forward_flops(K, L, dim, depth) * batch
+  flops = train_flops(cfg, K) * batch
   return {"dtype": dtype, "batch": batch, "K": K, "L": L, "dim": dim, "depth": depth,
           "heads": heads, "devices": mesh.size, "compile_s": compile_s, "step_s": step_s,
           "step_s_all": times, "samples_per_s": batch / step_s,
@@ -137,7 +122,8 @@ def main(argv=None) -> int:
   for r in rows:
     mem = r["memory"]
     print(f"{r['dtype']:<10}{r['samples_per_s']:>11.2f}{r['samples_per_s_best']:>8.2f}"
-          f"{r['step_s']:>9.2f}{r['compile_s']:>11.1f}{r['achieved_gflops']:>9.1f}{mem.get('temp_size_in_bytes', 0) / 2**20:>10.0f}"
+          f"{r['step_s']:>9.2f}{r['compile_s']:>11.1f}{r['achieved_gflops']:>9.1f}"
+          f"{mem.get('temp_size_in_bytes', 0) / 2**20:>10.0f}"
           f"{mem.get('argument_size_in_bytes', 0) / 2**20:>10.0f}")
   if args.json:
     from csa_jax.fileio import write_json

@@ -9,7 +9,7 @@
 #     the driver), flax, optax, orbax-checkpoint, numpy, ml_dtypes, matplotlib, pytest, and torch
 #     built with CUDA. A CUDA image with PyTorch and JAX usually has all of them.
 #   - csa_jax itself comes from this checkout (PYTHONPATH, or `pip install -e .` when allowed).
-#   - Offline machine missing a package: put wheels in ./.whl (see the device tool's README) and
+#   - Offline machine missing a package: put wheels in ./.whl (pip download --only-binary) and
 #     they are installed from there with --no-index; with network, pip fetches what is missing.
 # Environment knobs: PYTHON (default python3), BENCH_ARGS (extra `csa-jax bench` flags),
 #   BENCH_TIMEOUT (seconds, default 190), TEST_TIMEOUT (default 80).

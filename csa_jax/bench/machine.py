@@ -1,7 +1,6 @@
-"""What ``csa-jax bench`` needs to know about the machine: description, devices, peak memory.
+"""What ``csa-jax bench`` needs to know about the machine: its description and torch's devices.
 
-Kept apart from the benchmark itself so that the timing code reads as the race it is. torch is
-optional: everything here works without it.
+torch is optional: everything here works without it (the torch helpers import it when called).
 """
 
 from __future__ import annotations
@@ -18,7 +17,8 @@ import numpy as np
 def try_import_torch_model():
   """csa_jax.interop.torch_reference with torch importable, else None."""
   try:
-    from csa_jax.interop import torch_reference as torch_model  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from csa_jax.interop import torch_reference as torch_model
     torch_model.require_torch()
   except ImportError:
     return None
@@ -26,6 +26,7 @@ def try_import_torch_model():
 
 
 def torch_device(name: str = "auto"):
+  """The ``torch.device`` called ``name``; "auto" is cuda when available, else cpu."""
   import torch  # pylint: disable=g-import-not-at-top
   if name == "auto":
     name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -38,6 +39,12 @@ def to_torch(a: np.ndarray, device):
   a = np.asarray(a)
   t = torch.tensor(a.astype(np.int64) if np.issubdtype(a.dtype, np.integer) else a)
   return t.to(device)
+
+
+def torch_sync(device):
+  """A no-argument function that waits for ``device``'s queued work (a no-op on CPU)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
 
 def _cpu_model() -> str:
@@ -63,7 +70,15 @@ def _mem_total_bytes():
 
 
 def machine_info(tdev=None) -> dict:
-  """Who ran, on what: host, accelerator, library versions, and the load when it started."""
+  """Who ran, on what: host, accelerator, library versions, and the load when it started.
+
+  Args:
+    tdev: the ``torch.device`` of the PyTorch side, or None without it.
+
+  Returns:
+    A JSON-ready dict (date, hostname, CPU model and count, memory, load average, jax and torch
+    versions and devices, XLA_FLAGS).
+  """
   dev = jax.devices()[0]
   info = {
       "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -82,50 +97,3 @@ def machine_info(tdev=None) -> dict:
     if tdev.type == "cuda":
       info["torch_device_name"] = torch.cuda.get_device_name(tdev)
   return info
-
-
-def _proc_status_kib(field: str):
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith(field + ":"):
-        return int(line.split()[1])
-  return None
-
-
-def _reset_hwm() -> bool:
-  """Resets the process's resident-memory high-water mark (Linux >= 4.0)."""
-  try:
-    with open("/proc/self/clear_refs", "w") as f:
-      f.write("5")
-    return True
-  except OSError:
-    return False
-
-
-def memory_probe(tdev=None):
-  """Returns ``probe(name, fn) -> (bytes, method)``: peak extra memory of one steady-state call.
-
-  Accelerators: torch's allocator peak (reset before the call); for csa_jax the device's
-  ``peak_bytes_in_use`` (a process-wide peak: JAX cannot reset it). CPU, both sides alike: the rise
-  of the process's resident high-water mark over its resident size before the call.
-  """
-  jax_dev = jax.devices()[0]
-
-  def probe(name: str, fn):
-    if name.startswith("torch") and tdev is not None and tdev.type == "cuda":
-      import torch  # pylint: disable=g-import-not-at-top
-      torch.cuda.synchronize(tdev)
-      base = torch.cuda.memory_allocated(tdev)
-      torch.cuda.reset_peak_memory_stats(tdev)
-      fn()
-      return torch.cuda.max_memory_allocated(tdev) - base, "torch.cuda.max_memory_allocated"
-    if not name.startswith("torch") and jax_dev.platform != "cpu":
-      fn()
-      stats = jax_dev.memory_stats() or {}
-      return stats.get("peak_bytes_in_use"), "jax peak_bytes_in_use (process-wide)"
-    if not _reset_hwm():
-      return None, "unavailable"
-    base = _proc_status_kib("VmRSS")
-    fn()
-    return (_proc_status_kib("VmHWM") - base) * 1024, "rss high-water rise"
-  return probe

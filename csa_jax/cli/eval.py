@@ -17,69 +17,19 @@ import argparse
 import os
 import re
 import sys
-import time
-
-import numpy as np
 
 from csa_jax.data import readers as data_io
-from csa_jax.evaluation import revisited as evaluate
 from csa_jax.errors import fail
+from csa_jax.evaluation.evaluate import evaluate
+from csa_jax.evaluation.revisited import format_results, results_to_json
 from csa_jax.fileio import check_output_path, write_json
-from csa_jax.retrieval.search import SCORE_DTYPES, StackedRows, top_k_search
-
-FIRST_ROUND_T = 100  # ranked list kept without a model (the evaluation itself needs none)
+from csa_jax.retrieval.search import SCORE_DTYPES, StackedRows
 
 
 def _dataset_name(gnd_path: str, r1m: bool) -> str:
   stem = os.path.splitext(os.path.basename(gnd_path))[0]
   m = re.fullmatch(r"gnd_(.+)", stem)
   return (m.group(1) if m else stem) + ("+1m" if r1m else "")
-
-
-def run(q_QxC, db, gnd, *, model=None, K: int = 1024, L: int | None = None,
-        batch_size: int = 8, search_dtype: str = "float32", block: int | None = None,
-        source: str = "db") -> dict:
-  """First-round search, exact revisited evaluation and, with ``model=(params, cfg)``, CSA.
-
-  db: (N, C) array, memmap or ``StackedRows``. Returns {'first_round': results, 'csa': results
-  or None, 'info': {...}} with ``evaluate`` results (fractions) and what was run.
-  """
-  n = len(db)
-  info = {"queries": len(q_QxC), "db_images": n, "search_dtype": search_dtype}
-  seconds = {}
-  if model is not None:
-    params, cfg = model
-    L = cfg.anchors if L is None else L
-    if L != cfg.anchors:
-      raise fail("command line", "--L", f"{cfg.anchors} (the model's anchors)", str(L))
-    if L - 1 > n:
-      raise fail(source, "db", f"at least L-1 = {L - 1} images (the model's anchors)",
-                 f"{n} images")
-    if K > n:
-      print(f"csa-jax eval: K={K} exceeds the {n} database images; re-ranking all of them",
-            file=sys.stderr)
-      K = n
-    t = max(K, L - 1)
-    info.update(K=K, L=L)
-  else:
-    t = min(FIRST_ROUND_T, n)
-  scores_QxN = np.empty((len(q_QxC), n), np.float32)
-  t0 = time.perf_counter()
-  _, top = top_k_search(q_QxC, db, t, block, dtype=search_dtype, scores_out=scores_QxN,
-                        progress=True)
-  seconds["search"] = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  first = evaluate.revisited_map_from_scores(scores_QxN, gnd)
-  seconds["evaluate"] = time.perf_counter() - t0
-  csa = None
-  if model is not None:
-    from csa_jax.retrieval.rerank import csa_rerank  # the model stack only when asked for
-    t0 = time.perf_counter()
-    new_top = csa_rerank(params, cfg, q_QxC, db, top, K, L, batch_size=batch_size)
-    seconds["rerank"] = time.perf_counter() - t0
-    csa = evaluate.revisited_map_from_scores(scores_QxN, gnd, top_QxK=new_top[:, :K])
-  info["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
-  return {"first_round": first, "csa": csa, "info": info}
 
 
 def main(argv: list[str]) -> int:
@@ -126,17 +76,18 @@ def main(argv: list[str]) -> int:
   n_db = len(db)
   if args.r1m:
     db = StackedRows([db, data_io.load_r1m(args.r1m, dim=db.shape[1])])
-  res = run(q, db, gnd, model=model, K=args.K, L=args.L, batch_size=args.batch_size,
-            search_dtype=args.search_dtype, block=args.block, source=args.features or args.db)
+  res = evaluate(q, db, gnd, model=model, K=args.K, L=args.L, batch_size=args.batch_size,
+                 search_dtype=args.search_dtype, block=args.block, progress=True,
+                 source=args.features or args.db)
 
-  print(evaluate.format_results(res["first_round"], name))
+  print(format_results(res["first_round"], name))
   out = {"dataset": name, "features": args.features or [args.db, args.query], "gnd": args.gnd,
          "r1m": args.r1m,
          "distractors": len(db) - n_db, **res["info"],
-         "first_round": evaluate.results_to_json(res["first_round"])}
+         "first_round": results_to_json(res["first_round"])}
   if model is not None:
-    print(evaluate.format_results(res["csa"], f"{name} CSA(K={res['info']['K']})"))
-    out.update(model=args.model, csa=evaluate.results_to_json(res["csa"]))
+    print(format_results(res["csa"], f"{name} CSA(K={res['info']['K']})"))
+    out.update(model=args.model, csa=results_to_json(res["csa"]))
   try:
     write_json(path, out)  # atomic: a failure leaves neither the file nor a temporary
   except OSError as e:

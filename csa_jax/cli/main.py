@@ -18,11 +18,12 @@ from csa_jax.errors import InputError
 COMMANDS = {
     "smoke": ("csa_jax.cli.smoke", "re-rank a generated retrieval set with a fresh model (shapes, "
               "timings; no quality claim)"),
-    "demo": ("csa_jax.cli.demo", "synthetic landmark benchmark: train a small CSA, re-rank, compare"),
+    "demo": ("csa_jax.cli.demo",
+             "synthetic landmark benchmark: train a small CSA, re-rank, compare"),
     "train": ("csa_jax.cli.train", "train CSA from a config (configs/*.py)"),
     "eval": ("csa_jax.cli.eval", "revisited mAP of first-round search, optionally CSA re-ranked"),
     "convert-data": ("csa_jax.cli.convert_data", "turn the original pickle layout into .npy/.json"),
-    "bench": ("csa_jax.bench.compare", "csa_jax vs PyTorch throughput, same weights"),
+    "bench": ("csa_jax.cli.bench", "csa_jax vs PyTorch throughput, same weights"),
     "experiment": ("csa_jax.cli.experiment", "the paper's studies and re-ranking baselines"),
 }
 

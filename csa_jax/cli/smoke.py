@@ -16,6 +16,7 @@ import numpy as np
 from csa_jax.core.affinity import rerank_affinity
 from csa_jax.core.config import ModelConfig
 from csa_jax.core.forward import init_params, rerank_scores
+from csa_jax.core.normalize import l2_normalize
 
 
 def _timed(fn, *args):
@@ -25,13 +26,24 @@ def _timed(fn, *args):
 
 
 def run(queries=8, db=5000, dim=2048, k=1024, l=512, dtype="float32", seed=0) -> dict:
-  """Returns shapes and seconds of each stage (second call = steady state, first = with compile)."""
+  """The re-ranking path on random unit descriptors with a fresh, untrained model.
+
+  Args:
+    queries: Q.
+    db: database size N.
+    dim: descriptor size C.
+    k: candidates re-ranked per query.
+    l: anchors.
+    dtype: the model's compute dtype.
+    seed: seeds the data and the parameters.
+
+  Returns:
+    A dict of the sizes, the shapes of each stage's output, and seconds per stage for the first
+    call (with compilation) and the second (steady state).
+  """
   rng = np.random.default_rng(seed)
-  q = rng.normal(size=(queries, dim)).astype(np.float32)
-  x = rng.normal(size=(db, dim)).astype(np.float32)
-  q /= np.linalg.norm(q, axis=1, keepdims=True)
-  x /= np.linalg.norm(x, axis=1, keepdims=True)
-  q, x = jnp.asarray(q), jnp.asarray(x)
+  q = jnp.asarray(l2_normalize(rng.normal(size=(queries, dim)).astype(np.float32)))
+  x = jnp.asarray(l2_normalize(rng.normal(size=(db, dim)).astype(np.float32)))
   cfg = ModelConfig(anchors=l, dtype=dtype)
   params = init_params(cfg, jax.random.key(seed))
   search = jax.jit(lambda q, x: jax.lax.top_k(q @ x.T, max(k, l - 1))[1])

@@ -13,33 +13,7 @@ import os
 import sys
 
 from csa_jax import configs
-from csa_jax.errors import InputError
-
-
-def init_distributed(coordinator: str | None, num_processes: int | None,
-                     process_id: int | None, auto: bool = False) -> bool:
-  """``jax.distributed.initialize`` from flags or environment; False when single-process.
-
-  Must run before anything touches a JAX backend.
-  """
-  env = os.environ
-  coordinator = coordinator or env.get("JAX_COORDINATOR_ADDRESS")
-  if num_processes is None and env.get("JAX_NUM_PROCESSES"):
-    num_processes = int(env["JAX_NUM_PROCESSES"])
-  if process_id is None and env.get("JAX_PROCESS_ID"):
-    process_id = int(env["JAX_PROCESS_ID"])
-  if not (auto or coordinator or (num_processes or 1) > 1):
-    return False
-  if not auto and (coordinator is None or num_processes is None or process_id is None):
-    raise InputError("command line: --coordinator_address/--num_processes/--process_id: "
-                     "expected all three for a multi-process run, found "
-                     f"{coordinator!r}/{num_processes!r}/{process_id!r}")
-  import jax
-  # Cross-process collectives on CPU need an implementation; GPU/TPU ignore this option.
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                             process_id=process_id)
-  return True
+from csa_jax.parallel import init_distributed
 
 
 def main(argv: list[str]) -> int:
@@ -49,8 +23,8 @@ def main(argv: list[str]) -> int:
       "value with --config.<key>=<value> (e.g. --config.train.epochs=10).")
   # Parsed by configs.split_flags before argparse; declared here for --help.
   p.add_argument("--config", metavar="NAME|FILE", dest="_config",
-                 help="a shipped config (tiny, synthetic, rsfm120k, rsfm120k_aug) or a config file; "
-                 "then any --config.<key>=<value>")
+                 help="a shipped config (tiny, synthetic, rsfm120k, rsfm120k_aug) or a config "
+                 "file; then any --config.<key>=<value>")
   p.add_argument("--workdir", required=True, help="checkpoints, metrics, plots, final model")
   p.add_argument("--resume", action="store_true",
                  help="continue from the latest checkpoint in --workdir")

@@ -1,4 +1,4 @@
-"""Affinity features: similarities of tokens to anchors, built on device (docs/method.md sections 1-2).
+"""Affinity features: similarities of tokens to anchors, on device (docs/method.md sections 1-2).
 
 Only these similarities enter the model, never the descriptors, so one trained re-ranker serves
 any descriptor. Both builders are one gather plus one batched matmul, jitted with K and L static.
@@ -31,13 +31,20 @@ def _rerank_affinity(q_QxC, db_NxC, top_QxT, k, l):
 
 
 def rerank_affinity(q_QxC, db_NxC, top_QxT, K: int, L: int) -> jax.Array:
-  """Test-time affinity (docs/method.md section 1): float32 (Q, K+1, L).
+  """Test-time affinity features (docs/method.md section 1).
 
   tokens = [query, db[top[:, :K]]], anchors = [query, db[top[:, :L-1]]], affinity = tokens @
-  anchors^T; row 0 is the query. Needs T >= K and T >= L-1 ranked database indices per query.
+  anchors^T.
 
-  q_QxC: L2-normalised queries; db_NxC: L2-normalised database; top_QxT: first-round ranking
-  (int, descending score).
+  Args:
+    q_QxC: L2-normalised queries.
+    db_NxC: L2-normalised database.
+    top_QxT: first-round ranking (int, descending score), T >= K and T >= L-1.
+    K: candidates re-ranked per query.
+    L: anchors.
+
+  Returns:
+    float32 aff_Qx(K+1)xL; row 0 is the query.
   """
   q, t = top_QxT.shape
   if q_QxC.shape[0] != q:
@@ -62,12 +69,19 @@ def _training_affinity(feats_NxC, nbrs_NxM, clusters_N, idx_B, k, l):
 
 
 def training_affinity(feats_NxC, nbrs_NxM, clusters_N, idx_B, K: int, L: int):
-  """Training sample i (docs/method.md section 2): tokens = nbrs[i, :K], anchors = nbrs[i, :L].
+  """Training samples (docs/method.md section 2): tokens nbrs[i, :K], anchors nbrs[i, :L].
 
-  feats_NxC: L2-normalised descriptors; nbrs_NxM: each image's neighbours by descending
-  similarity, nbrs[i, 0] = i; clusters_N: int cluster ids; idx_B: the batch's query indices.
-  Returns (aff float32 (B, K, L), targets float32 (B, K)), targets[:, j] = 1 iff token j shares
-  the query's cluster.
+  Args:
+    feats_NxC: L2-normalised descriptors.
+    nbrs_NxM: each image's neighbours by descending similarity, nbrs[i, 0] = i, M >= max(K, L).
+    clusters_N: int cluster ids.
+    idx_B: the batch's query indices.
+    K: tokens per sample.
+    L: anchors per sample.
+
+  Returns:
+    (aff_BxKxL float32, targets_BxK float32); targets[:, j] = 1 iff token j shares the query's
+    cluster, and token 0 (the query) is always 1.
   """
   _check_sizes("training_affinity", K, L, nbrs_NxM.shape[1], K, L)
   if nbrs_NxM.shape[0] != feats_NxC.shape[0] or clusters_N.shape[0] != feats_NxC.shape[0]:

@@ -26,7 +26,8 @@ class ModelConfig:
     drop: dropout on the input ("sim_drop"), after the projection ("pos_drop"), after attention
       and MLP projections.
     attn_drop: dropout on the attention probabilities.
-    drop_path: the last block's stochastic-depth rate; block i uses linspace(0, drop_path, depth)[i].
+    drop_path: the last block's stochastic-depth rate; block i uses
+      linspace(0, drop_path, depth)[i].
     temperature: t in exp(z_0 . z_j / t).
     dtype: compute dtype of the matmuls, "float32" or "bfloat16"; parameters stay float32.
   """

@@ -7,8 +7,18 @@ import jax.numpy as jnp
 
 
 def contrastive_loss(logits_BxN: jax.Array, targets_BxN: jax.Array) -> jax.Array:
-  """mean_b -log( sum_j e_bj y_bj / sum_j e_bj ) with e = exp(logits), computed as a difference of
-  logsumexps in float32 so large logits (small temperatures) cannot overflow."""
+  """The contrastive term (docs/method.md section 4): mean_b -log(sum_j e_bj y_bj / sum_j e_bj).
+
+  Computed with e = exp(logits) as a difference of logsumexps in float32, so large logits (small
+  temperatures) cannot overflow.
+
+  Args:
+    logits_BxN: z_0 . z_j / t for j = 0..N-1.
+    targets_BxN: 1 for positives, 0 otherwise.
+
+  Returns:
+    A float32 scalar; +inf for a row without any positive.
+  """
   logits = logits_BxN.astype(jnp.float32)
   pos = targets_BxN > 0
   lse_all = jax.nn.logsumexp(logits, axis=-1)
@@ -17,12 +27,17 @@ def contrastive_loss(logits_BxN: jax.Array, targets_BxN: jax.Array) -> jax.Array
 
 
 def csa_loss(logits_BxN: jax.Array, targets_BxN: jax.Array, mse: jax.Array, alpha: float = 0.2):
-  """loss = contrastive + alpha * mse.
+  """The CSA objective (docs/method.md section 4): contrastive + alpha * mse.
 
-  logits_BxN: z_0 . z_j / t for j = 0..N-1 (``training_outputs``); targets_BxN: 1 where token j
-  shares the query's cluster, target 0 must be 1 (otherwise a row with no positive is +inf, and the
-  training step skips it as non-finite, like the original).
-  Returns (loss, {'contrastive': ..., 'mse': ...}), all float32 scalars.
+  Args:
+    logits_BxN: z_0 . z_j / t for j = 0..N-1 (``training_outputs``).
+    targets_BxN: 1 where token j shares the query's cluster; target 0 must be 1 (otherwise a row
+      with no positive is +inf, and the training step skips it as non-finite, like the original).
+    mse: the feature-alignment distance (``training_outputs``).
+    alpha: the MSE term's weight.
+
+  Returns:
+    (loss, {'contrastive': ..., 'mse': ...}), all float32 scalars.
   """
   con = contrastive_loss(logits_BxN, targets_BxN)
   mse = jnp.asarray(mse, jnp.float32)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from csa_jax.core.config import ModelConfig
+from csa_jax.core.normalize import l2_normalize
 
 F32 = jnp.float32
 _INIT = nn.initializers.normal(stddev=0.02)
@@ -31,14 +32,15 @@ def _layer_norm(name: str) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=1e-5, dtype=F32, param_dtype=F32, name=name)
 
 
-def l2_normalize(x, axis=-1, eps=1e-12):
-  """x / max(||x||, eps) in float32, as torch.nn.functional.normalize."""
-  x = x.astype(F32)
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
-
-
 def drop_path_rates(cfg: ModelConfig) -> list[float]:
-  """Stochastic-depth rate of each block: linspace(0, drop_path, depth), as timm's ViT."""
+  """Stochastic-depth rate of each block (docs/method.md section 3), as timm's ViT.
+
+  Args:
+    cfg: the model; its ``drop_path`` is the last block's rate.
+
+  Returns:
+    ``linspace(0, cfg.drop_path, cfg.depth)`` as a list of floats, one per block.
+  """
   return [float(r) for r in np.linspace(0.0, cfg.drop_path, cfg.depth)]
 
 
@@ -136,4 +138,5 @@ class CSA(nn.Module):
 
 @functools.lru_cache(maxsize=None)
 def model_for(cfg: ModelConfig) -> CSA:
+  """The ``CSA`` module of ``cfg``, one instance per config (modules are stateless)."""
   return CSA(cfg)

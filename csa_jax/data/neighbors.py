@@ -1,4 +1,4 @@
-"""The training neighbour lists (docs/method.md section 2), computed on device in blocks and cached on disk.
+"""The training neighbour lists (docs/method.md section 2): computed on device, cached on disk.
 
 nbrs[i] = the top M = max(K, L) images of the descriptor set by similarity to image i, descending,
 ties broken by lower index, with nbrs[i, 0] = i even when exact duplicates of i exist. Computing
@@ -9,28 +9,34 @@ descriptors' content hash, K and L, and reused while the key and the file's chec
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 
 import jax
 import numpy as np
 
-from csa_jax.data.readers import say
-from csa_jax.fileio import save_npz
 from csa_jax.data.npyio import load_npz
+from csa_jax.fileio import save_npz
 from csa_jax.retrieval.search import top_k_search
 
 # Bumped whenever the definition of the lists changes, so old caches are recomputed, not reused.
 CACHE_VERSION = "nbrs-v1"
 _BLOCK_BYTES = 1 << 28  # scores per query block: at most 256 MiB of float32 on device
 
-# Counts real computations (not cache hits): tests prove a hit skips the work.
-COMPUTE_COUNT = 0
+log = logging.getLogger(__name__)
 
 
 def content_hash(feats_NxC: np.ndarray) -> str:
-  """blake2b of the descriptors as used (float32, C-order, with their shape): the same content
-  read from a pickle or from its converted .npz gives the same key."""
+  """The cache key of a descriptor set.
+
+  Args:
+    feats_NxC: the descriptors, any dtype and memory order.
+
+  Returns:
+    Hex blake2b of the descriptors as used (float32, C-order, with their shape), so the same
+    content read from a pickle or from its converted .npz gives the same key.
+  """
   a = np.ascontiguousarray(feats_NxC, np.float32)
   h = hashlib.blake2b(digest_size=20)
   h.update(f"{CACHE_VERSION}|{a.shape}|float32|".encode())
@@ -42,7 +48,15 @@ def content_hash(feats_NxC: np.ndarray) -> str:
 
 
 def ensure_self_first(nbrs_NxM: np.ndarray) -> np.ndarray:
-  """Moves i to column 0 of row i (keeping the others' order); inserts it if it is missing."""
+  """Row i with i in column 0 (docs/method.md section 2), even among exact duplicates of i.
+
+  Args:
+    nbrs_NxM: neighbour lists by descending similarity.
+
+  Returns:
+    int32 copy in which i moved to column 0 of row i (the others keep their order), inserted
+    (dropping the last column's entry) where it was missing.
+  """
   nbrs = np.array(nbrs_NxM, np.int32, copy=True)
   rows = np.nonzero(nbrs[:, 0] != np.arange(len(nbrs)))[0]
   for i in rows:  # only rows with exact duplicates of i: rare
@@ -55,13 +69,18 @@ def ensure_self_first(nbrs_NxM: np.ndarray) -> np.ndarray:
 
 def top_neighbors(feats_NxC, M: int, block: int | None = None,
                   progress: bool = True) -> np.ndarray:
-  """int32 (N, M): each image's top-M images of the same set, itself first.
+  """Each image's top-M images of the same set, itself first (docs/method.md section 2).
 
-  Computed on the default device, ``block`` query rows at a time (default: 256 MiB of scores),
-  through ``csa_jax.retrieval.search.top_k_search`` (ties: lower index first).
+  Args:
+    feats_NxC: L2-normalised descriptors.
+    M: neighbours per image, 1 <= M <= N.
+    block: query rows per device call; default 256 MiB of scores.
+    progress: log progress every 5 s when there is more than one block.
+
+  Returns:
+    int32 nbrs_NxM by descending similarity, ties to the lower index
+    (``retrieval.search.top_k_search`` on the default device).
   """
-  global COMPUTE_COUNT
-  COMPUTE_COUNT += 1
   feats = np.ascontiguousarray(feats_NxC, np.float32)
   n = len(feats)
   if not 1 <= M <= n:
@@ -77,12 +96,13 @@ def top_neighbors(feats_NxC, M: int, block: int | None = None,
     now = time.time()
     if progress and (now - last > 5 or stop == n) and n > block:
       rate = stop / max(now - t0, 1e-9)
-      say(f"neighbours: {stop}/{n} images, {rate:.0f}/s, ETA {(n - stop) / rate:.0f} s")
+      log.info("neighbours: %d/%d images, %.0f/s, ETA %.0f s", stop, n, rate, (n - stop) / rate)
       last = now
   return ensure_self_first(out)
 
 
 def cache_path(cache_dir, digest: str, K: int, L: int) -> str:
+  """The cache file of (descriptor content ``digest``, K, L) in ``cache_dir``."""
   return os.path.join(os.fspath(cache_dir), f"nbrs_{digest[:24]}_K{K}_L{L}.npz")
 
 
@@ -93,33 +113,46 @@ def _valid(path: str, digest: str, K: int, L: int, n: int) -> np.ndarray | None:
     meta = (str(z["hash"]), int(z["K"]), int(z["L"]))
     nbrs = z["nbrs"]
   except Exception as e:  # corrupt, truncated or foreign: recompute
-    say(f"neighbour cache {path}: unreadable ({type(e).__name__}); recomputing")
+    log.warning("neighbour cache %s: unreadable (%s); recomputing", path, type(e).__name__)
     return None
   m = max(K, L)
   ok = (meta == (digest, K, L) and nbrs.dtype == np.int32 and nbrs.shape == (n, m)
         and nbrs.min() >= 0 and nbrs.max() < n and np.array_equal(nbrs[:, 0], np.arange(n)))
   if not ok:
-    say(f"neighbour cache {path}: does not match the descriptors/K/L; recomputing")
+    log.warning("neighbour cache %s: does not match the descriptors/K/L; recomputing", path)
     return None
   return nbrs
 
 
 def load_or_compute(feats_NxC: np.ndarray, K: int, L: int, cache_dir=None, name: str = "",
                     **kw) -> tuple[np.ndarray, bool]:
-  """(nbrs int32 (N, max(K, L)), cache_hit). Reuses ``cache_dir``'s entry for (content hash, K,
-  L) when valid; otherwise computes (``top_neighbors(**kw)``) and stores it atomically.
-  Without ``cache_dir`` it always computes and stores nothing."""
+  """The neighbour lists of a descriptor set, from the cache when it holds them.
+
+  Args:
+    feats_NxC: L2-normalised descriptors.
+    K: tokens per training sample.
+    L: anchors per training sample.
+    cache_dir: where entries keyed by (content hash, K, L) live; None computes and stores
+      nothing.
+    name: the set's name, for the log.
+    **kw: passed to ``top_neighbors``.
+
+  Returns:
+    (nbrs int32 (N, max(K, L)), cache_hit). A missing or invalid entry is computed and stored
+    atomically.
+  """
   m = max(K, L)
   if cache_dir is None:
     return top_neighbors(feats_NxC, m, **kw), False
   digest = content_hash(feats_NxC)
+  of = f" of {name}" if name else ""
   path = cache_path(cache_dir, digest, K, L)
   if os.path.exists(path):
     nbrs = _valid(path, digest, K, L, len(feats_NxC))
     if nbrs is not None:
-      say(f"neighbours{' of ' + name if name else ''}: cache hit {path}")
+      log.info("neighbours%s: cache hit %s", of, path)
       return nbrs, True
-  say(f"neighbours{' of ' + name if name else ''}: computing top-{m} of {len(feats_NxC)} images")
+  log.info("neighbours%s: computing top-%d of %d images", of, m, len(feats_NxC))
   nbrs = top_neighbors(feats_NxC, m, **kw)
   save_npz(path, nbrs=nbrs, hash=np.array(digest), K=np.array(K), L=np.array(L),
            version=np.array(CACHE_VERSION))

@@ -9,7 +9,8 @@ a direction common to all photos and per-photo noise complete the model. The tra
 landmarks (one cluster each) and single unrelated photos (a cluster each), as rSfM120k's clusters
 are its 3D models; the test db adds unrelated "minor" landmarks and occluded photos (3x noise).
 
-Files follow docs/method.md section 6 in its .npz/.json form, so ``data_io`` reads them like real data:
+Files follow docs/method.md section 6 in its .npz/.json form, so ``data.readers`` reads them like
+real data:
 
   <root>/annotations/retrieval-SfM-120k.json  {'train'|'val': {'cids','cluster','qidxs','pidxs'}}
   <root>/train/synth-gem.npz                  {'train': (n, C), 'val': (m, C)}
@@ -28,6 +29,7 @@ import os
 
 import numpy as np
 
+from csa_jax.core.normalize import l2_normalize
 from csa_jax.fileio import save_npz, write_json
 
 FEATURES = "synth-gem"
@@ -66,23 +68,19 @@ class SynthConfig:
     return dataclasses.replace(self, **kw)
 
 
-def _unit(x):
-  return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
 class _World:
   """The shared directions (common, styles); landmarks are drawn from it one by one."""
 
   def __init__(self, cfg: SynthConfig, rng: np.random.Generator):
     self.cfg, self.rng = cfg, rng
-    self.common = _unit(rng.normal(size=cfg.dim))
-    self.styles = _unit(rng.normal(size=(cfg.styles, cfg.dim)))
+    self.common = l2_normalize(rng.normal(size=cfg.dim))
+    self.styles = l2_normalize(rng.normal(size=(cfg.styles, cfg.dim)))
 
   def landmark(self):
     """(style, ident, parts_PxC) of a new landmark."""
     c, rng = self.cfg, self.rng
-    return (int(rng.integers(c.styles)), _unit(rng.normal(size=c.dim)),
-            _unit(rng.normal(size=(c.parts, c.dim))))
+    return (int(rng.integers(c.styles)), l2_normalize(rng.normal(size=c.dim)),
+            l2_normalize(rng.normal(size=(c.parts, c.dim))))
 
   def photos(self, lm, t_V, occluded_V=None):
     """Unit descriptors (V, C) of landmark ``lm`` seen from viewpoints ``t_V``."""
@@ -90,23 +88,23 @@ class _World:
     style, ident, parts = lm
     k = np.arange(c.parts)
     w = np.exp(-(k[None] - t_V[:, None]) ** 2 / (2 * c.part_width ** 2))
-    view = _unit(w / np.linalg.norm(w, axis=1, keepdims=True) @ parts)
+    view = l2_normalize(w / np.linalg.norm(w, axis=1, keepdims=True) @ parts)
     x = (c.w_common * self.common + c.w_style * self.styles[style] + c.w_ident * ident
          + view)
     noise = c.noise * np.ones(len(t_V))
     if occluded_V is not None:
       noise = np.where(occluded_V, 3 * c.noise, noise)
-    x = _unit(x) + noise[:, None] * rng.normal(size=x.shape) / np.sqrt(c.dim)
-    return _unit(x).astype(np.float32)
+    x = l2_normalize(x) + noise[:, None] * rng.normal(size=x.shape) / np.sqrt(c.dim)
+    return l2_normalize(x)  # float32
 
   def distractors(self, n):
     """Unrelated single photos: a style, the common direction, their own content."""
     c, rng = self.cfg, self.rng
-    own = _unit(rng.normal(size=(n, c.dim)))
+    own = l2_normalize(rng.normal(size=(n, c.dim)))
     x = (c.w_common * self.common + c.w_style * self.styles[rng.integers(c.styles, size=n)]
          + own)
-    x = _unit(x) + c.noise * rng.normal(size=x.shape) / np.sqrt(c.dim)
-    return _unit(x).astype(np.float32)
+    x = l2_normalize(x) + c.noise * rng.normal(size=x.shape) / np.sqrt(c.dim)
+    return l2_normalize(x)  # float32
 
   def viewpoints(self, n):
     return self.rng.uniform(0, self.cfg.parts - 1, size=n)
@@ -136,8 +134,15 @@ def _pairs(clusters, rng):
 
 
 def generate(cfg: SynthConfig = SynthConfig()) -> dict:
-  """The benchmark in memory: {'annotations', 'train_feats', 'test_feats', 'gnd'} (the contents of
-  the files ``write_benchmark`` writes). Deterministic in ``cfg`` (seed included)."""
+  """The benchmark in memory, deterministic in ``cfg`` (seed included).
+
+  Args:
+    cfg: sizes, difficulty and seed.
+
+  Returns:
+    {'annotations', 'train_feats', 'test_feats', 'gnd'}: the contents of the files
+    ``write_benchmark`` writes (descriptors float32 unit rows).
+  """
   rng = np.random.default_rng(cfg.seed)
   world = _World(cfg, rng)
   tr_x, tr_c = _split(world, cfg.train_landmarks, cfg.train_photos, cfg.train_singles)
@@ -178,7 +183,14 @@ def generate(cfg: SynthConfig = SynthConfig()) -> dict:
 
 
 def paths(root) -> dict:
-  """Where ``write_benchmark`` puts each file under ``root``."""
+  """Where ``write_benchmark`` puts each file under ``root``.
+
+  Args:
+    root: the data root.
+
+  Returns:
+    {'annotations', 'train_features', 'gnd', 'test_features'}: file paths.
+  """
   root = os.fspath(root)
   return {
       "annotations": os.path.join(root, "annotations", "retrieval-SfM-120k.json"),
@@ -189,7 +201,15 @@ def paths(root) -> dict:
 
 
 def write_benchmark(root, cfg: SynthConfig = SynthConfig()) -> dict:
-  """Generates the benchmark and writes it under ``root`` (each file atomically); returns paths."""
+  """Generates the benchmark and writes it under ``root``, each file atomically.
+
+  Args:
+    root: the data root (created as needed).
+    cfg: sizes, difficulty and seed.
+
+  Returns:
+    The file paths, as ``paths(root)``.
+  """
   data = generate(cfg)
   p = paths(root)
   write_json(p["annotations"], data["annotations"])

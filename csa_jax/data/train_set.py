@@ -12,11 +12,11 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import jax
 import numpy as np
 
-from csa_jax.data import readers as data_io
+from csa_jax.core.normalize import l2_normalize
 from csa_jax.data import neighbors
+from csa_jax.data import readers as data_io
 from csa_jax.errors import fail
 
 
@@ -52,8 +52,18 @@ def load_train_set(descriptor_paths: list[str], annotations_path: str, K: int, L
                    cache_dir=None, split: str = "train") -> TrainSet:
   """Reads the annotations and every descriptor set, and attaches (cached) neighbour lists.
 
-  Several paths stack several descriptor sets (the augmented setting): each set gets neighbours
-  computed inside itself, offset into the stacked matrix, and the same cluster labels.
+  Args:
+    descriptor_paths: one descriptor file per set; several stack several sets (the augmented
+      setting): each set gets neighbours computed inside itself, offset into the stacked matrix,
+      and the same cluster labels.
+    annotations_path: the retrieval-SfM-120k annotations (pickle or its converted form).
+    K: tokens per sample.
+    L: anchors per sample.
+    cache_dir: where neighbour lists are cached (``neighbors.load_or_compute``); None: no cache.
+    split: the annotations' split to train on.
+
+  Returns:
+    A ``TrainSet``. Bad files or sizes raise ``InputError``.
   """
   if not descriptor_paths:
     raise fail("<arguments>", "descriptor_paths", "at least one descriptor file", "none")
@@ -79,15 +89,56 @@ def load_train_set(descriptor_paths: list[str], annotations_path: str, K: int, L
                   nbrs_NxM=np.concatenate(nbrs), sets=sets)
 
 
+def random_train_set(num_samples: int, num_clusters: int, dim: int, M: int,
+                     seed: int) -> TrainSet:
+  """A seeded, in-memory training set of clustered unit descriptors (tests, smoke runs, benchmarks).
+
+  Args:
+    num_samples: images N.
+    num_clusters: landmarks; each image is its cluster's centre plus noise.
+    dim: descriptor size C.
+    M: neighbours per image, max(K, L).
+    seed: the numpy seed; the same arguments give the same set.
+
+  Returns:
+    A ``TrainSet`` with exact neighbour lists (as ``neighbors.top_neighbors`` defines them).
+  """
+  rng = np.random.default_rng(seed)
+  clusters = rng.integers(0, num_clusters, num_samples).astype(np.int32)
+  centers = rng.normal(size=(num_clusters, dim))
+  feats = l2_normalize(centers[clusters] + 1.5 * rng.normal(size=(num_samples, dim)), axis=1)
+  # Stable sort on -score with self forced first: the definition of neighbors.top_neighbors.
+  scores = feats @ feats.T
+  np.fill_diagonal(scores, np.inf)
+  nbrs = np.argsort(-scores, axis=1, kind="stable")[:, :M].astype(np.int32)
+  return TrainSet(feats, clusters, nbrs, [("random", 0, num_samples)])
+
+
 def epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
-  """The epoch's sample order: a permutation of range(num_samples), a pure function of (seed,
-  epoch), so a resumed run replays exactly the order it was in."""
+  """The epoch's sample order, a pure function of (seed, epoch): a resumed run replays it exactly.
+
+  Args:
+    num_samples: training samples.
+    seed: the run's seed.
+    epoch: 0-based epoch.
+
+  Returns:
+    int32 permutation of range(num_samples).
+  """
   rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch, 0x5A])))
   return rng.permutation(num_samples).astype(np.int32)
 
 
 def steps_per_epoch(num_samples: int, global_batch: int) -> int:
-  """Full global batches per epoch (the remainder is dropped, as the original loader does)."""
+  """Full global batches per epoch; the remainder is dropped, as the original loader does.
+
+  Args:
+    num_samples: training samples.
+    global_batch: samples per step, >= 1.
+
+  Returns:
+    ``num_samples // global_batch``.
+  """
   if global_batch < 1:
     raise ValueError(f"steps_per_epoch: global_batch must be >= 1, got {global_batch}")
   return num_samples // global_batch
@@ -95,8 +146,18 @@ def steps_per_epoch(num_samples: int, global_batch: int) -> int:
 
 def batch_indices(order: np.ndarray, step_in_epoch: int, global_batch: int,
                   process_index: int = 0, process_count: int = 1) -> np.ndarray:
-  """int32 (global_batch // process_count,): this process's contiguous slice of global batch
-  ``step_in_epoch`` of ``order``."""
+  """This process's contiguous slice of one global batch.
+
+  Args:
+    order: the epoch's order (``epoch_order``).
+    step_in_epoch: which global batch, 0-based.
+    global_batch: samples per step over all processes.
+    process_index: this process.
+    process_count: processes in the run; must divide ``global_batch``.
+
+  Returns:
+    int32 (global_batch // process_count,) sample indices.
+  """
   if global_batch % process_count:
     raise ValueError(f"batch_indices: global batch {global_batch} is not divisible by "
                      f"{process_count} processes")
@@ -109,15 +170,3 @@ def batch_indices(order: np.ndarray, step_in_epoch: int, global_batch: int,
   per = global_batch // process_count
   start = step_in_epoch * global_batch + process_index * per
   return np.asarray(order[start:start + per], np.int32)
-
-
-def device_put_train_set(ts: TrainSet, sharding=None):
-  """(feats_NxC, nbrs_NxM, clusters_N) as device arrays, replicated on ``sharding`` (default:
-  the default device), ready for ``training_affinity`` inside a jitted step."""
-  def put(x):
-    if sharding is None:
-      return jax.device_put(x)
-    # Built from per-device callbacks, so it also works when the sharding spans other hosts.
-    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-
-  return put(ts.feats_NxC), put(ts.nbrs_NxM), put(ts.clusters_N)

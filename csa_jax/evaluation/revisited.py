@@ -1,150 +1,61 @@
-"""Revisited Oxford/Paris evaluation (Radenovic et al., CVPR 2018; docs/method.md section 7), exact and fast.
+"""Revisited Oxford/Paris evaluation (Radenovic et al., CVPR 2018), exact and fast.
 
-Two entry points give the reference tools' numbers:
+docs/method.md section 7 defines the protocol; two entry points give the reference tools' numbers:
 
-- ``revisited_map(ranks_TxQ, gnd)``: from rankings as the reference tools take them (column q holds
-  db indices in ranked order, possibly truncated to T rows).
+- ``revisited_map(ranks_QxT, gnd)``: from rankings, queries first (row q holds db indices in
+  ranked order, possibly truncated to T columns), as ``top_k_search`` returns them.
 - ``revisited_map_from_scores(scores_QxN, gnd, top_QxK=None)``: from scores over the whole db (and
   optionally a re-ordered top-K placed first), identical to a full stable argsort of the scores
   but without sorting the db: only where positives and ignored images land matters, and the rank
   of an image is the number of images placed above it.
 
 Both reduce each query to sparse "hits" (positions of positives and of ignored images in the
-ranking); the metrics are then a few vectorised passes over the hits. Never imports torch.
+ranking); the metrics are then a few vectorised passes over the hits. ``percent`` is the one
+rounding rule for every table and JSON. Never imports torch.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-KAPPAS = (1, 5, 10)
-PROTOCOLS = ("easy", "medium", "hard")
+from csa_jax.errors import fail
+from csa_jax.evaluation.hits import EASY, HARD, JUNK, PROTOCOL_BITS, from_hits, gnd_lists
 
-# Label bits of an image for one query.
-_EASY, _HARD, _JUNK = 1, 2, 4
-# Per protocol: (bits that are positives, bits that are ignored). An image both positive and
-# ignored (e.g. listed as junk and easy) is a positive at its own rank and ignored for the images
-# below it, exactly as the reference's position-based loop treats it.
-_PROTOCOL_BITS = {"easy": (_EASY, _JUNK | _HARD), "medium": (_EASY | _HARD, _JUNK),
-                  "hard": (_HARD, _JUNK | _EASY)}
+KAPPAS = (1, 5, 10)
+PROTOCOLS = tuple(PROTOCOL_BITS)  # ("easy", "medium", "hard"): the one list
 # Entries of the (queries x db) label table built at once by the ranks path.
 _TABLE_ENTRIES = 1 << 24
 
 
-def _gnd_lists(gnd) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-  """(easy, hard, junk) int64 arrays per query; 'junk' is optional, as in the reference."""
-  out = []
-  for q, g in enumerate(gnd):
-    try:
-      lists = [np.asarray(g[k]) for k in ("easy", "hard")] + [np.asarray(g.get("junk", ()))]
-    except (KeyError, TypeError, AttributeError):
-      raise ValueError(f"gnd[{q}]: expected a dict with 'easy', 'hard' (and 'junk') index lists, "
-                       f"found {type(g).__name__} {sorted(g) if isinstance(g, dict) else ''}"
-                       ) from None
-    for k, a in zip(("easy", "hard", "junk"), lists):
-      if a.size and not np.all(np.mod(a, 1) == 0):
-        raise ValueError(f"gnd[{q}]['{k}']: expected integer db indices, found {a.dtype} values")
-    out.append(tuple(a.astype(np.int64).ravel() for a in lists))
-  return out
-
-
-def _n_pos(lists, protocol: str) -> np.ndarray:
-  """Positives per query as the reference counts them: the list's length, duplicates included."""
-  e, h = ([len(x[i]) for x in lists] for i in (0, 1))
-  n = {"easy": e, "medium": [a + b for a, b in zip(e, h)], "hard": h}[protocol]
-  return np.asarray(n, np.float64)
-
-
-def _metrics(pos_q, pos_t, junk_q, junk_t, n_pos_Q, kappas):
-  """AP and P@k per query from sparse hits.
-
-  pos_q/pos_t: query and 0-based position in its ranking of every retrieved positive, sorted by
-  (q, t); junk_q/junk_t: the same for ignored images. n_pos_Q: positives per query (float).
-  """
-  nq = len(n_pos_Q)
-  span = int(max(pos_t.max(initial=0), junk_t.max(initial=0))) + 1
-  pos_key = pos_q * span + pos_t
-  junk_key = junk_q * span + junk_t
-  # A positive's rank r drops by the ignored images strictly above it.
-  junk_above = (np.searchsorted(junk_key, pos_key, side="left")
-                - np.searchsorted(junk_key, pos_q * span, side="left"))
-  r = (pos_t - junk_above).astype(np.float64)
-  # j: this positive's 0-based order among the query's retrieved positives.
-  j = (np.arange(len(pos_q)) - np.searchsorted(pos_q, pos_q, side="left")).astype(np.float64)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    p0 = np.where(r == 0, 1.0, j / r)
-    p1 = (j + 1.0) / (r + 1.0)
-    # Same expression and summation order as the reference, so the sums match to the last bit.
-    step = 1.0 / n_pos_Q
-    aps = np.bincount(pos_q, weights=(p0 + p1) * step[pos_q] / 2.0,
-                      minlength=nq).astype(np.float64)  # an empty bincount is int
-  empty = n_pos_Q == 0
-  aps[empty] = np.nan
-
-  pos1 = r + 1.0  # 1-based adjusted ranks
-  max_pos = np.zeros(nq)
-  np.maximum.at(max_pos, pos_q, pos1)
-  prs = np.zeros((nq, len(kappas)))
-  for i, k in enumerate(kappas):
-    kq = np.minimum(max_pos, k)  # 0 for a query with no retrieved positive
-    hits = np.bincount(pos_q, weights=(pos1 <= kq[pos_q]), minlength=nq)
-    with np.errstate(divide="ignore", invalid="ignore"):
-      prs[:, i] = np.where(kq > 0, hits / np.where(kq > 0, kq, 1.0), 0.0)
-  prs[empty] = np.nan
-  return aps, prs
-
-
-def _summary(aps, prs, kappas) -> dict:
-  ok = ~np.isnan(aps)
-  if ok.any():
-    # Left-to-right sums divided by the count, as the reference accumulates them.
-    m = sum(aps[ok].tolist()) / int(ok.sum())
-    mp = np.sum(prs[ok], axis=0) / int(ok.sum())
-  else:
-    m, mp = float("nan"), np.full(len(kappas), np.nan)
-  return {"map": m, "aps": aps, "mp": mp, "prs": prs}
-
-
-def _from_hits(hits_by_bit, lists, kappas):
-  """hits_by_bit: {bit: (q, t)} sorted sparse positions of the easy, hard and junk images."""
-  out = {}
-  for name, (pbits, jbits) in _PROTOCOL_BITS.items():
-    pos = _union_hits([hits_by_bit[b] for b in (_EASY, _HARD, _JUNK) if b & pbits])
-    junk = _union_hits([hits_by_bit[b] for b in (_EASY, _HARD, _JUNK) if b & jbits])
-    aps, prs = _metrics(*pos, *junk, _n_pos(lists, name), tuple(kappas))
-    out[name] = _summary(aps, prs, kappas)
-  return out
-
-
-def _union_hits(parts):
-  """Union of sparse (q, t) hit sets, sorted by (q, t), each position once."""
-  q = np.concatenate([p[0] for p in parts])
-  t = np.concatenate([p[1] for p in parts])
-  if len(parts) > 1 and q.size:
-    span = int(t.max()) + 1
-    key = np.unique(q * span + t)
-    q, t = key // span, key % span
-  return q, t
-
-
-def revisited_map(ranks_TxQ, gnd, kappas=KAPPAS) -> dict:
+def revisited_map(ranks_QxT, gnd, kappas=KAPPAS) -> dict:
   """The revisited protocol's numbers from rankings, exactly as the reference ``compute_map``.
 
-  ranks_TxQ: int (T, Q); column q lists 0-based db indices in ranked order, possibly truncated
-    (positives missing from it add nothing to AP). gnd: Q dicts with 'easy', 'hard', 'junk' lists.
-  Returns {'easy'|'medium'|'hard': {'map': float, 'aps': (Q,), 'mp': (len(kappas),),
+  The reference tools take rankings transposed, (T, Q); csa_jax keeps queries first everywhere.
+
+  Args:
+    ranks_QxT: int (Q, T); row q lists 0-based db indices in ranked order, possibly truncated
+      (positives missing from it add nothing to AP, so a truncated ranking under-reports mAP;
+      ``revisited_map_from_scores`` is exact).
+    gnd: Q dicts with 'easy', 'hard' and (optionally) 'junk' index lists.
+    kappas: the k of mP@k.
+
+  Returns:
+    {'easy'|'medium'|'hard': {'map': float, 'aps': (Q,), 'mp': (len(kappas),),
     'prs': (Q, len(kappas))}} as fractions in [0, 1]; a query without positives is NaN and left
     out of the means. A query whose positives are all missing from a truncated ranking has AP 0
     and P@k 0 (the reference would crash on it).
+
+  Raises:
+    InputError: ranks_QxT is not 2-D with one row per gnd query, or not integer.
   """
-  ranks = np.asarray(ranks_TxQ)
-  if ranks.ndim != 2 or ranks.shape[1] != len(gnd):
-    raise ValueError(f"ranks: expected (T, {len(gnd)}) (one column per gnd query), found shape "
-                     f"{ranks.shape}")
+  ranks = np.asarray(ranks_QxT)
+  if ranks.ndim != 2 or ranks.shape[0] != len(gnd):
+    raise fail("revisited_map", "ranks_QxT", f"(Q={len(gnd)}, T) rankings, queries first (one "
+               "row per gnd query; transpose a (T, Q) array)", f"shape {ranks.shape}")
   if ranks.size and not np.issubdtype(ranks.dtype, np.integer):
-    raise ValueError(f"ranks: expected integer db indices, found {ranks.dtype}")
-  lists = _gnd_lists(gnd)
-  nq, t = len(lists), ranks.shape[0]
+    raise fail("revisited_map", "ranks_QxT", "integer db indices", str(ranks.dtype))
+  lists = gnd_lists(gnd)
+  nq, t = ranks.shape
   ranks = ranks.astype(np.int64, copy=False)
   every = [ranks.ravel()] + [a for x in lists for a in x]
   lo = min(int(a.min(initial=0)) for a in every)
@@ -155,15 +66,14 @@ def revisited_map(ranks_TxQ, gnd, kappas=KAPPAS) -> dict:
   labels_QxT = np.zeros((nq, t), np.uint8)
   chunk = max(1, _TABLE_ENTRIES // size)
   for q0 in range(0, nq, chunk):
-    qs = range(q0, min(nq, q0 + chunk))
-    table = np.zeros((len(qs), size), np.uint8)
-    for row, q in enumerate(qs):
-      for bit, idx in zip((_EASY, _HARD, _JUNK), lists[q]):
+    qs = slice(q0, min(nq, q0 + chunk))
+    table = np.zeros((qs.stop - q0, size), np.uint8)
+    for row, q in enumerate(range(q0, qs.stop)):
+      for bit, idx in zip((EASY, HARD, JUNK), lists[q]):
         table[row, idx - lo] |= bit
-    labels_QxT[qs.start:qs.stop] = np.take_along_axis(table, (ranks[:, qs.start:qs.stop].T - lo),
-                                                      axis=1)
-  hits = {b: np.nonzero(labels_QxT & b) for b in (_EASY, _HARD, _JUNK)}
-  return _from_hits(hits, lists, kappas)
+    labels_QxT[qs] = np.take_along_axis(table, ranks[qs] - lo, axis=1)
+  hits = {b: np.nonzero(labels_QxT & b) for b in (EASY, HARD, JUNK)}
+  return from_hits(hits, lists, kappas)
 
 
 def _stable_desc_before(vals_M, idx_M, t_R, tidx_R) -> np.ndarray:
@@ -223,13 +133,21 @@ def _rank_in_scores(s_N: np.ndarray, rel_R: np.ndarray, cells: int) -> np.ndarra
 
 def revisited_map_from_scores(scores_QxN, gnd, top_QxK=None, kappas=KAPPAS,
                               cells: int | None = None) -> dict:
-  """``revisited_map`` of the ranking the scores imply, without sorting the db.
+  """``revisited_map`` of the ranking the scores imply, exact over the whole db, without sorting it.
 
-  scores_QxN: (Q, N) first-round scores (any float dtype; higher is better). The ranking is a
-    stable descending sort: equal scores keep the lower db index first.
-  top_QxK: optional int (Q, K) of distinct db indices placed first in the given order (e.g. the
-    first-round top-K re-ordered by a re-ranker); the other images follow by score.
-  Equal to ``revisited_map(stable_argsort(-scores).T, gnd)`` (with top_QxK spliced in front).
+  Equal to ``revisited_map(stable_argsort(-scores_QxN), gnd)`` (top_QxK spliced in front).
+
+  Args:
+    scores_QxN: (Q, N) first-round scores (any float dtype; higher is better). The ranking is a
+      stable descending sort: equal scores keep the lower db index first.
+    gnd: Q dicts with 'easy', 'hard' and (optionally) 'junk' index lists.
+    top_QxK: optional int (Q, K) of distinct db indices placed first in the given order (e.g. the
+      first-round top-K re-ordered by a re-ranker); the other images follow by score.
+    kappas: the k of mP@k.
+    cells: histogram cells of the rank count (tests only; the default is always exact).
+
+  Returns:
+    The dict of ``revisited_map``.
   """
   s_all = np.asarray(scores_QxN)
   if s_all.dtype.kind != "f" or s_all.dtype.itemsize < 4:
@@ -245,8 +163,8 @@ def revisited_map_from_scores(scores_QxN, gnd, top_QxK=None, kappas=KAPPAS,
     if top.size and (srt[:, 0].min() < 0 or srt[:, -1].max() >= n
                      or (srt[:, 1:] == srt[:, :-1]).any()):
       raise ValueError(f"top_QxK: expected distinct db indices in [0, {n}) per row")
-  lists = _gnd_lists(gnd)
-  hits = {b: ([], []) for b in (_EASY, _HARD, _JUNK)}
+  lists = gnd_lists(gnd)
+  hits = {b: ([], []) for b in (EASY, HARD, JUNK)}
   for q, (easy, hard, junk) in enumerate(lists):
     rel = np.unique(np.concatenate([easy, hard, junk]))
     if rel.size and (rel[0] < 0 or rel[-1] >= n):
@@ -266,29 +184,45 @@ def revisited_map_from_scores(scores_QxN, gnd, top_QxK=None, kappas=KAPPAS,
       # Outside the top list: K, plus the images outside it that the score order puts above.
       pos = tq.size + pos - _stable_desc_before(s[tq], tq, s[rel], rel)
       pos = np.where(in_top, order[at], pos)
-    for bit, idx in zip((_EASY, _HARD, _JUNK), (easy, hard, junk)):
+    for bit, idx in zip((EASY, HARD, JUNK), (easy, hard, junk)):
       u = np.unique(idx)
       t = np.sort(pos[np.searchsorted(rel, u)])
       hits[bit][0].append(np.full(t.size, q, np.int64))
       hits[bit][1].append(t.astype(np.int64))
   hits = {b: (np.concatenate(qs or [np.zeros(0, np.int64)]),
               np.concatenate(ts or [np.zeros(0, np.int64)])) for b, (qs, ts) in hits.items()}
-  return _from_hits(hits, lists, kappas)
+  return from_hits(hits, lists, kappas)
+
+
+def percent(x, decimals: int | None = 2):
+  """Fractions as the reference tools print them: percent, rounded to two decimals.
+
+  Args:
+    x: a fraction or an array of them (NaN stays NaN).
+    decimals: digits kept; None keeps full precision (the per-query record of ``csa-jax eval``).
+
+  Returns:
+    A float for a scalar, else a float64 array of ``x``'s shape.
+  """
+  x = np.asarray(x, np.float64) * 100
+  if decimals is not None:
+    x = np.around(x, decimals)
+  return float(x) if x.ndim == 0 else x
 
 
 def format_results(results: dict, dataset: str, kappas=KAPPAS) -> str:
   """The two lines the reference tools print (``compute_map_and_print``), in percent."""
-  m = [np.around(results[p]["map"] * 100, decimals=2) for p in PROTOCOLS]
-  mp = [np.around(np.asarray(results[p]["mp"]) * 100, decimals=2) for p in PROTOCOLS]
+  m = [percent(results[p]["map"]) for p in PROTOCOLS]
+  mp = [percent(results[p]["mp"]) for p in PROTOCOLS]
   return (f">> {dataset}: mAP E: {m[0]}, M: {m[1]}, H: {m[2]}\n"
           f">> {dataset}: mP@k{list(kappas)} E: {mp[0]}, M: {mp[1]}, H: {mp[2]}")
 
 
 def results_to_json(results: dict, kappas=KAPPAS) -> dict:
-  """Percent values, per-query APs included; NaN (no positives) becomes null."""
+  """Percent values at full precision, per-query APs included; NaN (no positives) becomes null."""
 
   def pct(x):
-    x = np.asarray(x, np.float64) * 100
+    x = np.asarray(percent(x, None))
     return np.where(np.isnan(x), None, x).tolist()
 
   return {p: {"map": pct(r["map"]), "mp": dict(zip((f"P@{k}" for k in kappas), pct(r["mp"]))),

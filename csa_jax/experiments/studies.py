@@ -1,22 +1,25 @@
 """The paper's studies (supplement sections 1-3 and Table 1), one function each.
 
 Each takes a ``Context`` and its options and returns (result dict, matplotlib figure); the
-dispatcher (``experiments``) writes them. mAP values are percent, E/M/H, per test dataset, with
-the first round beside CSA's.
+dispatcher (``dispatch.run_study``) writes them. mAP values are percent, E/M/H, per test dataset,
+with the first round beside CSA's, all from ``evaluation.evaluate`` (``scoring``).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 
-import jax
 import numpy as np
 
-from csa_jax.train import optim
-from csa_jax.train import step as ts_lib
-from csa_jax.train.checkpoint import Checkpointer
-from csa_jax.experiments.common import (PROTOCOLS, Context, Run, TestSet, evaluate, evaluate_all,
-                                        fmt_s, log, pyplot)
+from csa_jax.evaluation.revisited import PROTOCOLS
+from csa_jax.experiments import runs
+from csa_jax.experiments.context import Context
+from csa_jax.experiments.output import fmt_s, pyplot
+from csa_jax.experiments.runs import Run
+from csa_jax.experiments.scoring import evaluate_all
+
+logger = logging.getLogger(__name__)
 
 # The supplement's Figure 1 grids; "tiny" keeps two points per axis (tests).
 ABLATION_AXES = {
@@ -28,7 +31,7 @@ ABLATION_AXES = {
 
 
 class Eta:
-  """Progress over a study's runs on stderr: ``[i/n] label: ... ETA``."""
+  """Progress over a study's runs, logged: ``[i/n] label: ... ETA``."""
 
   def __init__(self, name: str, total: int):
     self.name, self.total, self.done, self.t0 = name, total, 0, time.perf_counter()
@@ -37,11 +40,12 @@ class Eta:
     self.done += 1
     el = time.perf_counter() - self.t0
     eta = el / self.done * (self.total - self.done)
-    log(f"{self.name} [{self.done}/{self.total}] {label}: {summary}; elapsed {fmt_s(el)}, "
-        f"ETA {fmt_s(eta)}")
+    logger.info("experiment: %s [%d/%d] %s: %s; elapsed %s, ETA %s", self.name, self.done,
+                self.total, label, summary, fmt_s(el), fmt_s(eta))
 
 
-def _summary(res: dict) -> str:
+def summary_line(res: dict) -> str:
+  """One log line's worth of ``evaluate_all`` results: M/H first round -> CSA per dataset."""
   return ", ".join(f"{ds} M/H {r['first_round']['medium']:.1f}/{r['first_round']['hard']:.1f} -> "
                    f"{r['csa']['medium']:.1f}/{r['csa']['hard']:.1f}" for ds, r in res.items())
 
@@ -70,7 +74,14 @@ def _lines(ax, xs, points, datasets, xlabel, title, key="results"):
 def ablation(ctx: Context, axes: list[str], grid: dict | None = None) -> tuple[dict, object]:
   """Depth, hidden size, MSE weight and temperature, one axis at a time around the base config.
 
-  grid: {axis: values} replacing the paper's values of those axes.
+  Args:
+    ctx: the study.
+    axes: ``ABLATION_AXES`` names.
+    grid: {axis: values} replacing the paper's values of those axes.
+
+  Returns:
+    ({'axes': {axis: {'key', 'base', 'points'}}}, figure); each point holds the value, its run
+    and ``evaluate_all``'s results.
   """
   tiny = ctx.size == "tiny"
   grid = grid or {}
@@ -78,9 +89,9 @@ def ablation(ctx: Context, axes: list[str], grid: dict | None = None) -> tuple[d
           for v in grid.get(a, ABLATION_AXES[a][2 if tiny else 1])]
   eta, out = Eta(ctx.name, len(plan)), {}
   for axis, key, value in plan:
-    run = ctx.train({key: value}, label=f"{axis}={value}")
+    run = runs.train(ctx, {key: value}, label=f"{axis}={value}")
     res = evaluate_all(ctx, run)
-    eta.step(f"{axis}={value}", _summary(res))
+    eta.step(f"{axis}={value}", summary_line(res))
     entry = out.setdefault(axis, {"key": key, "base": config_value(ctx.config, key), "points": []})
     entry["points"].append(_point(run, res, value=value))
   plt = pyplot()
@@ -115,12 +126,21 @@ def _mean_std(values: list[float]) -> dict:
 
 
 def seeds(ctx: Context, n: int) -> tuple[dict, object]:
-  """The base config trained with seeds 0..n-1: mean and sample standard deviation of mAP."""
+  """The base config trained with seeds 0..n-1: mean and sample standard deviation of mAP.
+
+  Args:
+    ctx: the study.
+    n: number of seeds.
+
+  Returns:
+    ({'seeds': points, 'summary': {dataset: {'first_round'|'csa': {protocol: {'mean',
+    'std'}}}}}, figure).
+  """
   eta, points = Eta(ctx.name, n), []
   for seed in range(n):
-    run = ctx.train({"train.seed": seed}, label=f"seed={seed}")
+    run = runs.train(ctx, {"train.seed": seed}, label=f"seed={seed}")
     res = evaluate_all(ctx, run)
-    eta.step(f"seed={seed}", _summary(res))
+    eta.step(f"seed={seed}", summary_line(res))
     points.append(_point(run, res, seed=seed))
   summary = {ds: {m: {p: _mean_std([q["results"][ds][m][p] for q in points]) for p in PROTOCOLS}
                   for m in ("first_round", "csa")} for ds in ctx.bench.datasets}
@@ -139,14 +159,22 @@ def seeds(ctx: Context, n: int) -> tuple[dict, object]:
 
 
 def cross_feature(ctx: Context, train_on: list[str]) -> tuple[dict, object]:
-  """Train on one descriptor set, re-rank the first-round lists of every set (supp. Table 1)."""
+  """Train on one descriptor set, re-rank the first-round lists of every set (supp. Table 1).
+
+  Args:
+    ctx: the study.
+    train_on: descriptor sets to train a model on (each tested on every set of the bench).
+
+  Returns:
+    ({'matrix': {train set: {test set: evaluate_all results}}, ...}, figure).
+  """
   feats = ctx.bench.features
   eta, matrix = Eta(ctx.name, len(train_on)), {}
   for f_tr in train_on:
-    run = ctx.train(feature=f_tr, label=f"train on {f_tr}")
+    run = runs.train(ctx, feature=f_tr, label=f"train on {f_tr}")
     matrix[f_tr] = {f_te: evaluate_all(ctx, run, feature=f_te) for f_te in feats}
     matrix[f_tr]["_run"] = run.workdir
-    eta.step(f"train on {f_tr}", "; ".join(f"{f}: {_summary(matrix[f_tr][f])}" for f in feats))
+    eta.step(f"train on {f_tr}", "; ".join(f"{f}: {summary_line(matrix[f_tr][f])}" for f in feats))
   plt = pyplot()
   ds_list = ctx.bench.datasets
   fig, axs = plt.subplots(len(ds_list), 2, figsize=(5 + 1.2 * len(feats), 1 + 1.6 * len(ds_list)
@@ -169,22 +197,31 @@ def cross_feature(ctx: Context, train_on: list[str]) -> tuple[dict, object]:
 
 
 def kl_sweep(ctx: Context, k_values: list[int], l_values: list[int]) -> tuple[dict, object]:
-  """K at test time with the default model; L (the model's input width) by one model per L."""
+  """K at test time with the default model; L (the model's input width) by one model per L.
+
+  Args:
+    ctx: the study.
+    k_values: test-time K values (those above the smallest database are dropped).
+    l_values: anchors L, one trained model each (those above it + 1 are dropped).
+
+  Returns:
+    ({'K': points, 'L': points, 'model_L', 'note'}, figure).
+  """
   n_db = min(len(ctx.bench.test_set(ctx.feature, ds).db_NxC) for ds in ctx.bench.datasets)
   k_values = [k for k in k_values if k <= n_db]
   l_values = [l for l in l_values if l - 1 <= n_db]
   eta = Eta(ctx.name, len(k_values) + len(l_values))
-  run = ctx.default_model()
+  run = runs.default_model(ctx)
   k_points = []
   for k in k_values:
     res = evaluate_all(ctx, run, K=k)
-    eta.step(f"K={k}", _summary(res))
+    eta.step(f"K={k}", summary_line(res))
     k_points.append(_point(run, res, K=k))
   l_points = []
   for l in l_values:
-    r = ctx.train({"model.anchors": l}, label=f"L={l}")
+    r = runs.train(ctx, {"model.anchors": l}, label=f"L={l}")
     res = evaluate_all(ctx, r)
-    eta.step(f"L={l}", _summary(res))
+    eta.step(f"L={l}", summary_line(res))
     l_points.append(_point(r, res, L=l))
   plt = pyplot()
   fig, axs = plt.subplots(1, 2, figsize=(10, 4), squeeze=False)
@@ -197,88 +234,3 @@ def kl_sweep(ctx: Context, k_values: list[int], l_values: list[int]) -> tuple[di
   return {"model_L": run.cfg.anchors, "K": k_points, "L": l_points,
           "note": "K varies at test time with one model; L is the model's input width, so each "
                   "L is a model trained with that L (training K = config data.K)"}, fig
-
-
-# -- validation on held-out whole clusters ---------------------------------------------------
-
-
-def holdout_split(clusters_N: np.ndarray, fraction: float, seed: int = 0):
-  """(train rows, held-out rows): a ``fraction`` of the multi-image clusters (whole) and of the
-  singleton images go to the held-out side, so no held-out landmark is ever seen in training."""
-  ids, counts = np.unique(clusters_N, return_counts=True)
-  rng = np.random.default_rng(seed)
-  held = set()
-  for group in (ids[counts > 1], ids[counts == 1]):
-    n = int(round(fraction * len(group)))
-    held.update(rng.permutation(group)[:n].tolist())
-  mask = np.isin(clusters_N, list(held))
-  return np.nonzero(~mask)[0], np.nonzero(mask)[0]
-
-
-def heldout_test_set(feats_NxC, clusters_N, max_queries: int, seed: int = 0) -> TestSet:
-  """Queries: images of held-out landmarks; database: every held-out image; positives: the
-  query's landmark, the query itself junk (it is in the database)."""
-  ids, inv, counts = np.unique(clusters_N, return_inverse=True, return_counts=True)
-  cand = np.nonzero(counts[inv] > 1)[0]
-  rng = np.random.default_rng(seed)
-  qidx = np.sort(rng.permutation(cand)[:max_queries])
-  gnd = [{"easy": np.setdiff1d(np.nonzero(clusters_N == clusters_N[i])[0], [i]),
-          "hard": np.zeros(0, np.int64), "junk": np.array([i])} for i in qidx]
-  return TestSet(feats_NxC[qidx], feats_NxC, gnd)
-
-
-def heldout_val(ctx: Context, fraction: float, max_queries: int) -> tuple[dict, object]:
-  """Train without a held-out set of whole clusters; every epoch, mAP on them and on the test
-  sets, to show whether the validation split predicts the test numbers (supplement, HOW split)."""
-  clusters = ctx.bench.clusters()
-  tr_rows, ho_rows = holdout_split(clusters, fraction)
-  feats = ctx.bench.train_feats(ctx.feature)
-  val = heldout_test_set(feats[ho_rows], clusters[ho_rows], max_queries)
-  config = ctx.make_config()
-  K, L = config.data.K, config.model.anchors
-  n_train = ctx.bench.train_set(ctx.feature, K, L, ctx.path("cache"), tr_rows).num_samples
-  spe = n_train // config.train.global_batch
-  epochs = config.train.epochs
-  run = ctx.train({"checkpoint.every_steps": spe, "checkpoint.keep": epochs}, rows=tr_rows,
-                  keep_checkpoints=True, label="held-out-cluster split")
-  mesh = ts_lib.make_mesh()  # the training run's layout
-  tx = optim.optimizer_from_config(config.train, spe)
-  like = ts_lib.init_state(run.cfg, tx, jax.random.key(0), mesh)
-  ckpt = Checkpointer(f"{run.workdir}/checkpoints", keep=epochs)
-  eta, points = Eta(ctx.name, len(ckpt.all_steps())), []
-  for step in ckpt.all_steps():
-    state, _, _ = ckpt.restore(like, step)
-    r = Run(jax.device_get(state.params), run.cfg, run.workdir, run.train_s, run.reused)
-    v = evaluate(r, val, ctx.K)
-    res = evaluate_all(ctx, r)
-    eta.step(f"epoch {step // spe}", f"val mAP {v['first_round']['medium']:.1f} -> "
-             f"{v['csa']['medium']:.1f}; {_summary(res)}")
-    points.append({"epoch": step // spe, "step": step,
-                   "val": {m: v[m]["medium"] for m in v}, "results": res})
-  ckpt.close()
-  ds0 = ctx.bench.datasets[0]
-  sel = max(points, key=lambda p: p["val"]["csa"])
-  vals = [p["val"]["csa"] for p in points]
-  tests = [p["results"][ds0]["csa"]["medium"] for p in points]
-  corr = (float(np.corrcoef(vals, tests)[0, 1]) if len(points) > 2 and np.std(vals) > 0
-          and np.std(tests) > 0 else None)
-  plt = pyplot()
-  fig, ax = plt.subplots(figsize=(7, 4))
-  ep = [p["epoch"] for p in points]
-  ax.plot(ep, vals, marker="o", label="held-out clusters mAP (CSA)")
-  ax.axhline(points[0]["val"]["first_round"], ls="--", lw=1, label="held-out first round")
-  for ds in ctx.bench.datasets:
-    for proto in ("medium", "hard"):
-      ax.plot(ep, [p["results"][ds]["csa"][proto] for p in points], marker=".",
-              label=f"{ds} CSA {proto[0].upper()}")
-  ax.set_xticks(ep)
-  ax.set_xlabel("epoch")
-  ax.set_ylabel("mAP (%)")
-  ax.set_title(f"validation on {len(val.gnd)} queries of held-out clusters")
-  ax.legend(fontsize=7)
-  ax.grid(alpha=0.3)
-  return {"fraction": fraction, "train_images": int(len(tr_rows)),
-          "heldout_images": int(len(ho_rows)), "val_queries": len(val.gnd),
-          "epochs": points, "selected_by_val": {"epoch": sel["epoch"], "results": sel["results"]},
-          f"pearson_val_vs_{ds0}_medium": corr,
-          "val_metric": "mAP (%) with the query itself ignored (junk)"}, fig

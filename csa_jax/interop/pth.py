@@ -1,144 +1,35 @@
 """Reads an original ``torch.save`` checkpoint without torch and without trusting it.
 
 A ``.pth`` (torch >= 1.6) is a zip holding ``<name>/data.pkl`` (the object tree),
-``<name>/byteorder`` and ``<name>/data/<key>`` (raw tensor storages). The pickle names storages
-through persistent ids and rebuilds tensors with ``torch._utils._rebuild_tensor_v2``; those names
-get validating stand-ins through ``safe_pickle``, so no torch code and no other global ever runs.
+``<name>/byteorder`` and ``<name>/data/<key>`` (raw tensor storages). ``data.pkl`` is unpickled
+by ``safe_pickle`` with the stand-ins of ``pth_globals``, so no torch code and no other global
+ever runs.
 
-Everything is checked before memory is touched. A storage is a private typed buffer (a pickle
-cannot make one) of the element count its persistent id declares, from a fixed table of numeric
-types, read from a zip member whose header is plausible for the archive and never beyond the
-declared bytes (so neither a zip bomb nor a lying header can exhaust memory). A tensor is a view
-with a non-negative int offset, sizes and strides that lies inside its storage, copied out. The
-byte order is 'little' or 'big'.
+Everything is checked before memory is touched. A storage is read from a zip member whose header
+is plausible for the archive and never beyond the bytes its persistent id declares (so neither a
+zip bomb nor a lying header can exhaust memory), into a private typed buffer of that element
+count. The byte order is 'little' or 'big'.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import types
 import zipfile
 
 import ml_dtypes
 import numpy as np
 
+from csa_jax.data.safe_pickle import Budget, brief, unpickle
 from csa_jax.errors import InputError, fail
-from csa_jax.data.safe_pickle import (MAX_NDIM, NUMPY_GLOBALS, Budget, Global, Marker,
-                                 RestrictedUnpickler, brief, unpickle)
+from csa_jax.interop.pth_globals import (STORAGE_TYPES, TORCH_GLOBALS, Storage, StorageType,
+                                         check_view)
 
-_STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_,
-}
+__all__ = ["STORAGE_TYPES", "TORCH_GLOBALS", "check_view", "load_torch_checkpoint",
+           "read_torch_file"]
+
 _DEFLATE_MAX_RATIO = 1032  # deflate cannot expand more than this: a header claiming more lies
 _BYTEORDER_MAX = 16
 _CHUNK = 1 << 24
-
-
-class StorageType(Marker):
-  """``torch.<X>Storage`` as a pickle names it: an immutable marker of the element type."""
-
-  __slots__ = ("name", "dtype")
-
-  def __init__(self, name: str, dtype):
-    object.__setattr__(self, "name", name)
-    object.__setattr__(self, "dtype", np.dtype(dtype))
-
-  def __repr__(self) -> str:
-    return f"torch.{self.name}"
-
-
-STORAGE_TYPES = types.MappingProxyType({n: StorageType(n, d) for n, d in _STORAGE_DTYPES.items()})
-
-
-class _Storage(Marker):
-  """One storage of the archive: ``array`` holds exactly its declared elements, native order.
-
-  Made only by ``_Archive.storage``; ``_rebuild_tensor_v2`` accepts nothing else.
-  """
-
-  __slots__ = ("key", "stype", "array")
-
-  def __init__(self, key: str, stype: StorageType, array: np.ndarray):
-    object.__setattr__(self, "key", key)
-    object.__setattr__(self, "stype", stype)
-    object.__setattr__(self, "array", array)
-
-  def __repr__(self) -> str:
-    return f"storage {self.key!r}"
-
-
-def check_view(numel: int, offset, size, stride, source: str) -> None:
-  """Raises ``InputError`` unless the tensor view lies inside a storage of ``numel`` elements.
-
-  Args:
-    numel: elements in the storage.
-    offset, size, stride: as the pickle gives them (elements, not bytes).
-    source: names the file in messages.
-  """
-  if type(offset) is not int or offset < 0:
-    raise fail(source, "tensor offset", "a non-negative int", brief(offset))
-  for what, v in (("size", size), ("stride", stride)):
-    if (type(v) is not tuple or len(v) > MAX_NDIM
-        or not all(type(s) is int and s >= 0 for s in v)):
-      raise fail(source, f"tensor {what}", f"a tuple of at most {MAX_NDIM} non-negative ints",
-                 brief(v))
-  if len(size) != len(stride):
-    raise fail(source, "tensor stride", f"one stride per dimension ({len(size)})",
-               f"{len(stride)} strides")
-  if 0 in size:
-    return  # no element is read
-  last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-  if last >= numel:
-    raise fail(source, "tensor view", f"elements inside its storage of {numel}",
-               f"offset {offset}, size {size}, stride {stride} reaching element {last}")
-
-
-def _rebuild_tensor_v2(up: RestrictedUnpickler, storage, offset, size, stride,
-                       requires_grad=False, hooks=None, metadata=None):
-  if type(storage) is not _Storage:
-    raise fail(up.source, "pickle", "_rebuild_tensor_v2 of a storage from the archive",
-               brief(storage))
-  arr = storage.array
-  check_view(arr.size, offset, size, stride, up.source)
-  if type(requires_grad) is not bool or not (hooks is None or isinstance(hooks, dict)) \
-      or not (metadata is None or isinstance(metadata, dict)):
-    raise fail(up.source, "pickle", "_rebuild_tensor_v2(storage, offset, size, stride, bool, "
-               "hooks, metadata)", brief((requires_grad, hooks, metadata)))
-  n = math.prod(size)
-  up.budget.charge(n * arr.itemsize, "copying tensors")
-  if n == 0:
-    return np.zeros(size, arr.dtype)
-  # Bounds are checked above; a size-1 dimension's stride moves nowhere, so it is zeroed rather
-  # than trusted with an arbitrary (possibly overflowing) byte count.
-  strides = tuple(0 if k == 1 else s * arr.itemsize for k, s in zip(size, stride))
-  view = np.lib.stride_tricks.as_strided(arr[offset:], shape=size, strides=strides,
-                                         writeable=False)
-  return view.copy()
-
-
-def _rebuild_parameter(up: RestrictedUnpickler, data, requires_grad=False, hooks=None):
-  if type(data) is not np.ndarray or type(requires_grad) is not bool:
-    raise fail(up.source, "pickle", "_rebuild_parameter(tensor, bool, hooks)",
-               brief((data, requires_grad)))
-  return data
-
-
-def _table():
-  g = dict(NUMPY_GLOBALS)
-  g[("torch._utils", "_rebuild_tensor_v2")] = Global("torch._utils", "_rebuild_tensor_v2",
-                                                     _rebuild_tensor_v2)
-  g[("torch._utils", "_rebuild_parameter")] = Global("torch._utils", "_rebuild_parameter",
-                                                     _rebuild_parameter)
-  for name, stype in STORAGE_TYPES.items():
-    g[("torch", name)] = stype
-  return types.MappingProxyType(g)
-
-
-TORCH_GLOBALS = _table()
 
 
 class _Archive:
@@ -157,7 +48,7 @@ class _Archive:
     self.pkl = pkl[0]
     self.prefix = pkl[0][: -len("data.pkl")]
     self.source = f"{path}: data.pkl"
-    self.cache: dict[str, _Storage] = {}
+    self.cache: dict[str, Storage] = {}
     self.storage_bytes = 0  # compressed bytes of storages read: overlapping members add up
     self.budget: Budget | None = None
     self.order = self._byteorder()
@@ -209,7 +100,7 @@ class _Archive:
       raise fail(self.path, info.filename, "'little' or 'big'", repr(text))
     return text
 
-  def storage(self, pid) -> _Storage:
+  def storage(self, pid) -> Storage:
     """``persistent_load``: the storage a ``('storage', type, key, location, numel)`` id names."""
     if not (type(pid) is tuple and len(pid) == 5 and type(pid[0]) is str
             and pid[0] == "storage"):
@@ -233,7 +124,7 @@ class _Archive:
     self.cache[key] = s = self._load_storage(key, stype, numel)
     return s
 
-  def _load_storage(self, key: str, stype: StorageType, numel: int) -> _Storage:
+  def _load_storage(self, key: str, stype: StorageType, numel: int) -> Storage:
     name = f"{self.prefix}data/{key}"
     info = self.member(name)
     if info is None:
@@ -261,7 +152,7 @@ class _Archive:
         arr = arr.astype(np.float32)
       elif not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
-    return _Storage(key, stype, arr)
+    return Storage(key, stype, arr)
 
   def load(self):
     info = self.member(self.pkl)
@@ -278,6 +169,12 @@ class _Archive:
 
 def read_torch_file(path) -> object:
   """The object tree of a zip-format ``torch.save`` file, tensors as numpy arrays.
+
+  Args:
+    path: the ``.pth`` file.
+
+  Returns:
+    Builtin containers, numbers, strings and numpy arrays (bfloat16 tensors as float32).
 
   Raises:
     InputError: the file is missing, not a zip checkpoint, or anything in it is malformed or
@@ -305,8 +202,13 @@ def read_torch_file(path) -> object:
 def load_torch_checkpoint(path, heads: int = 12, **cfg_overrides):
   """An original CSA ``.pth`` -> (params, ModelConfig), torch not needed.
 
-  Accepts ``{'epoch', 'state_dict'}`` (what the original training saves) or a bare state_dict.
-  heads: not recorded in the weights' shapes; the paper model has 12.
+  Args:
+    path: ``{'epoch', 'state_dict'}`` (what the original training saves) or a bare state_dict.
+    heads: attention heads, not recorded in the weights' shapes; the paper model has 12.
+    **cfg_overrides: further ``ModelConfig`` fields the weights do not determine.
+
+  Returns:
+    (params, cfg) as ``params_from_torch_state_dict``.
   """
   from csa_jax.interop.state_dict import params_from_torch_state_dict
 

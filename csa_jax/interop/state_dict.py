@@ -1,5 +1,6 @@
-"""Original PyTorch state_dict <-> csa_jax params (docs/method.md section 3, "Original checkpoint format").
+"""Original PyTorch state_dict <-> csa_jax params.
 
+Names and shapes are those of docs/method.md section 3 ("Checkpoint layout of the original").
 PyTorch Linear stores W as (out, in) and computes x W^T; Flax Dense stores (in, out): a transpose.
 Everything here is numpy and never imports torch.
 """

@@ -1,9 +1,9 @@
-"""The original CSA re-ranker in PyTorch, for side-by-side checks and benchmarks (docs/method.md section 3).
+"""The original CSA re-ranker in PyTorch, for side-by-side checks and benchmarks.
 
-A faithful re-implementation of the original ``RerankTransformer`` (MCC-WH/CSA): same module tree,
-so ``state_dict()`` has the original names (``topk_proj``, ``blocks.{i}.attn.qkv``, ...,
-``feature_align.layers.0``), same dropouts, timm-style DropPath, exact GELU, LayerNorm eps 1e-5,
-and the original's two entry points:
+A faithful re-implementation (docs/method.md section 3) of the original ``RerankTransformer``
+(MCC-WH/CSA): same module tree, so ``state_dict()`` has the original names (``topk_proj``,
+``blocks.{i}.attn.qkv``, ..., ``feature_align.layers.0``), same dropouts, timm-style DropPath,
+exact GELU, LayerNorm eps 1e-5, and the original's two entry points:
 
 - ``forward_feature(x_BxNxL) -> scores (B, N-1)``: what the original's test script calls;
 - ``forward(x_BxNxL) -> (exp_sim (B, N), mse)``: what its training loop calls.
@@ -34,7 +34,8 @@ def require_torch():
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError("csa_jax.interop.torch_reference needs PyTorch: pip install 'csa_jax[torch]'") from e
+    raise ImportError("csa_jax.interop.torch_reference needs PyTorch: "
+                      "pip install 'csa_jax[torch]'") from e
   return torch
 
 

@@ -20,8 +20,9 @@ with s = the cosine similarity to the vector being expanded:
   k = 0 leaves every method the identity of a plain search.
 
 So k counts the neighbours added to the vector itself, for all three methods. The searches are
-exact: queries go through ``csa_jax.retrieval.search.top_k_search``; DBA's database-side neighbours are
-found in blocks of rows so that a block's score matrix stays under ``_BLOCK_BYTES`` on device.
+exact: queries go through ``csa_jax.retrieval.search.top_k_search``; DBA's database-side
+neighbours are found in blocks of rows so that a block's score matrix stays under
+``_BLOCK_BYTES`` on device.
 """
 
 from __future__ import annotations
@@ -31,14 +32,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from csa_jax.core.normalize import l2_normalize
 from csa_jax.retrieval.search import top_k_search
 
 F32 = jnp.float32
 _BLOCK_BYTES = 1 << 28  # float32 scores per block of rows: at most 256 MiB on device
-
-
-def _normalize(x):
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def _dot(a, b, spec):
@@ -86,20 +84,29 @@ def _expand(q_QxC, db_NxC, top_QxT, alpha, k, use_alpha):
   nb_QxKxC = db_NxC[top_QxT[:, :k]]
   s_QxK = _dot(q_QxC, nb_QxKxC, "qc,qkc->qk")
   w_QxK = _weights(s_QxK, alpha if use_alpha else None)
-  return _normalize(q_QxC + _dot(w_QxK, nb_QxKxC, "qk,qkc->qc"))
+  return l2_normalize(q_QxC + _dot(w_QxK, nb_QxKxC, "qk,qkc->qc"))
 
 
 def expand_queries(q_QxC, db_NxC, top_QxT, k: int, alpha: float | None = None):
   """The expanded queries q' (Q, C), L2-normalised: AQE when alpha is None, else alpha-QE.
 
-  Uses the first k entries of the first-round ranking ``top_QxT`` (needs T >= k).
+  Args:
+    q_QxC: (Q, C) L2-normalised queries.
+    db_NxC: (N, C) L2-normalised database.
+    top_QxT: int (Q, T) first-round ranking, queries first; its first k entries are used
+      (T >= k).
+    k: neighbours added to each query (0: the query itself).
+    alpha: None for AQE (weight 1), else alpha-QE's exponent of max(similarity, 0).
+
+  Returns:
+    float32 (Q, C) expanded queries, to search the database with.
   """
   _check(q_QxC, db_NxC, top_QxT.shape[1], k, "expand_queries", need=k)
   if top_QxT.shape[0] != q_QxC.shape[0]:
     raise ValueError(f"expand_queries: {q_QxC.shape[0]} queries but {top_QxT.shape[0]} "
                      "ranked lists")
   if k == 0:
-    return _normalize(jnp.asarray(q_QxC, F32))
+    return l2_normalize(jnp.asarray(q_QxC, F32))
   return _expand(q_QxC, db_NxC, top_QxT, F32(0.0 if alpha is None else alpha), k,
                  alpha is not None)
 
@@ -111,20 +118,29 @@ def _augment(db_NxC, alpha, k, block):
     start, xb_BxC = a
     s_BxK, nn_BxK = _top_of_block(start, xb_BxC, db_NxC, k, True)
     w_BxK = _weights(s_BxK, alpha)
-    return _normalize(xb_BxC + _dot(w_BxK, db_NxC[nn_BxK], "bk,bkc->bc"))
+    return l2_normalize(xb_BxC + _dot(w_BxK, db_NxC[nn_BxK], "bk,bkc->bc"))
 
   n, c = db_NxC.shape
   return jax.lax.map(one, _row_blocks(db_NxC, block)).reshape(-1, c)[:n]
 
 
 def augment_database(db_NxC, k: int, alpha: float = 3.0):
-  """alpha-DBA's database (N, C), L2-normalised: each vector plus its top-k other database
-  vectors weighted by max(sim, 0)^alpha (alpha 0: plain average, Chum/Gordo's uniform DBA)."""
+  """alpha-DBA's database: each vector plus its top-k other database vectors, weighted.
+
+  Args:
+    db_NxC: (N, C) L2-normalised database.
+    k: neighbours added to each vector, in [0, N-1] (itself excluded; 0: unchanged).
+    alpha: exponent of the weight max(similarity, 0)^alpha (0: plain average, Chum/Gordo's
+      uniform DBA).
+
+  Returns:
+    float32 (N, C) augmented database, L2-normalised.
+  """
   n = db_NxC.shape[0]
   if not 0 <= k < n:
     raise ValueError(f"augment_database: k={k} must be in [0, N-1={n - 1}]")
   if k == 0:
-    return _normalize(jnp.asarray(db_NxC, F32))
+    return l2_normalize(jnp.asarray(db_NxC, F32))
   return _augment(db_NxC, F32(alpha), k, _block_rows(n, k * db_NxC.shape[1]))
 
 
@@ -152,9 +168,6 @@ def alpha_dba(q_QxC, db_NxC, top_QxT, k: int = 2, alpha: float = 3.0, return_db:
   db2 = augment_database(db_NxC, k, alpha)
   top = search(q_QxC, db2, top_QxT.shape[1])
   return (top, db2) if return_db else top
-
-
-BASELINES = {"aqe": aqe, "alpha_qe": alpha_qe, "alpha_dba": alpha_dba}
 
 
 def _check(q_QxC, db_NxC, t: int, k: int, what: str, need: int = 0):

@@ -1,42 +1,42 @@
-"""Re-ranking a first-round shortlist with CSA (docs/method.md section 1, steps 2-4), batched over queries.
+"""Re-ranking a first-round shortlist with CSA (docs/method.md section 1, steps 2-4), in batches.
 
 The original test.py's job without its per-query loop: a batch of queries at a time, the rows of
 the database it needs are gathered (from an array or a memmap: R1M is never read whole), the
-affinity features and the model run on device, the batch split over the devices' ``'data'``
-axis. A re-ranker is any ``(q_QxC, db_NxC, top_QxT) -> new top_QxT``; ``csa_reranker`` builds
-CSA's, and query-expansion baselines share the shape.
+affinity features and the model run on device, the batch split over the devices' data axis
+(``parallel.make_mesh``).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
+from csa_jax import parallel
 from csa_jax.core.affinity import rerank_affinity
 from csa_jax.core.config import ModelConfig
 from csa_jax.core.forward import rerank_scores
 
-Reranker = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-
 
 def reorder_top(top_QxT, new_scores_QxK) -> np.ndarray:
-  """The top-K of each row re-ordered by new score, descending (stable); positions K.. untouched."""
+  """The first-round ranking with its top-K re-ordered by new score (docs/method.md section 1).
+
+  Args:
+    top_QxT: first-round ranking, T >= K.
+    new_scores_QxK: new scores of each row's first K entries.
+
+  Returns:
+    A copy of top_QxT whose first K columns are sorted by descending new score (stable: ties
+    keep their first-round order); positions K.. untouched.
+  """
   top = np.array(top_QxT)
   k = new_scores_QxK.shape[1]
   order = np.argsort(-np.asarray(new_scores_QxK), axis=1, kind="stable")
   top[:, :k] = np.take_along_axis(top[:, :k], order, axis=1)
   return top
-
-
-def default_mesh() -> Mesh | None:
-  """A 1-D ``'data'`` mesh over every device, or None when there is only one."""
-  devices = jax.devices()
-  return Mesh(np.asarray(devices), ("data",)) if len(devices) > 1 else None
 
 
 def _gather_rows(db_NxC, rows: np.ndarray, total: int):
@@ -51,12 +51,21 @@ def _gather_rows(db_NxC, rows: np.ndarray, total: int):
 
 def csa_rerank(params, cfg: ModelConfig, q_QxC, db_NxC, top_QxT, K: int, L: int,
                batch_size: int = 8, mesh: Mesh | None = None) -> np.ndarray:
-  """First-round ranking with its top-K re-ordered by CSA's new scores: int (Q, T).
+  """First-round ranking with its top-K re-ordered by CSA's new scores.
 
-  q_QxC: L2-normalised queries; db_NxC: L2-normalised database (jax/numpy array or memmap);
-  top_QxT: first-round ranking, T >= max(K, L-1). L must be the model's ``cfg.anchors``.
-  batch_size: queries per device call (rounded up to a multiple of the device count).
-  mesh: a mesh with a ``'data'`` axis to split each batch over; default all devices.
+  Args:
+    params: the model's parameters.
+    cfg: the model.
+    q_QxC: L2-normalised queries.
+    db_NxC: L2-normalised database (jax/numpy array or memmap).
+    top_QxT: first-round ranking, T >= max(K, L-1).
+    K: candidates re-ranked per query.
+    L: anchors; must be the model's ``cfg.anchors``.
+    batch_size: queries per device call (rounded up to a multiple of the device count).
+    mesh: a ``parallel.make_mesh`` mesh to split each batch over; default all devices.
+
+  Returns:
+    int new top_QxT: columns :K re-ordered, K.. as in the first round.
   """
   top = np.asarray(top_QxT)
   nq, t = top.shape
@@ -68,14 +77,14 @@ def csa_rerank(params, cfg: ModelConfig, q_QxC, db_NxC, top_QxT, K: int, L: int,
                      f"has {t}")
   if len(q_QxC) != nq:
     raise ValueError(f"csa_rerank: {len(q_QxC)} queries but {nq} ranked lists")
-  mesh = default_mesh() if mesh is None else mesh
-  nd = 1 if mesh is None else mesh.shape["data"]
+  if mesh is None and jax.device_count() > 1:
+    mesh = parallel.make_mesh()
+  nd = 1 if mesh is None else mesh.shape[parallel.DATA_AXIS]
   bs = -(-max(1, min(batch_size, nq)) // nd) * nd
   if mesh is not None:
-    split = NamedSharding(mesh, P("data"))
-    params = jax.device_put(params, NamedSharding(mesh, P()))
-    put = functools.partial(jax.device_put, device=split)
-    put_all = functools.partial(jax.device_put, device=NamedSharding(mesh, P()))
+    params = jax.device_put(params, parallel.replicated(mesh))
+    put = functools.partial(jax.device_put, device=parallel.batch_sharding(mesh))
+    put_all = functools.partial(jax.device_put, device=parallel.replicated(mesh))
   else:
     put = put_all = jnp.asarray
 
@@ -93,10 +102,3 @@ def csa_rerank(params, cfg: ModelConfig, q_QxC, db_NxC, top_QxT, K: int, L: int,
     scores.append((s, rerank_scores(params, aff, cfg)))  # dispatched; fetched below
   new = np.concatenate([np.asarray(v)[:min(bs, nq - s)] for s, v in scores])
   return reorder_top(top, new)
-
-
-def csa_reranker(params, cfg: ModelConfig, K: int, L: int | None = None, batch_size: int = 8,
-                 mesh: Mesh | None = None) -> Reranker:
-  """CSA as a ``(q_QxC, db_NxC, top_QxT) -> new top_QxT`` re-ranker."""
-  L = cfg.anchors if L is None else L
-  return lambda q, db, top: csa_rerank(params, cfg, q, db, top, K, L, batch_size, mesh)

@@ -1,8 +1,9 @@
-"""First-round search (docs/method.md section 1, step 1): exact top-T by dot product, blocked over the db.
+"""First-round search (docs/method.md section 1, step 1): exact top-T by dot product, db in blocks.
 
 The database is taken a block of rows at a time (from an array, or from a ``.npy`` memmap whose
 pages are released once scored, so R1M's 8 GB never sit in RAM), scored on device and merged into
-a running top-T. With several devices each step's block is split over a 1-D ``'data'`` mesh,
+a running top-T. With several devices each step's block is split over the data axis
+(``parallel.make_mesh``),
 every device keeps its own running top-T, and one sort merges them at the end. Ties go to the
 lower db index, as a stable sort would.
 """
@@ -10,19 +11,23 @@ lower db index, as a stable sort would.
 from __future__ import annotations
 
 import functools
+import logging
 import mmap
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
+
+from csa_jax import parallel
 
 SCORE_DTYPES = ("float32", "bfloat16")
 DEFAULT_BLOCK_BYTES = 64 << 20  # db bytes per step: large enough to amortise the merge
 CANDIDATES = 128  # per block and query, when few can enter the running top-T (see below)
 _NO_INDEX = np.iinfo(np.int32).max  # empty slots of a running top-T sort after every real entry
+
+log = logging.getLogger(__name__)
 
 
 def _score_and_merge(vals_1xQxT, idx_1xQxT, q_QxC, x_1xBxC, start, n, dtype, kc):
@@ -34,7 +39,7 @@ def _score_and_merge(vals_1xQxT, idx_1xQxT, q_QxC, x_1xBxC, start, n, dtype, kc)
   else:
     s = jnp.einsum("qc,dbc->dqb", q_QxC.astype(jnp.float32), x_1xBxC.astype(jnp.float32),
                    precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
-  ids = start + jax.lax.axis_index("data") * b + jnp.arange(b, dtype=jnp.int32)
+  ids = start + jax.lax.axis_index(parallel.DATA_AXIS) * b + jnp.arange(b, dtype=jnp.int32)
   s = jnp.where(ids < n, s, -jnp.inf)  # rows past the db end (padding)
   ids = jnp.broadcast_to(ids, s.shape)
 
@@ -70,7 +75,7 @@ def _step_fn(mesh: Mesh, dtype: str, keep_scores: bool, kc: int):
     v, i, s = _score_and_merge(vals, idx, q, x, start, n, dtype, kc)
     return (v, i, s) if keep_scores else (v, i)
 
-  spec = P("data")
+  spec = P(parallel.DATA_AXIS)
   out = (spec, spec, spec) if keep_scores else (spec, spec)
   return jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(spec, spec, P(), spec, P(), P()),
                                out_specs=out))
@@ -129,10 +134,6 @@ class _Rows:
     self._advise(a, b, getattr(mmap, "MADV_DONTNEED", 4))
 
 
-def _mesh(devices) -> Mesh:
-  return Mesh(np.asarray(devices), ("data",))
-
-
 class StackedRows:
   """Several (n_i, C) row sources (arrays, memmaps) as one database, never concatenated.
 
@@ -164,17 +165,24 @@ class StackedRows:
 
 def top_k_search(q_QxC, db, T: int, block: int | None = None, *, dtype: str = "float32",
                  devices=None, scores_out: np.ndarray | None = None, progress: bool = False):
-  """Exact top-T of every query by dot product: ``(scores_QxT float32, idx_QxT int32)``.
+  """Exact top-T of every query by dot product.
 
-  q_QxC: queries (array). db: (N, C) jax/numpy array, numpy memmap (``np.load(path,
-    mmap_mode='r')``, never read whole) or ``StackedRows``. T: results per query (1 <= T <= N).
-  block: db rows per step (rounded up to a multiple of the device count); default about 64 MB.
-  dtype: "float32" (exact float32 dot products) or "bfloat16" (bfloat16 inputs, float32
-    accumulation: faster on accelerators, coarser scores).
-  devices: devices to shard the db blocks over (default: all of ``jax.devices()``).
-  scores_out: optional float32 (Q, N) host array filled with every score as a by-product (for
-    the exact evaluator); it may be a writable memmap.
-  Rows are ordered by descending score, ties by lower db index (a stable sort's order).
+  Args:
+    q_QxC: queries (numpy or jax array).
+    db: (N, C) jax/numpy array, numpy memmap (``np.load(path, mmap_mode='r')``, never read
+      whole) or ``StackedRows``.
+    T: results per query, 1 <= T <= N.
+    block: db rows per step (rounded up to a multiple of the device count); default about 64 MB.
+    dtype: "float32" (exact float32 dot products) or "bfloat16" (bfloat16 inputs, float32
+      accumulation: faster on accelerators, coarser scores).
+    devices: devices to shard the db blocks over (default: all of ``jax.devices()``).
+    scores_out: optional float32 (Q, N) host array filled with every score as a by-product (for
+      the exact evaluator); it may be a writable memmap.
+    progress: log the rows done, the rate and an ETA every 5 s.
+
+  Returns:
+    (scores_QxT float32, idx_QxT int32) as numpy arrays, rows by descending score, ties by lower
+    db index (a stable sort's order).
   """
   if dtype not in SCORE_DTYPES:
     raise ValueError(f"top_k_search: dtype must be one of {SCORE_DTYPES}, got {dtype!r}")
@@ -208,9 +216,8 @@ def top_k_search(q_QxC, db, T: int, block: int | None = None, *, dtype: str = "f
     block = max(1, DEFAULT_BLOCK_BYTES // (4 * c))
   per_dev = -(-min(block, n) // nd)
   rows = per_dev * nd
-  mesh = _mesh(devices)
-  shard = NamedSharding(mesh, P("data"))
-  repl = NamedSharding(mesh, P())
+  mesh = parallel.make_mesh(devices)
+  shard, repl = parallel.batch_sharding(mesh), parallel.replicated(mesh)
 
   q_dev = jax.device_put(q, repl)
   vals = jax.device_put(np.full((nd, nq, T), -np.inf, np.float32), shard)
@@ -238,8 +245,8 @@ def top_k_search(q_QxC, db, T: int, block: int | None = None, *, dtype: str = "f
     now = time.perf_counter()
     if progress and (now - last > 5 or i == steps - 1):
       last = now
-      print(f"search: {b}/{n} db rows ({100 * b / n:.0f}%), {b / (now - t0):.0f} rows/s, "
-            f"ETA {(now - t0) * (n - b) / b:.0f} s", file=sys.stderr, flush=True)
+      log.info("search: %d/%d db rows (%.0f%%), %.0f rows/s, ETA %.0f s", b, n, 100 * b / n,
+               b / (now - t0), (now - t0) * (n - b) / b)
   _finish(scores_out, rows_of, *pending)
   top_v, top_i = _merge_devices(vals, idx, T)
   return np.asarray(top_v), np.asarray(top_i)

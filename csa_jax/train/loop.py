@@ -13,27 +13,31 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 
 import jax
 import numpy as np
 
-from csa_jax.interop import export
-from csa_jax.train import telemetry as metrics
-from csa_jax.train import optim
-from csa_jax.data import train_set as pipeline
-from csa_jax.train import step as ts
-from csa_jax.train.checkpoint import Checkpointer
-from csa_jax.core.config import ModelConfig
 from csa_jax import configs
+from csa_jax import parallel
+from csa_jax.core.config import ModelConfig
+from csa_jax.data import train_set as pipeline
 from csa_jax.errors import InputError
 from csa_jax.fileio import atomic_path, remove_stale_temps, write_json
+from csa_jax.interop import export
+from csa_jax.train import optim
+from csa_jax.train import step as ts
+from csa_jax.train import telemetry as metrics
+from csa_jax.train.checkpoint import Checkpointer
 from csa_jax.train.checks import (check_outcome, check_resume_config, check_workdir,
                                   saved_config, validate_config, workdir_lock)
 
 CONFIG_NAME = "config.json"
 PLOT_EVERY_S = 60.0  # redraw the curves at checkpoints at most this often (and at the end)
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -47,31 +51,28 @@ class TrainResult:
 
 
 def model_config(config) -> ModelConfig:
+  """The ``ModelConfig`` of a training config's ``model`` group; one ``InputError`` line if bad."""
   try:
     return ModelConfig(**config.model.to_dict())
   except (TypeError, ValueError) as e:
     raise InputError(f"config: model: expected valid ModelConfig fields, found {e}") from None
 
 
-def random_train_set(num_samples: int, num_clusters: int, dim: int, M: int, seed: int):
-  """A seeded in-memory ``TrainSet`` of clustered unit descriptors (tests, smoke runs)."""
-  rng = np.random.default_rng(seed)
-  clusters = rng.integers(0, num_clusters, num_samples).astype(np.int32)
-  centers = rng.normal(size=(num_clusters, dim))
-  feats = centers[clusters] + 1.5 * rng.normal(size=(num_samples, dim))
-  feats = (feats / np.linalg.norm(feats, axis=1, keepdims=True)).astype(np.float32)
-  # Stable sort on -score with self forced first: the definition of neighbours.top_neighbors.
-  scores = feats @ feats.T
-  np.fill_diagonal(scores, np.inf)
-  nbrs = np.argsort(-scores, axis=1, kind="stable")[:, :M].astype(np.int32)
-  return pipeline.TrainSet(feats, clusters, nbrs, [("random", 0, num_samples)])
-
-
 def load_train_data(config, workdir: str) -> pipeline.TrainSet:
-  """The ``TrainSet`` a config describes (``data.source``: 'files' or 'random')."""
+  """The training set a config describes.
+
+  Args:
+    config: a training config; ``data.source`` is 'files' (descriptor and annotation files,
+      neighbour lists cached under ``data.cache_dir``) or 'random' (``random_train_set``).
+    workdir: the run's directory; the neighbour cache goes to ``<workdir>/neighbors`` by default.
+
+  Returns:
+    A ``train_set.TrainSet``.
+  """
   d, m = config.data, max(config.data.K, config.model.anchors)
   if d.source == "random":
-    return random_train_set(d.num_samples, d.num_clusters, d.dim, m, config.train.seed)
+    return pipeline.random_train_set(d.num_samples, d.num_clusters, d.dim, m,
+                                     config.train.seed)
   if d.source != "files":
     raise InputError(f"config: data.source: expected 'files' or 'random', found {d.source!r}")
   root = d.root or ""
@@ -106,7 +107,7 @@ def train(config, workdir: str, resume: bool = False, train_set=None, progress: 
     resume: continue from the latest intact checkpoint in ``workdir`` (from scratch if there is
       none); without it a workdir that already holds checkpoints is an error.
     train_set: a ready ``pipeline.TrainSet`` instead of ``config.data`` (library use).
-    progress: a progress line (steps, ETA, throughput) on stderr.
+    progress: log a progress line (steps, ETA, throughput) at every metrics interval.
     allow_config_change: let ``resume`` go on with hyper-parameters other than the saved run's
       (never the model's shape, the batch or the seed).
 
@@ -118,7 +119,7 @@ def train(config, workdir: str, resume: bool = False, train_set=None, progress: 
   model_cfg = model_config(config)
   workdir = check_workdir(workdir)
   lead = jax.process_index() == 0
-  mesh = ts.make_mesh()
+  mesh = parallel.make_mesh()
   ts.check_batch(config.train.global_batch, mesh)
   if config.train.global_batch % jax.process_count():
     raise InputError(f"config: train.global_batch: expected a multiple of the "
@@ -174,14 +175,14 @@ def _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
     write_json(cfg_path, configs.as_plain(config))
   start = int(jax.device_get(state.step))
 
-  log = metrics.MetricsLog(workdir, enabled=lead)
-  log.truncate_after(start)
-  bar = metrics.Progress(total, start, tc.global_batch, enabled=progress, lead=lead)
-  bar.say(f"train: {n} samples, {spe} steps/epoch x {tc.epochs} epochs = {total} steps, global "
-          f"batch {tc.global_batch} on {mesh.size} devices ({jax.process_count()} processes), "
+  metrics_log = metrics.MetricsLog(workdir, enabled=lead)
+  metrics_log.truncate_after(start)
+  bar = metrics.Progress(total, start, tc.global_batch, enabled=progress and lead)
+  _say(lead, f"train: {n} samples, {spe} steps/epoch x {tc.epochs} epochs = {total} steps, "
+       f"global batch {tc.global_batch} on {mesh.size} devices ({jax.process_count()} processes), "
           f"K={config.data.K} L={model_cfg.anchors} D={model_cfg.dim} depth={model_cfg.depth} "
           f"{model_cfg.dtype}" + (f"; resumed at step {start}" if start else ""))
-  arrays = ts.put_replicated((data.feats_NxC, data.nbrs_NxM, data.clusters_N), mesh)
+  arrays = parallel.put_replicated((data.feats_NxC, data.nbrs_NxM, data.clusters_N), mesh)
   step_fn = ts.make_train_step(model_cfg, tx, mesh, tc.alpha, config.data.K, model_cfg.anchors,
                                schedule=schedule)
   evaluator = _make_evaluator(config, workdir)
@@ -219,7 +220,7 @@ def _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
       if not history:
         rec["first_step_s"] = t_first  # compilation included
       history.append(rec)
-      log.write(rec)
+      metrics_log.write(rec)
       bar.update(done, epoch, tc.epochs, {k: rec[k] for k in ("loss", "lr", "grad_norm")
                                           if k in rec}, rec["samples_per_s"])
     if ckpt_due:
@@ -230,7 +231,7 @@ def _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
                                    "skipped_at_epoch_start": epoch_start_skipped,
                                    "config": configs.as_plain(config)})
       if lead and time.perf_counter() - t_plot > PLOT_EVERY_S:
-        metrics.plot_curves(log.path, os.path.join(workdir, metrics.PLOT_NAME))
+        metrics.plot_curves(metrics_log.path, os.path.join(workdir, metrics.PLOT_NAME))
         t_plot = time.perf_counter()
       bar.exclude(time.perf_counter() - t0)
     if evaluator is not None and done % spe == 0 and (done // spe) % evaluator.every == 0:
@@ -239,21 +240,26 @@ def _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
       bar.exclude(time.perf_counter() - t0)
       rec = {"kind": "eval", "step": done, "epoch": done // spe, **res}
       history.append(rec)
-      log.write(rec)
-      bar.say(f"eval after epoch {done // spe}: {json.dumps(res)}")
+      metrics_log.write(rec)
+      _say(lead, f"eval after epoch {done // spe}: {json.dumps(res)}")
 
   params = jax.device_get(state.params)
   skipped = int(jax.device_get(state.opt_state.skipped))
   if lead:
-    metrics.plot_curves(log.path, os.path.join(workdir, metrics.PLOT_NAME))
+    metrics.plot_curves(metrics_log.path, os.path.join(workdir, metrics.PLOT_NAME))
   check_outcome(params, skipped, skipped - epoch_start_skipped, total, spe)
   if lead:
     export.save_export(os.path.join(workdir, export.EXPORT_NAME), params, model_cfg)
     has_pth = _save_pth(os.path.join(workdir, "state_dict.pth"), params, tc.epochs)
-    bar.say(f"train: done at step {total} ({skipped} skipped); wrote "
+    _say(lead, f"train: done at step {total} ({skipped} skipped); wrote "
             f"{os.path.join(workdir, export.EXPORT_NAME)}" + (" and state_dict.pth" if has_pth
                                                                else ""))
   return TrainResult(params, model_cfg, total, skipped, workdir, history)
+
+
+def _say(lead: bool, msg: str) -> None:
+  if lead:  # every process runs the loop; one reports
+    log.info("%s", msg)
 
 
 def _make_evaluator(config, workdir):

@@ -102,10 +102,22 @@ def _all_finite(tree) -> jax.Array:
 def make_optimizer(*, base_lr: float, warmup_lr: float, final_lr: float, warmup_steps: int,
                    total_steps: int, momentum: float = 0.9, weight_decay: float = 1e-6,
                    clip_norm: float = 0.0) -> optax.GradientTransformationExtraArgs:
-  """SGD of the original recipe; ``tx.update(grads, state, params, loss=loss)``.
+  """SGD of the original recipe (docs/method.md section 5), skipping non-finite steps.
 
-  clip_norm > 0 clips the global gradient norm first (off in the original scripts). The state is
-  ``SkipState``; ``optimizer_steps(state)`` and ``skipped_count(state)`` read it.
+  Args:
+    base_lr: the peak learning rate.
+    warmup_lr: the rate the linear warm-up starts from.
+    final_lr: the rate the cosine decay ends at.
+    warmup_steps: optimizer steps of warm-up.
+    total_steps: optimizer steps of the whole run.
+    momentum: SGD momentum (PyTorch's form).
+    weight_decay: coupled decay of the weight matrices (``decay_mask``).
+    clip_norm: > 0 clips the global gradient norm first (off in the original scripts).
+
+  Returns:
+    The transformation; call ``tx.update(grads, state, params, loss=loss)``. Its state is a
+    ``SkipState``: ``state.skipped`` counts skipped steps, ``optimizer_steps(state)`` the applied
+    ones.
   """
   schedule = warmup_cosine(warmup_lr, base_lr, final_lr, warmup_steps, total_steps)
   parts = []
@@ -127,6 +139,7 @@ def optimizer_from_config(train_cfg, steps_per_epoch: int):
 
 
 def schedule_from_config(train_cfg, steps_per_epoch: int):
+  """The learning-rate schedule ``optimizer_from_config`` uses, to report each step's rate."""
   return warmup_cosine(train_cfg.warmup_lr, train_cfg.base_lr, train_cfg.final_lr,
                        train_cfg.warmup_epochs * steps_per_epoch,
                        train_cfg.epochs * steps_per_epoch)
@@ -141,7 +154,3 @@ def optimizer_steps(state: SkipState) -> jax.Array:
 
 def _is_count_state(x) -> bool:
   return isinstance(x, optax.ScaleByScheduleState)
-
-
-def skipped_count(state: SkipState) -> jax.Array:
-  return state.skipped

@@ -1,8 +1,10 @@
 """Evaluation during training: revisited mAP of CSA-re-ranked test sets every N epochs.
 
-The test sets, their first-round rankings and scores are computed once; each evaluation only
-re-ranks the top-K with the current parameters (``reranking.csa_rerank``) and scores the result
-exactly (``evaluate.revisited_map_from_scores``). Every process evaluates on its own devices, so
+Each evaluation is ``csa_jax.evaluation.evaluate`` with the current parameters: the first-round
+search, CSA's re-ranking of the top-K and the exact revisited mAP of both (docs/method.md
+section 7), so the numbers in a training log are those ``csa-jax eval`` prints for the same
+weights. The test sets are read once; the first round is recomputed each time, a search of a few
+queries that costs little next to the re-ranking. Every process evaluates on its own devices, so
 no cross-host traffic; only process 0 logs.
 """
 
@@ -11,52 +13,65 @@ from __future__ import annotations
 import os
 
 import jax
-import numpy as np
-from jax.sharding import Mesh
 
-from csa_jax.data import readers as data_io
-from csa_jax.evaluation import revisited as evaluate
 from csa_jax.core.config import ModelConfig
-from csa_jax.retrieval.rerank import csa_rerank
-from csa_jax.retrieval.search import top_k_search
-
-
-def _mean_ap(res) -> dict:
-  return {p: round(float(res[p]["map"]) * 100, 2) for p in evaluate.PROTOCOLS}
+from csa_jax.data import readers as data_io
+from csa_jax.evaluation.evaluate import evaluate, mean_ap_percent
 
 
 class Evaluator:
-  """``evaluator(params, model_cfg) -> {dataset: {'easy','medium','hard'}}`` (mAP, percent)."""
+  """``evaluator(params, model_cfg) -> {dataset: {'first_round', 'csa', 'K'}}`` (mAP, percent).
+
+  Args:
+    sets: {dataset: (features path, gnd path)}.
+    K: candidates re-ranked per query (at most each database's size).
+    batch: queries per re-ranking call.
+    every: evaluate every this many epochs (read by the training loop).
+  """
 
   def __init__(self, sets: dict, K: int, batch: int, every: int):
     self.sets, self.K, self.batch, self.every = sets, K, batch, every
-    self.mesh = Mesh(np.asarray(jax.local_devices()), ("data",))
-    self._prepared = {}
+    self.devices = jax.local_devices()
+    self._loaded = {}
 
-  def _prepare(self, name: str, anchors: int):
-    if (name, anchors) not in self._prepared:
-      q, db, gnd = data_io.load_test_set(*self.sets[name])
-      k = min(self.K, len(db))
-      depth = min(len(db), max(k, anchors - 1))
-      _, top = top_k_search(q, db, depth, devices=jax.local_devices())
-      scores = q @ db.T
-      first = _mean_ap(evaluate.revisited_map_from_scores(scores, gnd))
-      self._prepared[(name, anchors)] = (q, db, gnd, np.asarray(top), scores, k, first)
-    return self._prepared[(name, anchors)]
+  def _load(self, name: str):
+    if name not in self._loaded:
+      self._loaded[name] = data_io.load_test_set(*self.sets[name])
+    return self._loaded[name]
 
   def __call__(self, params, model_cfg: ModelConfig) -> dict:
+    """Evaluates ``params`` on every test set.
+
+    Args:
+      params: the current parameters (host or device arrays).
+      model_cfg: their ``ModelConfig``.
+
+    Returns:
+      {dataset: {'first_round': {'easy', 'medium', 'hard'}, 'csa': {...}, 'K': int}}, mAP in
+      percent as ``mean_ap_percent`` rounds it.
+    """
     out = {}
     for name in self.sets:
-      q, db, gnd, top, scores, k, first = self._prepare(name, model_cfg.anchors)
-      new_top = csa_rerank(params, model_cfg, q, db, top, k, model_cfg.anchors,
-                           batch_size=self.batch, mesh=self.mesh)
-      csa = _mean_ap(evaluate.revisited_map_from_scores(scores, gnd, top_QxK=new_top[:, :k]))
-      out[name] = {"first_round": first, "csa": csa, "K": k}
+      q_QxC, db_NxC, gnd = self._load(name)
+      res = evaluate(q_QxC, db_NxC, gnd, model=(params, model_cfg), K=min(self.K, len(db_NxC)),
+                     batch_size=self.batch, devices=self.devices, source=self.sets[name][0])
+      out[name] = {"first_round": mean_ap_percent(res["first_round"]),
+                   "csa": mean_ap_percent(res["csa"]), "K": res["info"]["K"]}
     return out
 
 
 def make_evaluator(config, workdir: str) -> Evaluator:
-  """From the config's ``eval`` group: test sets under ``eval.root`` (default ``data.root``)."""
+  """The evaluator the config's ``eval`` group describes.
+
+  Args:
+    config: a training config; ``eval.datasets``, ``eval.features`` and ``eval.gnd`` (paths
+      with ``{ds}``) under ``eval.root`` (default ``data.root``), ``eval.K``, ``eval.batch``,
+      ``eval.every_epochs``.
+    workdir: the run's directory (unused: the test sets are read where they are).
+
+  Returns:
+    An ``Evaluator``.
+  """
   del workdir
   ec = config.eval
   root = ec.get("root") or config.data.get("root") or ""

@@ -1,24 +1,17 @@
 """One data-parallel training step (docs/method.md sections 2, 4, 5).
 
-The global batch is sharded over a 1-D ``'data'`` mesh of all devices (of all processes);
-parameters and optimizer state are replicated and donated. Written for the global batch (XLA's
-partitioner inserts the gradient all-reduce), so the loss is the mean over the global batch and
-1 or 8 devices, 1 or 2 processes, compute the same step. Dropout keys use JAX's partitionable
-threefry, so the masks do not depend on the sharding either.
+The global batch is sharded over the ``parallel.DATA_AXIS`` mesh of all devices (of all
+processes); parameters and optimizer state are replicated and donated. Written for the global
+batch (XLA's partitioner inserts the gradient all-reduce), so the loss is the mean over the global
+batch and 1 or 8 devices, 1 or 2 processes, compute the same step. Dropout keys use JAX's
+partitionable threefry, so the masks do not depend on the sharding either.
 
-Public API (stable; the benchmarks import it):
-
-- ``make_mesh(devices=None) -> Mesh`` with axis ``'data'``.
-- ``init_state(model_cfg, tx, rng, mesh) -> TrainState`` (replicated); ``tx`` from
-  ``optim.make_optimizer``.
-- ``make_train_step(model_cfg, tx, mesh, alpha, K, L, schedule=None)``
-  -> ``step(state, train_arrays, idx_B, rng) -> (state, metrics)``: affinities and targets are
-  built on device from ``train_arrays = (feats_NxC, nbrs_NxM, clusters_N)`` (``put_replicated``);
-  idx_B from ``global_batch_array``.
-- ``make_batch_train_step(model_cfg, tx, mesh, alpha, schedule=None)``
-  -> ``step(state, aff_BxKxL, targets_BxK, rng) -> (state, metrics)`` for a ready batch.
-- Both steps expose ``step.jitted`` (the ``jax.jit`` object: ``.lower(...).compile()`` gives
-  the compiled step and its ``memory_analysis()``).
+Two entry points build the same step and differ only in where the batch comes from:
+``make_train_step`` builds affinities and targets on device from sample indices (what
+``csa-jax train`` runs); ``make_batch_train_step`` takes a ready (aff, targets) batch (the
+benchmarks). Both return ``step(state, a, b, rng) -> (state, metrics)`` with ``step.jitted``,
+the ``jax.jit`` object (``.lower(...).compile()`` gives the compiled step and its
+``memory_analysis()``).
 
 metrics: float32/int32 scalars ``loss, contrastive, mse, grad_norm`` (global norm before
 clipping), ``skipped`` (total so far), ``ok`` (this step applied), and ``lr`` when a schedule is
@@ -33,16 +26,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
+from csa_jax import parallel
 from csa_jax.core.affinity import training_affinity
 from csa_jax.core.config import ModelConfig
-from csa_jax.errors import InputError
-from csa_jax.core.losses import csa_loss
-from csa_jax.train.optim import optimizer_steps
 from csa_jax.core.forward import init_params, training_outputs
+from csa_jax.core.losses import csa_loss
+from csa_jax.errors import InputError
+from csa_jax.train.optim import optimizer_steps
 
-AXIS = "data"
 
 
 class TrainState(NamedTuple):
@@ -51,36 +44,20 @@ class TrainState(NamedTuple):
   opt_state: Any
 
 
-def make_mesh(devices=None) -> Mesh:
-  """1-D mesh over ``devices`` (default: every device of every process)."""
-  devices = jax.devices() if devices is None else list(devices)
-  return Mesh(np.asarray(devices), (AXIS,))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(AXIS))
-
-
-def put_replicated(tree, mesh: Mesh):
-  """Host values (identical on every process) -> arrays replicated over the mesh.
-
-  ``make_array_from_callback`` rather than ``device_put`` so it also works when the mesh spans
-  devices of other processes.
-  """
-  sharding = replicated(mesh)
-
-  def put(x):
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-  return jax.tree.map(put, jax.device_get(tree))
-
-
 def check_batch(global_batch: int, mesh: Mesh, source: str = "config") -> int:
-  """Per-device batch; an ``InputError`` when the global batch does not divide evenly."""
+  """The per-device batch of ``global_batch`` split over ``mesh``.
+
+  Args:
+    global_batch: samples per step, over all devices.
+    mesh: the training mesh.
+    source: what the error line names as the origin of ``global_batch``.
+
+  Returns:
+    ``global_batch // mesh.size``.
+
+  Raises:
+    InputError: the global batch does not divide evenly over the devices.
+  """
   n = mesh.size
   if global_batch < 1 or global_batch % n:
     raise InputError(f"{source}: train.global_batch: expected a positive multiple of the {n} "
@@ -93,11 +70,22 @@ def init_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, rng: ja
   """Fresh parameters (docs/method.md section 3) and optimizer state, replicated over ``mesh``.
 
   One jitted program (not op-by-op), computed identically by every process.
+
+  Args:
+    model_cfg: the model.
+    tx: the optimizer (``optim.make_optimizer``).
+    rng: the parameters' PRNG key.
+    mesh: the training mesh (``parallel.make_mesh``).
+    compiler_options: passed to ``jax.jit``.
+
+  Returns:
+    A replicated ``TrainState`` at step 0.
   """
   def init(key):
     params = init_params(model_cfg, key)
     return TrainState(jnp.zeros([], jnp.int32), params, tx.init(params))
-  return jax.jit(init, out_shardings=replicated(mesh), compiler_options=compiler_options)(rng)
+  return jax.jit(init, out_shardings=parallel.replicated(mesh),
+                 compiler_options=compiler_options)(rng)
 
 
 def _loss_fn(params, aff_BxKxL, targets_BxK, rng, cfg, alpha):
@@ -120,28 +108,27 @@ def _apply(state: TrainState, aff_BxKxL, targets_BxK, rng, *, cfg, tx, alpha, sc
   return TrainState(state.step + 1, params, opt_state), metrics
 
 
-def make_batch_train_step(model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh,
-                          alpha: float, schedule: Callable | None = None,
-                          compiler_options: dict | None = None):
-  """``step(state, aff_BxKxL, targets_BxK, rng) -> (state, metrics)`` on a ready batch.
+def _make_step(model_cfg, tx, mesh, alpha, schedule, compiler_options, to_batch, a_sharding):
+  """The one step: ``to_batch(a, b) -> (aff_BxKxL, targets_BxK)``, then ``_apply``.
 
-  aff and targets: global arrays (or host arrays, then placed) with B divisible by the devices.
-  ``state`` is donated: do not reuse it after the call. compiler_options: passed to ``jax.jit``
-  (tests use ``{"xla_backend_optimization_level": 0}`` to compile 3x faster).
+  ``b``'s leading axis is the global batch (sharded over the data axis); ``a`` is placed as
+  ``a_sharding`` says.
   """
-  rep, bat = replicated(mesh), batch_sharding(mesh)
+  rep, bat = parallel.replicated(mesh), parallel.batch_sharding(mesh)
 
-  def fn(state, aff, targets, rng):
+  def fn(state, a, b, rng):
+    aff, targets = to_batch(a, b)
     aff = jax.lax.with_sharding_constraint(aff, bat)
+    targets = jax.lax.with_sharding_constraint(targets, bat)
     return _apply(state, aff, targets, rng, cfg=model_cfg, tx=tx, alpha=alpha,
                   schedule=schedule)
 
-  jitted = jax.jit(fn, in_shardings=(rep, bat, bat, rep), out_shardings=(rep, rep),
+  jitted = jax.jit(fn, in_shardings=(rep, a_sharding, bat, rep), out_shardings=(rep, rep),
                    donate_argnums=(0,), compiler_options=compiler_options)
 
-  def step(state, aff_BxKxL, targets_BxK, rng):
-    check_batch(aff_BxKxL.shape[0], mesh, source="batch")
-    return jitted(state, aff_BxKxL, targets_BxK, rng)
+  def step(state, a, b, rng):
+    check_batch(b.shape[0], mesh, source="batch")
+    return jitted(state, a, b, rng)
 
   step.jitted = jitted
   return step
@@ -150,44 +137,65 @@ def make_batch_train_step(model_cfg: ModelConfig, tx: optax.GradientTransformati
 def make_train_step(model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh,
                     alpha: float, K: int, L: int, schedule: Callable | None = None,
                     compiler_options: dict | None = None):
-  """``step(state, train_arrays, idx_B, rng) -> (state, metrics)``.
+  """The step ``csa-jax train`` runs: sample i's affinity (K, L) and targets (K,) built on device.
 
-  train_arrays: (feats_NxC float32, nbrs_NxM int32, clusters_N int32), replicated
-  (``put_replicated``); idx_B: the global batch of sample indices, sharded on ``'data'``
-  (``global_batch_array``); rng: this step's dropout key. Sample i's affinity (K, L) and targets
-  (K,) are built on device (``training_affinity``). ``state`` is donated. compiler_options:
-  as in ``make_batch_train_step``.
+  Args:
+    model_cfg: the model.
+    tx: the optimizer (``optim.make_optimizer``).
+    mesh: the training mesh (``parallel.make_mesh``).
+    alpha: weight of the MSE term of the loss.
+    K: tokens per sample.
+    L: anchors per sample; must be the model's ``anchors``.
+    schedule: the learning-rate schedule, to report each step's rate as ``metrics['lr']``.
+    compiler_options: passed to ``jax.jit`` (tests use ``{"xla_backend_optimization_level": 0}``
+      to compile 3x faster).
+
+  Returns:
+    ``step(state, train_arrays, idx_B, rng) -> (state, metrics)``. train_arrays: (feats_NxC
+    float32, nbrs_NxM int32, clusters_N int32), replicated (``parallel.put_replicated``); idx_B:
+    the global batch of sample indices, sharded (``global_batch_array``); rng: this step's
+    dropout key. ``state`` is donated: do not reuse it after the call.
   """
   if L != model_cfg.anchors:
     raise InputError(f"config: data.L: expected the model's anchors ({model_cfg.anchors}), "
                      f"found {L}")
-  rep, bat = replicated(mesh), batch_sharding(mesh)
 
-  def fn(state, train_arrays, idx_B, rng):
+  def to_batch(train_arrays, idx_B):
     feats, nbrs, clusters = train_arrays
-    aff, targets = training_affinity(feats, nbrs, clusters, idx_B, K, L)
-    aff = jax.lax.with_sharding_constraint(aff, bat)
-    targets = jax.lax.with_sharding_constraint(targets, bat)
-    return _apply(state, aff, targets, rng, cfg=model_cfg, tx=tx, alpha=alpha,
-                  schedule=schedule)
+    return training_affinity(feats, nbrs, clusters, idx_B, K, L)
 
-  jitted = jax.jit(fn, in_shardings=(rep, rep, bat, rep), out_shardings=(rep, rep),
-                   donate_argnums=(0,), compiler_options=compiler_options)
+  return _make_step(model_cfg, tx, mesh, alpha, schedule, compiler_options, to_batch,
+                    parallel.replicated(mesh))
 
-  def step(state, train_arrays, idx_B, rng):
-    check_batch(idx_B.shape[0], mesh, source="batch")
-    return jitted(state, train_arrays, idx_B, rng)
 
-  step.jitted = jitted
-  return step
+def make_batch_train_step(model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh,
+                          alpha: float, schedule: Callable | None = None,
+                          compiler_options: dict | None = None):
+  """The same step on a ready batch.
+
+  Args:
+    model_cfg, tx, mesh, alpha, schedule, compiler_options: as for ``make_train_step``.
+
+  Returns:
+    ``step(state, aff_BxKxL, targets_BxK, rng) -> (state, metrics)``; aff and targets are global
+    arrays (or host arrays, then placed) with B divisible by the devices. ``state`` is donated.
+  """
+  return _make_step(model_cfg, tx, mesh, alpha, schedule, compiler_options,
+                    lambda aff, targets: (aff, targets), parallel.batch_sharding(mesh))
 
 
 def global_batch_array(local_idx, mesh: Mesh, global_batch: int) -> jax.Array:
-  """This process's slice of the batch indices -> the global, ``'data'``-sharded array.
+  """This process's slice of the batch indices as the global, batch-sharded array.
 
-  Each process passes its own contiguous slice (``pipeline.batch_indices`` with its process
-  index); with one process, the whole batch.
+  Args:
+    local_idx: this process's contiguous slice (``train_set.batch_indices`` with its process
+      index); with one process, the whole batch.
+    mesh: the training mesh.
+    global_batch: the size of the whole batch.
+
+  Returns:
+    int32 idx_B of shape (global_batch,), sharded over the data axis.
   """
   local_idx = np.asarray(local_idx, np.int32)
-  return jax.make_array_from_process_local_data(batch_sharding(mesh), local_idx,
+  return jax.make_array_from_process_local_data(parallel.batch_sharding(mesh), local_idx,
                                                 (global_batch,))

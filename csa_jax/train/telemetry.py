@@ -1,4 +1,4 @@
-"""Training telemetry: a progress line on stderr, metrics as JSON lines, a PNG of the curves.
+"""Training telemetry: a progress line (log records), metrics as JSON lines, a PNG of the curves.
 
 Only process 0 writes files; every record carries the global step so a resumed run can drop
 the lines a killed run wrote after its last checkpoint.
@@ -7,9 +7,9 @@ the lines a killed run wrote after its last checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-import sys
 import time
 
 import numpy as np
@@ -18,6 +18,8 @@ from csa_jax.fileio import atomic_path
 
 METRICS_NAME = "metrics.jsonl"
 PLOT_NAME = "training_curves.png"
+
+log = logging.getLogger(__name__)
 
 
 def _fmt_time(seconds: float) -> str:
@@ -28,15 +30,18 @@ def _fmt_time(seconds: float) -> str:
 
 
 class Progress:
-  """One line per update: step, epoch, loss, lr, samples/s, ETA. Redrawn in place on a TTY."""
+  """Training throughput and ETA; one INFO record per update (the line ``csa-jax train`` shows).
 
-  def __init__(self, total_steps: int, start_step: int, global_batch: int, stream=None,
-               enabled: bool = True, lead: bool = True):
-    self.total, self.start, self.batch = total_steps, start_step, global_batch
-    self.stream = stream or sys.stderr
-    self.enabled = enabled and lead  # the per-interval progress line
-    self.lead = lead  # messages (``say``) come from process 0 only
-    self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+  Args:
+    total_steps: steps of the whole run.
+    start_step: the step this call starts at (a resumed run's checkpoint).
+    global_batch: samples per step.
+    enabled: log the per-interval line (False on all but process 0, or when asked for quiet).
+  """
+
+  def __init__(self, total_steps: int, start_step: int, global_batch: int, enabled: bool = True):
+    self.total, self.batch = total_steps, global_batch
+    self.enabled = enabled
     self.t0 = time.perf_counter()
     self.t_last, self.step_last = self.t0, start_step
     self.excluded = 0.0
@@ -52,7 +57,17 @@ class Progress:
     self.t_last, self.step_last, self.excluded = now, step, 0.0
     return ds * self.batch / dt if dt > 0 and ds > 0 else float("nan")
 
-  def update(self, step: int, epoch: int, epochs: int, fields: dict, samples_per_s: float):
+  def update(self, step: int, epoch: int, epochs: int, fields: dict,
+             samples_per_s: float) -> None:
+    """Logs ``train: step s/total | epoch | % | fields... | samples/s | ETA``.
+
+    Args:
+      step: steps done.
+      epoch: the current epoch (0-based).
+      epochs: epochs of the run.
+      fields: name -> value of the metrics to show (e.g. loss, lr).
+      samples_per_s: the latest throughput, which the ETA assumes from here on.
+    """
     if not self.enabled:
       return
     eta = (self.total - step) * self.batch / samples_per_s if samples_per_s > 0 else float("nan")
@@ -60,21 +75,7 @@ class Progress:
              f"{100.0 * step / max(self.total, 1):5.1f}%"]
     parts += [f"{k} {v:.4g}" for k, v in fields.items()]
     parts += [f"{samples_per_s:.1f} samples/s", f"ETA {_fmt_time(eta)}"]
-    line = "train: " + " | ".join(parts)
-    if self.tty:
-      self.stream.write("\r\033[K" + line)
-      if step >= self.total:
-        self.stream.write("\n")
-    else:
-      self.stream.write(line + "\n")
-    self.stream.flush()
-
-  def say(self, msg: str) -> None:
-    if self.lead:
-      if self.tty and self.enabled:
-        self.stream.write("\r\033[K")
-      self.stream.write(msg + "\n")
-      self.stream.flush()
+    log.info("train: %s", " | ".join(parts))
 
 
 def summarize(records: list[dict]) -> dict:

@@ -1,12 +1,13 @@
-"""csa_jax.bench.compare: ``csa-jax bench`` end to end at tiny sizes (JSON fields, parity, table)."""
+"""``csa-jax bench`` (csa_jax.cli.bench over csa_jax.bench.compare) end to end at tiny sizes."""
 
 import importlib.util
 import json
 
 import pytest
 
-from csa_jax.bench import compare as bench
-from csa_jax.bench import race as br
+from csa_jax.bench import compare
+from csa_jax.bench import contestants as ct
+from csa_jax.cli import bench
 
 TINY_ARGS = ["--dim", "16", "--depth", "1", "--heads", "2", "--anchors", "8", "--k", "12",
              "--db", "32", "--descriptor-dim", "16", "--batches", "1,2", "--train-batch", "2",
@@ -26,7 +27,7 @@ def tiny_run(tmp_path_factory):
 def test_tiny_bench_end_to_end(tiny_run):
   rc, res = tiny_run
   assert rc == 0
-  assert res["schema"] == bench.SCHEMA and res["command"].startswith("csa-jax bench --dim 16")
+  assert res["schema"] == compare.SCHEMA and res["command"].startswith("csa-jax bench --dim 16")
   for key in ("date", "cpu_model", "cpu_count", "jax_version", "jax_backend", "torch_version",
               "loadavg_start", "loadavg_end"):
     assert key in res["machine"], key
@@ -37,14 +38,14 @@ def test_tiny_bench_end_to_end(tiny_run):
   for part, batches in (("rerank", [1, 2]), ("train", [2])):
     rows = res[part]
     assert {(r["batch"], r["impl"]) for r in rows} == {
-        (b, i) for b in batches for i in (br.JAX, br.EAGER)}
+        (b, i) for b in batches for i in (ct.JAX, ct.EAGER)}
     for r in rows:
       assert "error" not in r, r
       assert len(r["steady_s"]) == 2 and r["items_per_s"] > 0 and r["first_call_s"] > 0
       assert r["achieved_flops"] == pytest.approx(r["flops_per_item"] * r["items_per_s"])
       assert r["frac_of_matmul_peak"] > 0
       assert "peak_mem_bytes" in r and "peak_mem_method" in r
-      if r["impl"] == br.EAGER:
+      if r["impl"] == ct.EAGER:
         assert r["speedup_vs_torch_eager"] == pytest.approx(1.0)
 
 
@@ -56,7 +57,7 @@ def test_tiny_bench_prints_a_table(tiny_run):
   rows = [line.split() for line in table.splitlines() if line.startswith(("rerank ", "train "))]
   assert sorted((r[0], r[1], r[2]) for r in rows) == sorted(
       (part, b, impl) for part, b in (("rerank", "1"), ("rerank", "2"), ("train", "2"))
-      for impl in (br.JAX, br.EAGER))
+      for impl in (ct.JAX, ct.EAGER))
 
 
 def test_bench_runs_without_torch(tmp_path, capsys):
@@ -64,7 +65,7 @@ def test_bench_runs_without_torch(tmp_path, capsys):
   assert bench.main(TINY_ARGS + ["--no-torch", "--no-train", "--out", str(out)]) == 0
   res = json.loads(out.read_text())
   assert res["parity"] == {"checked": False} and res["train"] == []
-  assert [(r["batch"], r["impl"]) for r in res["rerank"]] == [(1, br.JAX), (2, br.JAX)]
+  assert [(r["batch"], r["impl"]) for r in res["rerank"]] == [(1, ct.JAX), (2, ct.JAX)]
   assert "not checked" in capsys.readouterr().out
 
 
@@ -80,3 +81,12 @@ def test_bad_sizes_are_rejected_before_any_work(tmp_path, capsys):
   with pytest.raises(InputError, match="divisible"):
     bench.main(TINY_ARGS + ["--heads", "3", "--out", str(tmp_path / "x.json")])
   assert not (tmp_path / "x.json").exists()
+
+
+def test_flags_become_settings():
+  s = bench.parse_args(["--no-torch", "--no-compile", "--no-train", "-K", "64", "-L", "16",
+                        "--batches", "2,4", "--out", "x.json"])
+  assert (s.torch, s.compile, s.train, s.k, s.anchors, s.batches, s.out) == (
+      False, False, False, 64, 16, [2, 4], "x.json")
+  defaults = bench.parse_args([])
+  assert defaults == compare.Settings()  # the command line's defaults are the library's

@@ -195,7 +195,7 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
 
 
 def test_failed_write_leaves_no_output_and_no_temporary(tmp_path, capsys, monkeypatch):
-  from csa_jax.cli import convert_data as data_cmd
+  from csa_jax.data import convert
   src, dst = str(tmp_path / "src"), tmp_path / "dst"
   _tree(src)
 
@@ -204,7 +204,7 @@ def test_failed_write_leaves_no_output_and_no_temporary(tmp_path, capsys, monkey
       f.write(b"\x93NUMPY partial")
     raise OSError(28, "No space left on device")
 
-  monkeypatch.setattr(data_cmd, "save_npy", full_disk)
+  monkeypatch.setattr(convert, "save_npy", full_disk)
   rc, stdout, stderr = _run(["--root", src, "--out-root", str(dst)], capsys)
   assert rc == 2 and stdout == ""
   assert stderr.strip().splitlines()[-1].startswith("csa-jax convert-data: error: ")

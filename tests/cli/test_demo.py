@@ -6,8 +6,9 @@ import math
 
 import pytest
 
+from csa_jax.cli import demo as demo_cli
 from csa_jax.cli import main as cli
-from csa_jax.cli import demo
+from csa_jax.experiments import demo
 from csa_jax.errors import InputError
 
 
@@ -30,6 +31,21 @@ def test_results_json(tiny_run):
   assert (out / "train" / "state_dict.npz").exists()
 
 
+def test_results_are_the_evaluation_routines(tiny_run):
+  # The demo's table is ``evaluate`` with the trained model, rounded once. (Runs before the
+  # re-run test below, which replaces the directory.)
+  from csa_jax.data import readers
+  from csa_jax.evaluation.evaluate import evaluate, mean_ap_percent
+  from csa_jax.interop.export import load_model
+  out, _ = tiny_run
+  q, db, gnd = readers.load_test_set(out / "data" / "test" / "synth5k" / "synth-gem.npz",
+                                     out / "data" / "annotations" / "synth5k" / "gnd_synth5k.json")
+  res = evaluate(q, db, gnd, model=load_model(str(out / "train")), K=demo.SIZES["tiny"][2],
+                 batch_size=demo.RERANK_BATCH)
+  assert json.loads((out / "results.json").read_text()) == {
+      k: mean_ap_percent(res[k]) for k in ("first_round", "csa")}
+
+
 def test_rerun_replaces_its_own_dir_and_refuses_others(tiny_run, tmp_path):
   out, _ = tiny_run
   (out / "train" / "stale").write_text("x")
@@ -45,7 +61,7 @@ def test_rerun_replaces_its_own_dir_and_refuses_others(tiny_run, tmp_path):
 def test_table_format():
   res = {"first_round": {"easy": 90.0, "medium": 60.5, "hard": 40.25},
          "csa": {"easy": 91.0, "medium": 70.0, "hard": 55.0}}
-  lines = demo.format_table(res, 128).splitlines()
+  lines = demo_cli.format_table(res, 128).splitlines()
   assert lines[1].split()[-3:] == ["90.00", "60.50", "40.25"]
   assert "K=128" in lines[2] and lines[2].split()[-3:] == ["91.00", "70.00", "55.00"]
   assert lines[3].split()[-3:] == ["+1.00", "+9.50", "+14.75"]
@@ -62,3 +78,4 @@ def test_the_demo_trains_the_shipped_synthetic_recipe():
   assert cfg.data.K == want.data.K and cfg.data.descriptors == want.data.descriptors
   tiny = demo.demo_config(root="/x", **demo.SIZES["tiny"][1])
   assert (tiny.model.dim, tiny.data.K, tiny.train.epochs) == (16, 16, 1)
+

@@ -41,7 +41,7 @@ def expected(q, db, gnd, top_QxK=None):
   ranks = np.argsort(-(q.astype(np.float64) @ db.T.astype(np.float64)), axis=1, kind="stable")
   if top_QxK is not None:
     ranks = np.stack([np.concatenate([t, r[~np.isin(r, t)]]) for r, t in zip(ranks, top_QxK)])
-  r = revisited_map(ranks.T, gnd)
+  r = revisited_map(ranks, gnd)  # (Q, N): queries first
   return [100 * r[p]["map"] for p in ("easy", "medium", "hard")]
 
 

@@ -12,22 +12,21 @@ norm merely overflows float32, so the readers take norms in float64 and normalis
 is refused: it would become inf once cast.
 
 Arrays are tiny (C=8, 40 db images); the crafted headers claim hundreds of GiB without holding
-them. The ``*_bytes`` helpers write .npy / .zip structures by hand, as an attacker would.
+them. The ``*_bytes`` helpers (``npy_craft``) write .npy / .zip structures by hand, as an
+attacker would.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
-import struct
-import zlib
 
 import numpy as np
 import pytest
 
 from hostile_cli import expect_input_error, expect_ok, leftover_temp_files, run_cli
+from npy_craft import deflate_bomb, npy_bytes, npz_member, zip_bytes
 
 C, NQ, NDB = 8, 3, 40
 R1M_ROWS = 30000  # a memory-mapped R1M of 0.9 MB: rows far from both ends exist
@@ -35,61 +34,7 @@ BIG_SHAPE = (100_000, 1_000_000)  # float32: 372.5 GiB claimed by a header of a 
 
 
 # ----------------------------------------------------------------------------------------------
-# Crafting files by hand.
-
-
-def npy_bytes(shape, descr="<f4", data: bytes = b"", version=(1, 0),
-              header_len: int | None = None) -> bytes:
-  """A .npy file whose header says ``shape`` / ``descr``, followed by ``data`` (whatever it is).
-
-  header_len: the header length field, when it should lie.
-  """
-  d = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (descr, tuple(shape))
-  pre = 10 if version == (1, 0) else 12
-  h = (d + " " * ((-(pre + len(d) + 1)) % 64) + "\n").encode("latin1")
-  length = struct.pack("<H" if version == (1, 0) else "<I",
-                       len(h) if header_len is None else header_len)
-  return b"\x93NUMPY" + bytes(version) + length + h + data
-
-
-def zip_bytes(members) -> bytes:
-  """A zip archive; members: (name, stored bytes, method 0/8, crc32, declared uncompressed size).
-
-  Sizes and CRCs are written as given, so they may lie.
-  """
-  out, central = io.BytesIO(), []
-  for name, stored, method, crc, size in members:
-    offset, nm = out.tell(), name.encode()
-    out.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0x21, crc, len(stored),
-                          size, len(nm), 0) + nm + stored)
-    central.append(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0x21, crc,
-                               len(stored), size, len(nm), 0, 0, 0, 0, 0, offset) + nm)
-  start = out.tell()
-  for c in central:
-    out.write(c)
-  out.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(central), len(central),
-                        out.tell() - start, start, 0))
-  return out.getvalue()
-
-
-def deflate(data: bytes) -> bytes:
-  c = zlib.compressobj(9, zlib.DEFLATED, -15)
-  return c.compress(data) + c.flush()
-
-
-def deflate_bomb(head: bytes, zero_mib: int) -> bytes:
-  """A raw deflate stream of ``head`` then ``zero_mib`` MiB of zeros, built without inflating:
-  one self-contained compressed MiB of zeros (about 1 KB) repeated."""
-  c = zlib.compressobj(9, zlib.DEFLATED, -15)
-  first = c.compress(head) + c.flush(zlib.Z_FULL_FLUSH)
-  c = zlib.compressobj(9, zlib.DEFLATED, -15)
-  chunk = c.compress(bytes(1 << 20)) + c.flush(zlib.Z_FULL_FLUSH)
-  return first + chunk * zero_mib + b"\x03\x00"  # an empty final block ends the stream
-
-
-def npz_member(name: str, raw: bytes, method: int = 8, size: int | None = None):
-  stored = deflate(raw) if method == 8 else raw
-  return (name, stored, method, zlib.crc32(raw), len(raw) if size is None else size)
+# Valid files to start from, and the commands.
 
 
 def unit(x):

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from csa_jax.cli import main as cli
 from csa_jax.cli import smoke
 
@@ -34,3 +36,10 @@ def test_smoke_runs_small():
   assert r["shapes"] == {"top": [2, 16], "affinity": [2, 17, 8], "scores": [2, 16],
                          "new_top": [2, 16]}
   assert 0.0 <= r["fraction_of_top_k_moved"] <= 1.0 and r["queries_per_s"] > 0
+
+
+def test_bench_command_is_the_cli_module(capsys):
+  assert cli.COMMANDS["bench"][0] == "csa_jax.cli.bench"
+  with pytest.raises(SystemExit) as e:
+    cli.main(["bench", "--help"])
+  assert e.value.code == 0 and "--no-torch" in capsys.readouterr().out

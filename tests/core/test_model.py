@@ -64,7 +64,7 @@ def test_gradients_match_original(ref, model):
 
 
 def _numpy_forward(sd, x, heads):
-  """docs/method.md section 3 written out in numpy with the torch layout (eval mode): independent of Flax."""
+  """docs/method.md section 3 in numpy with the torch layout (eval mode): independent of Flax."""
   def lin(v, name):
     return v @ sd[f"{name}.weight"].T + sd.get(f"{name}.bias", 0.0)
 

@@ -62,13 +62,21 @@ def test_cache_hit_skips_recomputation(tmp_path, monkeypatch):
   np.testing.assert_array_equal(again, nb)
 
 
-def test_cache_misses_when_key_or_file_changes(tmp_path):
+def count_computations(monkeypatch) -> list:
+  """Records every real computation of neighbour lists (not cache hits)."""
+  calls, real = [], neighbors.top_neighbors
+  monkeypatch.setattr(neighbors, "top_neighbors",
+                      lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+  return calls
+
+
+def test_cache_misses_when_key_or_file_changes(tmp_path, monkeypatch):
   feats = _feats(60, 8)
   neighbors.load_or_compute(feats, 10, 12, cache_dir=tmp_path)
-  count = neighbors.COMPUTE_COUNT
+  computed = count_computations(monkeypatch)
   # Other K/L: another key.
   _, hit = neighbors.load_or_compute(feats, 12, 10, cache_dir=tmp_path)
-  assert not hit and neighbors.COMPUTE_COUNT == count + 1
+  assert not hit and computed == [12]
   # Other content: another key.
   other = feats.copy()
   other[[0, 1]] = other[[1, 0]]

@@ -1,6 +1,9 @@
-"""Readers of the docs/method.md section 6 layouts: real pickles load, crafted ones never run, checks hold."""
+"""Readers of the docs/method.md section 6 layouts: real pickles load, crafted ones never run,
+checks hold."""
 
+import io
 import json
+import logging
 import os
 import pickle
 import re
@@ -8,10 +11,36 @@ import re
 import numpy as np
 import pytest
 
+from csa_jax import log
+from csa_jax.data import descriptors
 from csa_jax.data import readers as data_io
 from csa_jax.data import npyio
 from csa_jax.errors import InputError
-from test_hostile_data import deflate_bomb, npy_bytes, npz_member, zip_bytes  # hand-made bytes
+from npy_craft import deflate_bomb, npy_bytes, npz_member, zip_bytes  # hand-made bytes
+
+
+class _Notes:
+  """The csa_jax log lines as the CLI shows them on stderr; ``read`` gives those since the last."""
+
+  def __init__(self):
+    self.stream, self._seen = io.StringIO(), 0
+
+  def read(self) -> str:
+    text = self.stream.getvalue()[self._seen:]
+    self._seen += len(text)
+    return text
+
+
+@pytest.fixture
+def notes():
+  logger = logging.getLogger(log.ROOT)
+  handlers, level, propagate = logger.handlers[:], logger.level, logger.propagate
+  n = _Notes()
+  log.setup(logging.INFO, n.stream)
+  yield n
+  logger.handlers[:] = handlers
+  logger.setLevel(level)
+  logger.propagate = propagate
 
 
 def _unit(x):
@@ -147,27 +176,27 @@ class TestCraftedPickles:
 
 class TestDescriptors:
 
-  def test_orientation_by_count_size_norm_and_axis(self, tmp_path, capsys):
+  def test_orientation_by_count_size_norm_and_axis(self, tmp_path, notes):
     x = _feats(6, 10)  # n < C: "smaller axis is C" alone would get this wrong
     np.save(tmp_path / "t.npy", x.T)
     np.testing.assert_array_equal(data_io.load_descriptors(tmp_path / "t.npy", n=6), x)
-    assert "found (C, n)" in capsys.readouterr().err
+    assert "found (C, n)" in notes.read()
     np.testing.assert_array_equal(data_io.load_descriptors(tmp_path / "t.npy", dim=10), x)
     # Unknown n and C: the axis whose vectors have unit norm holds the descriptors.
     np.testing.assert_array_equal(data_io.load_descriptors(tmp_path / "t.npy"), x)
-    assert "unit norm" in capsys.readouterr().err
+    assert "unit norm" in notes.read()
     np.save(tmp_path / "r.npy", x)
     np.testing.assert_array_equal(data_io.load_descriptors(tmp_path / "r.npy"), x)
-    assert "found (n, C)" in capsys.readouterr().err
+    assert "found (n, C)" in notes.read()
 
-  def test_renormalises_with_warning(self, tmp_path, capsys):
+  def test_renormalises_with_warning(self, tmp_path, notes):
     x = _feats(50, 8)
     scaled = (x * np.linspace(0.5, 3, 50)[:, None]).astype(np.float64)
     np.save(tmp_path / "s.npy", scaled)
     got = data_io.load_descriptors(tmp_path / "s.npy")
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, x, atol=1e-6)
-    assert "warning" in capsys.readouterr().err
+    assert "csa-jax: warning: " in notes.read()
 
   def test_test_set_query_orientation_from_gnd_count(self, tmp_path):
     # 3 queries of C=8 stored (C, n): only the gnd's query count can tell.
@@ -397,13 +426,13 @@ class TestFiniteAsUsed:
                                          r"NaN\)"):
       data_io.as_descriptors(x.T.copy(), "f", "db", n=20)  # stored (C, n)
 
-  def test_float32_near_max_normalises_in_float64(self, capsys):
+  def test_float32_near_max_normalises_in_float64(self, notes):
     x = _feats(30, 8).astype(np.float64)
     big = (x * (3e38 / np.abs(x).max(1, keepdims=True))).astype(np.float32)
     got = data_io.as_descriptors(big, "f", "db")
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, x, atol=1e-6)  # the old float32 norm gave inf, rows of 0
-    assert "re-normalising" in capsys.readouterr().err
+    assert "re-normalising" in notes.read()
 
   def test_tiny_rows_are_directions_zero_rows_are_not(self):
     x = _feats(10, 4).astype(np.float64)
@@ -415,7 +444,7 @@ class TestFiniteAsUsed:
       data_io.as_descriptors(x, "f", "db")
 
   def test_normalises_in_blocks(self, monkeypatch):
-    monkeypatch.setattr(data_io, "_BLOCK_BYTES", 8 * 4 * 3)  # 3 rows per block
+    monkeypatch.setattr(descriptors, "_BLOCK_BYTES", 8 * 4 * 3)  # 3 rows per block
     x = _feats(10, 4).astype(np.float64) * np.arange(1, 11)[:, None]
     np.testing.assert_allclose(data_io.as_descriptors(x, "f", "db"), _unit(x), atol=1e-6)
     x[8, 1] = np.nan
@@ -451,13 +480,13 @@ class TestR1M:
     assert not data_io.scan_rows(str(tmp_path / "r.npy"), mm.offset, mm.shape, "r1m",
                                  block_rows=7)
 
-  def test_load_r1m_checks_every_row_and_keeps_the_memmap(self, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(data_io, "_BLOCK_BYTES", 8 * 8 * 64)  # 64 rows per block
+  def test_load_r1m_checks_every_row_and_keeps_the_memmap(self, tmp_path, monkeypatch, notes):
+    monkeypatch.setattr(descriptors, "_BLOCK_BYTES", 8 * 8 * 64)  # 64 rows per block
     x = _feats(20000, 8)
     np.save(tmp_path / "r.npy", x)
     mm = data_io.load_r1m(tmp_path / "r.npy", dim=8)
     assert isinstance(mm, np.memmap) and mm.shape == (20000, 8)
-    assert "every row checked" in capsys.readouterr().err
+    assert "every row checked" in notes.read()
     x[12345, 7] = np.nan  # far from both ends: the old spot check could miss it
     np.save(tmp_path / "r.npy", x)
     with pytest.raises(InputError, match="r1m: expected finite values, found NaN/inf in row 12345"):
@@ -506,7 +535,7 @@ class TestStructure:
   def test_bbx(self, tmp_path, bbx, needle):
     obj = _gnd_obj()
     obj["gnd"][2]["bbx"] = bbx
-    with pytest.raises(InputError, match=re.escape(f"gnd[2].bbx: expected a bounding box of 4 "
+    with pytest.raises(InputError, match=re.escape("gnd[2].bbx: expected a bounding box of 4 "
                                                    "finite numbers")) as e:
       data_io.parse_gnd(obj, "g.pkl")
     assert needle in str(e.value)
@@ -527,7 +556,7 @@ class TestStructure:
   def test_index_lists(self, value, needle):
     obj = _gnd_obj()
     obj["gnd"][1]["junk"] = value
-    with pytest.raises(InputError, match=re.escape(f"g: gnd[1].junk: expected ")) as e:
+    with pytest.raises(InputError, match=re.escape("g: gnd[1].junk: expected ")) as e:
       data_io.parse_gnd(obj, "g")
     assert needle in str(e.value)
 

@@ -1,6 +1,6 @@
 """The restricted unpickler loads data, never runs code, and never outgrows its file.
 
-Crafting helpers (``Call``, ``G``, ``Build``, ``craft``) come from ``test_hostile_pickles``.
+Crafting helpers (``Call``, ``G``, ``Build``, ``craft``) come from ``tests/pickle_craft.py``.
 """
 
 import collections
@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from csa_jax import InputError
-from csa_jax.data import safe_pickle
+from csa_jax.data import pickle_globals, safe_pickle
 from csa_jax.data.safe_pickle import (MAX_DEPTH, NUMPY_GLOBALS, Budget, check_graph, load_data,
-                                 loads_data, unpickle)
-from test_hostile_pickles import (DTYPE, NDARRAY, RECONSTRUCT, Build, Call, G, craft,
-                                  laughs_pickle, nested_list_pickle, rename_numpy_core)
+                                      loads_data, unpickle)
+from pickle_craft import (DTYPE, NDARRAY, RECONSTRUCT, Build, Call, G, craft, laughs_pickle,
+                          nested_list_pickle, rename_numpy_core)
 
 
 def test_loads_arrays_and_containers():
@@ -190,7 +190,7 @@ def test_build_on_globals_is_refused_and_changes_nothing():
     evil = craft([Build(target, (None, {"call": None, "__defaults__": ()}))])
     with pytest.raises(InputError, match=r"object state \(BUILD\) only for .*; refused"):
       loads_data(evil)
-  assert g.call is safe_pickle._dtype and np.float32.__name__ == "float32"
+  assert g.call is pickle_globals._dtype and np.float32.__name__ == "float32"
   with pytest.raises(AttributeError):
     g.call = None
   np.testing.assert_array_equal(loads_data(pickle.dumps(np.arange(3.0))), np.arange(3.0))

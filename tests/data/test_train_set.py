@@ -6,9 +6,10 @@ import json
 import jax
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from csa_jax import parallel
 from csa_jax.core import affinity
+from csa_jax.data import neighbors
 from csa_jax.data import train_set as pipeline
 from csa_jax.errors import InputError
 
@@ -73,7 +74,7 @@ def _brute_force(feats, m):
   return np.argsort(-s, axis=1, kind="stable")[:, :m]
 
 
-def test_stacked_sets(tmp_path):
+def test_stacked_sets(tmp_path, monkeypatch):
   sets, clusters = _write_sets(tmp_path)
   ts = pipeline.load_train_set([str(tmp_path / "a.npz"), str(tmp_path / "b.npy")],
                                str(tmp_path / "ann.json"), K=6, L=9, cache_dir=tmp_path / "c")
@@ -85,11 +86,12 @@ def test_stacked_sets(tmp_path):
   np.testing.assert_array_equal(ts.nbrs_NxM[:40], _brute_force(sets[0], 9))
   np.testing.assert_array_equal(ts.nbrs_NxM[40:], 40 + _brute_force(sets[1], 9))
   # The second load reuses both sets' caches.
-  from csa_jax.data import neighbors
-  before = neighbors.COMPUTE_COUNT
+  def recompute(*a, **k):
+    raise AssertionError("recomputed on a cache hit")
+
+  monkeypatch.setattr(neighbors, "top_neighbors", recompute)
   again = pipeline.load_train_set([str(tmp_path / "a.npz"), str(tmp_path / "b.npy")],
                                   str(tmp_path / "ann.json"), K=6, L=9, cache_dir=tmp_path / "c")
-  assert neighbors.COMPUTE_COUNT == before
   np.testing.assert_array_equal(again.nbrs_NxM, ts.nbrs_NxM)
 
 
@@ -97,8 +99,8 @@ def test_device_arrays_feed_training_affinity(tmp_path):
   _write_sets(tmp_path)
   ts = pipeline.load_train_set([str(tmp_path / "a.npz"), str(tmp_path / "b.npy")],
                                str(tmp_path / "ann.json"), K=6, L=9)
-  mesh = Mesh(np.asarray(jax.devices()), ("data",))
-  feats, nbrs, clusters = pipeline.device_put_train_set(ts, NamedSharding(mesh, PartitionSpec()))
+  mesh = parallel.make_mesh()
+  feats, nbrs, clusters = parallel.put_replicated((ts.feats_NxC, ts.nbrs_NxM, ts.clusters_N), mesh)
   assert feats.sharding.is_fully_replicated and len(feats.sharding.device_set) == len(jax.devices())
   order = pipeline.epoch_order(ts.num_samples, seed=0, epoch=0)
   idx = pipeline.batch_indices(order, 1, 8)
@@ -107,6 +109,21 @@ def test_device_arrays_feed_training_affinity(tmp_path):
     tok, anc = ts.nbrs_NxM[i, :6], ts.nbrs_NxM[i, :9]
     np.testing.assert_allclose(aff[b], ts.feats_NxC[tok] @ ts.feats_NxC[anc].T, atol=1e-6)
     np.testing.assert_array_equal(targets[b], ts.clusters_N[tok] == ts.clusters_N[i])
+
+
+def test_random_train_set_is_seeded_with_exact_neighbour_lists():
+  ts = pipeline.random_train_set(50, 4, 6, 7, seed=3)
+  assert ts.num_samples == 50 and ts.sets == [("random", 0, 50)]
+  assert ts.feats_NxC.dtype == np.float32 and ts.feats_NxC.shape == (50, 6)
+  np.testing.assert_allclose(np.linalg.norm(ts.feats_NxC, axis=1), 1.0, rtol=1e-6)
+  assert ts.clusters_N.dtype == np.int32 and set(ts.clusters_N) <= set(range(4))
+  # The lists neighbors.top_neighbors would compute: self first, then by similarity.
+  np.testing.assert_array_equal(ts.nbrs_NxM, neighbors.top_neighbors(ts.feats_NxC, 7,
+                                                                     progress=False))
+  again = pipeline.random_train_set(50, 4, 6, 7, seed=3)
+  np.testing.assert_array_equal(again.feats_NxC, ts.feats_NxC)
+  assert not np.array_equal(pipeline.random_train_set(50, 4, 6, 7, seed=4).feats_NxC,
+                            ts.feats_NxC)
 
 
 def test_load_errors(tmp_path):

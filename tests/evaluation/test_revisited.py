@@ -1,4 +1,7 @@
-"""revisited_map and the scores path against a plain-loop reading of docs/method.md section 7."""
+"""revisited_map and the scores path against a plain-loop reading of docs/method.md section 7.
+
+The plain loop below reads rankings as the reference tools store them, (T, Q); csa_jax takes
+them queries first, (Q, T), so the comparison transposes once, explicitly."""
 
 import json
 
@@ -6,13 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from csa_jax.errors import InputError
 from csa_jax.evaluation import revisited as evaluate
 
 KAPPAS = (1, 5, 10)
 
 
 def spec_protocol(ranking, positives, ignored, kappas):
-  """docs/method.md section 7 as written: delete ignored images, then trapezoid AP and P@k. Returns (ap, [p@k])."""
+  """docs/method.md section 7 as written: delete ignored images, then trapezoid AP and P@k.
+
+  Returns (ap, [p@k]).
+  """
   n_pos = len(positives)
   if n_pos == 0:
     return float("nan"), [float("nan")] * len(kappas)
@@ -101,7 +108,7 @@ def test_matches_spec_on_600_random_cases():
     ranks, gnd = random_case(rng)
     kappas = KAPPAS if rng.integers(4) else (1, 2, 3, 50)
     want = spec_revisited(ranks, gnd, kappas)
-    assert_same(evaluate.revisited_map(ranks, gnd, kappas), want, kappas)
+    assert_same(evaluate.revisited_map(ranks.T, gnd, kappas), want, kappas)  # (T, Q) -> (Q, T)
     seen["no_positives"] += int(np.isnan(want["medium"][1]).any())
     seen["none_retrieved"] += int((want["medium"][1] == 0).any())
     seen["truncated"] += int(ranks.shape[0] < max(max(np.max(g[k], initial=0) for k in g)
@@ -111,7 +118,7 @@ def test_matches_spec_on_600_random_cases():
 
 def test_known_values():
   # Query 0: positives at ranks 0 and 2 with a junk image between: adjusted ranks 0 and 1.
-  ranks = np.array([[5, 0], [7, 1], [6, 2], [1, 3]])
+  ranks = np.array([[5, 7, 6, 1], [0, 1, 2, 3]])  # one row per query
   gnd = [{"easy": [5, 6], "hard": [], "junk": [7]},
          {"easy": [], "hard": [9], "junk": []}]  # hard positive never retrieved
   r = evaluate.revisited_map(ranks, gnd)
@@ -124,16 +131,16 @@ def test_known_values():
 
 
 def test_all_queries_without_positives_give_nan():
-  r = evaluate.revisited_map(np.zeros((3, 2), int), [{"easy": [], "hard": [], "junk": [0]}] * 2)
+  r = evaluate.revisited_map(np.zeros((2, 3), int), [{"easy": [], "hard": [], "junk": [0]}] * 2)
   assert np.isnan(r["medium"]["map"]) and np.isnan(r["medium"]["mp"]).all()
 
 
 def stable_ranks(scores_QxN, top_QxK=None):
+  """(Q, N) full stable ranking, with top_QxK spliced in front."""
   full = np.argsort(-scores_QxN, axis=1, kind="stable")
   if top_QxK is None:
-    return full.T
-  rows = [np.concatenate([t, f[~np.isin(f, t)]]) for f, t in zip(full, top_QxK)]
-  return np.stack(rows, 1)
+    return full
+  return np.stack([np.concatenate([t, f[~np.isin(f, t)]]) for f, t in zip(full, top_QxK)])
 
 
 @pytest.mark.parametrize("cells", [None, 3])
@@ -152,7 +159,7 @@ def test_scores_path_equals_ranks_path_with_ties(cells):
     assert_same(got, {p: (w["map"], w["aps"], w["prs"], w["mp"]) for p, w in want.items()})
     # A re-ordered top-K placed first, the rest by score.
     k = int(rng.integers(0, n + 1))
-    top = np.stack([rng.permutation(row[:k]) for row in stable_ranks(scores).T])
+    top = np.stack([rng.permutation(row[:k]) for row in stable_ranks(scores)])
     if case % 4 == 0 and k < n:  # any distinct indices, not only the first-round top-K
       top = np.stack([rng.choice(n, k, replace=False) for _ in range(nq)])
     want = evaluate.revisited_map(stable_ranks(scores, top), gnd)
@@ -185,7 +192,7 @@ def test_scores_path_rejects_bad_input():
 
 
 def test_format_and_json():
-  ranks = np.array([3, 0, 1, 2])[:, None]
+  ranks = np.array([[3, 0, 1, 2]])
   gnd = [{"easy": [0], "hard": [2], "junk": [1]}]
   r = evaluate.revisited_map(ranks, gnd)
   text = evaluate.format_results(r, "roxford5k")
@@ -198,3 +205,22 @@ def test_format_and_json():
   js = json.loads(json.dumps(evaluate.results_to_json(empty)))
   assert js["easy"]["map"] is None and js["hard"]["map"] == 100.0
   assert js["hard"]["mp"] == {"P@1": 100.0, "P@5": 100.0, "P@10": 100.0}
+
+
+def test_rankings_are_queries_first():
+  gnd = [{"easy": [0], "hard": [], "junk": []}] * 2
+  ranks_QxT = np.array([[0, 1, 2], [2, 1, 0]])
+  # Row 1 ranks its positive third: AP = (0/2 + 1/3) / 2.
+  np.testing.assert_allclose(evaluate.revisited_map(ranks_QxT, gnd)["easy"]["aps"], [1, 1 / 6])
+  with pytest.raises(InputError, match=r"^revisited_map: ranks_QxT: expected \(Q=2, T\) "
+                     r"rankings, queries first .*transpose.*found shape \(3, 2\)$"):
+    evaluate.revisited_map(ranks_QxT.T, gnd)
+  with pytest.raises(InputError, match="integer db indices"):
+    evaluate.revisited_map(ranks_QxT.astype(float), gnd)
+
+
+def test_percent_is_the_one_rounding():
+  assert evaluate.percent(5 / 12) == 41.67 and isinstance(evaluate.percent(0.5), float)
+  np.testing.assert_array_equal(evaluate.percent(np.array([0.123456, np.nan])), [12.35, np.nan])
+  assert evaluate.percent(0.123456, None) == pytest.approx(12.3456)
+  assert evaluate.PROTOCOLS == ("easy", "medium", "hard")

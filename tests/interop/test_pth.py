@@ -1,7 +1,8 @@
 """Reading real torch.save files without torch, and refusing malicious ones.
 
 Crafting helpers (``crafted_model``, ``tensor``, ``Pid``, ``Build``, ...) come from
-``test_hostile_pickles``, which runs the same kinds of files through the CLI.
+``tests/pickle_craft.py``; ``tests/cli/test_hostile_pickles.py`` runs the same kinds of files
+through the CLI.
 """
 
 import collections
@@ -15,10 +16,10 @@ import pytest
 from csa_jax import InputError
 from csa_jax import load_torch_checkpoint
 from csa_jax import rerank_scores
-from csa_jax.interop import pth as tc
+from csa_jax.interop import pth_globals as tc
 from csa_jax.interop.pth import STORAGE_TYPES, TORCH_GLOBALS, check_view, read_torch_file
-from test_hostile_pickles import (FLOAT, REBUILD, Build, Call, G, Pid, crafted_model,
-                                  lie_about_size, tensor, write_pth)
+from pickle_craft import (FLOAT, REBUILD, Build, Call, G, Pid, crafted_model, lie_about_size,
+                          tensor, write_pth)
 
 
 def test_reads_real_torch_file(data_dir):

@@ -1,4 +1,4 @@
-"""csa_jax.interop.torch_reference: the original architecture in PyTorch, and two-way interop with csa_jax."""
+"""interop/torch_reference: the original architecture in PyTorch, two-way interop with csa_jax."""
 
 import subprocess
 import sys

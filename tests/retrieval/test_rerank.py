@@ -4,14 +4,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh
 
-from csa_jax.interop import state_dict as interop
-from csa_jax.core import forward as rerank
+from csa_jax import parallel
+from csa_jax.core import forward
 from csa_jax.core.affinity import rerank_affinity
 from csa_jax.core.config import ModelConfig
 from csa_jax.core.forward import rerank_scores
-from csa_jax.retrieval.rerank import csa_rerank, csa_reranker, reorder_top
+from csa_jax.interop import state_dict as interop
+from csa_jax.retrieval.rerank import csa_rerank, reorder_top
 
 CFG = ModelConfig(anchors=8, dim=16, depth=1, heads=2)
 K, T = 10, 14
@@ -50,7 +50,7 @@ def loop_rerank(params, q, db, top):
 
 @pytest.mark.parametrize("n_dev,batch", [(1, 2), (8, 3)])
 @pytest.mark.parametrize("source", ["numpy", "memmap", "jax"])
-def test_equals_per_query_loop(problem, tmp_path, n_dev, batch, source):
+def test_equals_per_query_loop(problem, tmp_path, monkeypatch, n_dev, batch, source):
   params, q, db, top = problem
   want, new = loop_rerank(params, q, db, top)
   gaps = np.diff(np.sort(new, axis=1), axis=1)
@@ -60,19 +60,19 @@ def test_equals_per_query_loop(problem, tmp_path, n_dev, batch, source):
     db = np.load(tmp_path / "db.npy", mmap_mode="r")
   elif source == "jax":
     db = jnp.asarray(db)
-  mesh = Mesh(np.asarray(jax.devices()[:n_dev]), ("data",))
-  before = rerank.TRACE_COUNTS["rerank_scores"]
+  mesh = parallel.make_mesh(jax.devices()[:n_dev])
+  traces, real = [], forward.model_for
+  monkeypatch.setattr(forward, "model_for", lambda cfg: traces.append(cfg) or real(cfg))
   got = csa_rerank(params, CFG, q, db, top, K, CFG.anchors, batch_size=batch, mesh=mesh)
-  assert rerank.TRACE_COUNTS["rerank_scores"] - before <= 1  # one shape for every batch
+  assert len(traces) <= 1  # traced at most once: one shape for every batch
   np.testing.assert_array_equal(got, want)
   np.testing.assert_array_equal(got[:, K:], top[:, K:])
 
 
-def test_default_mesh_and_reranker_interface(problem):
+def test_default_mesh_spans_every_device(problem):
   params, q, db, top = problem
   want, _ = loop_rerank(params, q, db, top)
-  rr = csa_reranker(params, CFG, K)  # all 8 test devices
-  np.testing.assert_array_equal(rr(q, db, top), want)
+  np.testing.assert_array_equal(csa_rerank(params, CFG, q, db, top, K, CFG.anchors), want)
 
 
 def test_reorder_top_is_stable():

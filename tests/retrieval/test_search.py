@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from csa_jax import parallel
 from csa_jax.retrieval import search
 
 N, C, Q = 240, 8, 5
@@ -83,8 +84,8 @@ def test_real_valued_order_and_bad_args(data):
 def test_sharded_step_is_local():
   # Each device merges its own shard of the block: no device gathers another's scores.
   devices = jax.devices()[:8]
-  mesh = search._mesh(devices)
-  shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  mesh = parallel.make_mesh(devices)
+  shard = parallel.batch_sharding(mesh)
   args = [jax.ShapeDtypeStruct((8, 5, 10), jnp.float32, sharding=shard),
           jax.ShapeDtypeStruct((8, 5, 10), jnp.int32, sharding=shard),
           jnp.zeros((5, 16)), jax.ShapeDtypeStruct((8, 32, 16), jnp.float32, sharding=shard),

@@ -7,10 +7,11 @@ import jax
 import numpy as np
 import pytest
 
+from csa_jax import parallel
+from csa_jax.errors import InputError
 from csa_jax.train import optim
 from csa_jax.train import step as ts
 from csa_jax.train.checkpoint import Checkpointer
-from csa_jax.errors import InputError
 
 
 def _state(seed, mesh):
@@ -24,7 +25,7 @@ def _state(seed, mesh):
   opt = opt._replace(skipped=np.int32(seed), inner_state=jax.tree.map(
       lambda x: (rng.normal(size=np.shape(x)).astype(x.dtype) if x.dtype == np.float32
                  else np.asarray(seed + 3, x.dtype)), opt.inner_state))
-  return ts.put_replicated(ts.TrainState(np.int32(seed), params, opt), mesh)
+  return parallel.put_replicated(ts.TrainState(np.int32(seed), params, opt), mesh)
 
 
 def _leaves(tree):
@@ -32,7 +33,7 @@ def _leaves(tree):
 
 
 def test_round_trip_is_bitwise_and_keeps_structure_sharding_rng_and_meta(tmp_path):
-  mesh = ts.make_mesh()
+  mesh = parallel.make_mesh()
   state = _state(7, mesh)
   rng = jax.random.fold_in(jax.random.key(3), 5)
   ck = Checkpointer(str(tmp_path / "ck"), keep=2)
@@ -50,7 +51,7 @@ def test_round_trip_is_bitwise_and_keeps_structure_sharding_rng_and_meta(tmp_pat
 
 
 def test_keeps_the_last_k_and_ignores_a_half_written_checkpoint(tmp_path):
-  mesh = ts.make_mesh(jax.devices()[:1])
+  mesh = parallel.make_mesh(jax.devices()[:1])
   d = str(tmp_path / "ck")
   ck = Checkpointer(d, keep=2)
   key = jax.random.key(0)
@@ -76,6 +77,6 @@ def test_restore_without_checkpoints_is_an_input_error(tmp_path):
   ck = Checkpointer(str(tmp_path / "empty"))
   assert ck.latest_step() is None
   with pytest.raises(InputError, match="expected a checkpoint to resume from"):
-    ck.restore(_state(0, ts.make_mesh(jax.devices()[:1])))
+    ck.restore(_state(0, parallel.make_mesh(jax.devices()[:1])))
   with pytest.raises(InputError, match="checkpoint.keep"):
     Checkpointer(str(tmp_path / "x"), keep=0)

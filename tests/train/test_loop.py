@@ -163,15 +163,3 @@ def test_two_process_distributed_run_equals_one_process(reference):
   want, got = _params(ref), _params(workdir)
   for k in want:
     np.testing.assert_allclose(got[k], want[k], atol=1e-5, err_msg=k)
-
-
-def test_distributed_flags_must_come_together(monkeypatch):
-  from csa_jax.cli.train import init_distributed
-  for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
-    monkeypatch.delenv(var, raising=False)
-  assert init_distributed(None, None, None) is False  # single process: nothing to do
-  with pytest.raises(InputError, match="expected all three"):
-    init_distributed(None, 2, None)
-  monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
-  with pytest.raises(InputError, match="expected all three"):
-    init_distributed("127.0.0.1:1", None, None)

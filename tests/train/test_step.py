@@ -5,14 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from csa_jax.train import optim
-from csa_jax.train import step as ts
+from csa_jax import parallel
 from csa_jax.core.affinity import training_affinity
 from csa_jax.core.config import ModelConfig
-from csa_jax.errors import InputError
-from csa_jax.core.losses import csa_loss
 from csa_jax.core.forward import training_outputs
-from csa_jax.train.loop import random_train_set
+from csa_jax.core.losses import csa_loss
+from csa_jax.data.train_set import random_train_set
+from csa_jax.errors import InputError
+from csa_jax.train import optim
+from csa_jax.train import step as ts
 
 K = L = 8
 B = 16
@@ -28,11 +29,11 @@ def setup():
                             total_steps=10, weight_decay=1e-3)
   sched = optim.warmup_cosine(0.1, 0.5, 0.0, 2, 10)
   data = random_train_set(64, 5, 12, max(K, L), seed=0)
-  meshes = {n: ts.make_mesh(jax.devices()[:n]) for n in (1, 8)}
+  meshes = {n: parallel.make_mesh(jax.devices()[:n]) for n in (1, 8)}
   host_state = jax.device_get(ts.init_state(cfg, tx, jax.random.key(0), meshes[1], FAST))
   steps = {n: ts.make_train_step(cfg, tx, m, 0.2, K, L, schedule=sched, compiler_options=FAST)
            for n, m in meshes.items()}
-  arrays = {n: ts.put_replicated((data.feats_NxC, data.nbrs_NxM, data.clusters_N), m)
+  arrays = {n: parallel.put_replicated((data.feats_NxC, data.nbrs_NxM, data.clusters_N), m)
             for n, m in meshes.items()}
   return dict(cfg=cfg, tx=tx, sched=sched, data=data, meshes=meshes, host_state=host_state,
               steps=steps, arrays=arrays)
@@ -45,7 +46,7 @@ def _plain_loss(params, aff, targets, rng, cfg):
 
 def _run(s, n, idx_list, rngs):
   mesh = s["meshes"][n]
-  state = ts.put_replicated(s["host_state"], mesh)
+  state = parallel.put_replicated(s["host_state"], mesh)
   out = []
   for idx, rng in zip(idx_list, rngs):
     state, m = s["steps"][n](state, s["arrays"][n], ts.global_batch_array(idx, mesh, B), rng)
@@ -91,7 +92,7 @@ def test_a_nan_batch_is_skipped_counted_and_leaves_params_and_state_untouched(se
   d = setup["data"]
   aff, tgt = training_affinity(d.feats_NxC, d.nbrs_NxM, d.clusters_N, np.arange(B), K, L)
   # The ready-batch variant computes what the on-device-affinity variant computes.
-  state, m = step(ts.put_replicated(setup["host_state"], mesh), aff, tgt, jax.random.key(10))
+  state, m = step(parallel.put_replicated(setup["host_state"], mesh), aff, tgt, jax.random.key(10))
   ref, mref = _run(setup, 1, [np.arange(B)], [jax.random.key(10)])
   np.testing.assert_allclose(m["loss"], mref[0]["loss"], rtol=1e-6)
   for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(ref.params)):
@@ -121,7 +122,7 @@ def test_batch_that_does_not_divide_over_the_devices_is_a_clear_error(setup):
   mesh = setup["meshes"][8]
   with pytest.raises(InputError, match="expected a positive multiple of the 8 devices.*found 12"):
     ts.check_batch(12, mesh)
-  state = ts.put_replicated(setup["host_state"], mesh)
+  state = parallel.put_replicated(setup["host_state"], mesh)
   with pytest.raises(InputError, match="multiple of the 8 devices"):
     setup["steps"][8](state, setup["arrays"][8], jnp.arange(12, dtype=jnp.int32),
                       jax.random.key(0))

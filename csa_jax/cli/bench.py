@@ -1,0 +1,136 @@
+"""``csa-jax bench``: csa_jax against the original architecture in PyTorch, same weights, one run.
+
+Measures re-rank and training throughput, compilation, FLOP/s against a matmul peak and peak
+memory of csa_jax, PyTorch eager and torch.compile, after checking both sides compute the same
+scores and loss (float32, <= --tol). Calls of the contestants are interleaved round by round, so
+load from other processes on a shared machine hits every contestant alike; the median of the
+rounds is reported. Progress goes to stderr, the table to stdout, everything (with a machine
+description) to a JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from csa_jax.bench import compare
+
+
+def _int_list(text: str) -> list[int]:
+  try:
+    vals = [int(v) for v in text.split(",") if v.strip()]
+  except ValueError:
+    vals = []
+  if not vals or min(vals) < 1:
+    raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, found {text!r}")
+  return vals
+
+
+def _positive(text: str) -> int:
+  try:
+    v = int(text)
+  except ValueError:
+    v = 0
+  if v < 1:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}")
+  return v
+
+
+def parse_args(argv) -> compare.Settings:
+  """The command line as ``compare.Settings``; argparse exits with code 2 on a bad flag."""
+  p = argparse.ArgumentParser(prog="csa-jax bench", description=__doc__.split("\n\n")[0])
+  g = p.add_argument_group("model (defaults: the paper model)")
+  g.add_argument("--anchors", "-L", type=_positive, default=512)
+  g.add_argument("--dim", type=_positive, default=768)
+  g.add_argument("--depth", type=_positive, default=2)
+  g.add_argument("--heads", type=_positive, default=12)
+  g.add_argument("--mlp-ratio", type=_positive, default=4)
+  g.add_argument("--dropout", type=float, default=0.1,
+                 help="dropout, attention dropout and drop-path rate in training (paper: 0.1)")
+  g = p.add_argument_group("re-ranking")
+  g.add_argument("--k", "-K", type=_positive, default=1024,
+                 help="candidates re-ranked per query")
+  g.add_argument("--batches", type=_int_list, default=None,
+                 help="query batch sizes (default: 1,8,64 on an accelerator, 1,8 on CPU)")
+  g.add_argument("--descriptor-dim", type=_positive, default=2048, help="C, descriptor size")
+  g.add_argument("--db", type=_positive, default=4096, help="database size (>= K)")
+  g = p.add_argument_group("training")
+  g.add_argument("--train-k", type=_positive, default=512, help="tokens per training sample")
+  g.add_argument("--train-batch", type=_positive, default=None,
+                 help="training batch (default: 256 on an accelerator, halved until it fits; "
+                 "8 on CPU)")
+  g.add_argument("--no-train", action="store_true")
+  g = p.add_argument_group("run")
+  g.add_argument("--repeats", type=_positive, default=None,
+                 help="timed rounds (default 10; 3 on CPU)")
+  g.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                 help="csa_jax compute dtype; auto: bfloat16 on an accelerator, else float32")
+  g.add_argument("--torch-device", default="auto", help="auto: cuda if available, else cpu")
+  g.add_argument("--no-torch", action="store_true", help="csa_jax only (no parity check)")
+  g.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+  g.add_argument("--matmul-size", type=_positive, default=None,
+                 help="square matmul for the peak (default 8192 accel., 2048 CPU)")
+  g.add_argument("--tol", type=float, default=1e-4, help="float32 parity tolerance on scores")
+  g.add_argument("--seed", type=int, default=0)
+  g.add_argument("--out", default="bench_results.json", help="JSON results (atomic write)")
+  a = p.parse_args(argv)
+  return compare.Settings(
+      anchors=a.anchors, dim=a.dim, depth=a.depth, heads=a.heads, mlp_ratio=a.mlp_ratio,
+      dropout=a.dropout, k=a.k, batches=a.batches, descriptor_dim=a.descriptor_dim, db=a.db,
+      train_k=a.train_k, train_batch=a.train_batch, train=not a.no_train, repeats=a.repeats,
+      dtype=a.dtype, torch=not a.no_torch, torch_device=a.torch_device,
+      compile=not a.no_compile, matmul_size=a.matmul_size, tol=a.tol, seed=a.seed, out=a.out)
+
+
+def format_table(res: dict) -> str:
+  """The results of ``compare.run`` as the text table ``csa-jax bench`` prints."""
+  m, mp = res["machine"], res["matmul_peak"]
+  cfgd = res["config"]
+  lines = [
+      f"csa-jax bench  {m['date']}  {m['cpu_model']} ({m['cpu_count']} CPUs)  jax "
+      f"{m['jax_version']} on {m['jax_backend']} [{m['jax_device']}]  torch "
+      f"{m.get('torch_version')} on {m.get('torch_device')}",
+      f"model L={cfgd['model']['anchors']} D={cfgd['model']['dim']} depth "
+      f"{cfgd['model']['depth']} H={cfgd['model']['heads']}, csa_jax dtype "
+      f"{cfgd['model']['dtype']}, torch fp16 autocast {cfgd['torch_autocast_fp16']}",
+      f"matmul peak {mp['size']}^3 {mp['dtype']}: jax {mp['jax_flops'] / 1e9:.1f} GFLOP/s"
+      + (f", torch {mp['torch_flops'] / 1e9:.1f} GFLOP/s" if "torch_flops" in mp else ""),
+  ]
+  par = res["parity"]
+  lines.append("parity: " + (
+      f"max |scores diff| {par['rerank_max_abs_diff']:.2e}"
+      + (f", |loss diff| {par['train_loss_max_abs_diff']:.2e}"
+         if "train_loss_max_abs_diff" in par else "") + f" (tol {par['tol']:g}) OK"
+      if par["checked"] else "not checked (no torch)"))
+  hdr = (f"{'':6}{'batch':>6}  {'impl':<14}{'first s':>9}{'steady s':>10}{'items/s':>10}"
+         f"{'x eager':>9}{'GFLOP/s':>9}{'%peak':>7}{'mem MiB':>9}")
+  for part, unit in (("rerank", f"re-ranking K={cfgd['K']} (affinity included), queries/s"),
+                     ("train", f"training K={cfgd['train_k']}, samples/s")):
+    if not res[part]:
+      continue
+    lines += ["", unit, hdr]
+    for r in res[part]:
+      if "error" in r:
+        lines.append(f"{part[:6]:6}{r['batch']:>6}  {r['impl']:<14}{r['error']}")
+        continue
+      sp = r.get("speedup_vs_torch_eager")
+      mem = r.get("peak_mem_bytes")
+      lines.append(
+          f"{part[:6]:6}{r['batch']:>6}  {r['impl']:<14}{r['first_call_s']:>9.2f}"
+          f"{r['steady_median_s']:>10.3f}{r['items_per_s']:>10.2f}"
+          f"{(f'{sp:.2f}' if sp else '-'):>9}{r['achieved_flops'] / 1e9:>9.1f}"
+          f"{100 * r['frac_of_matmul_peak']:>7.1f}"
+          f"{(f'{mem / 2**20:.0f}' if mem is not None else '-'):>9}")
+  lines += [""] + [f"note: {n}" for n in res["notes"]]
+  return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+  # Before JAX touches a GPU: do not grab 75% of its memory, PyTorch runs in the same process.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  settings = parse_args(argv)
+  res = compare.run(settings, " ".join(["csa-jax", "bench", *argv]))
+  print(format_table(res))
+  print(f"csa-jax bench: results written to {settings.out}", file=sys.stderr)
+  return 0

@@ -1,0 +1,82 @@
+"""Index and name lists from users' files: gnd entries, image lists, cluster labels and pairs.
+
+JSON and MATLAB-converted files store indices in every shape a list of numbers can take; these
+validators accept what means the same (``3.0`` for 3, a numpy text array of names) and refuse the
+rest with one line naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from csa_jax.data.containers import describe
+from csa_jax.errors import fail
+
+
+def as_indices(v, source: str, field: str, n: int | None = None) -> np.ndarray:
+  """A flat list of 0-based indices, inside [0, n) when n is known.
+
+  Args:
+    v: the list as read (list, tuple or array; integral floats are accepted).
+    source: the file, for messages.
+    field: the entry ('gnd[3].easy', 'train.qidxs'), for messages.
+    n: the size of what is indexed, when known.
+
+  Returns:
+    idx_K: int64 (empty when ``v`` is).
+  """
+  if isinstance(v, (str, bytes, dict)):
+    raise fail(source, field, "a flat list of integer indices", describe(v))
+  try:
+    a = np.asarray(v)
+  except (ValueError, TypeError, RecursionError):
+    raise fail(source, field, "a flat list of integer indices", describe(v)) from None
+  if a.size == 0:
+    return np.zeros((0,), np.int64)
+  if a.ndim != 1:
+    raise fail(source, field, "a flat list of integer indices", f"shape {a.shape}")
+  if (a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.round(a))
+      and np.all(np.abs(a) < 2.0**62)):
+    a = a.astype(np.int64)  # JSON / MATLAB-converted lists sometimes store 3.0
+  if a.dtype.kind not in "iu":
+    first = a.ravel()[:1].tolist()[0]
+    raise fail(source, field, "integer indices", f"dtype {a.dtype} (e.g. {first!r:.40})")
+  if a.dtype.kind == "u" and a.max() > np.iinfo(np.int64).max:
+    raise fail(source, field, "indices that fit int64", f"{int(a.max())}")
+  a = a.astype(np.int64)
+  if n is not None and (a.min() < 0 or a.max() >= n):
+    bad = a[(a < 0) | (a >= n)]
+    raise fail(source, field, f"indices in [0, {n})",
+               f"{bad.size} out of range (e.g. {int(bad[0])})")
+  if n is None and a.min() < 0:
+    raise fail(source, field, "non-negative indices", f"{int(a.min())}")
+  return a
+
+
+def as_names(v, source: str, field: str) -> list[str]:
+  """A flat list of image names or ids ('imlist', 'qimlist', 'cids') as strings.
+
+  Args:
+    v: the list as read: text, bytes (decoded as UTF-8) or integer ids.
+    source: the file, for messages.
+    field: the entry, for messages.
+
+  Returns:
+    The names, one string each.
+  """
+  if isinstance(v, np.ndarray):
+    if v.ndim != 1 or v.dtype.kind not in "USiuO":  # object arrays: each name checked below
+      raise fail(source, field, "a flat list of names", describe(v))
+    v = v.tolist()
+  if not isinstance(v, (list, tuple)):
+    raise fail(source, field, "a list of names", describe(v))
+  out = []
+  for i, s in enumerate(v):
+    if isinstance(s, bytes):
+      s = s.decode("utf-8", "replace")
+    elif isinstance(s, (int, np.integer)) and not isinstance(s, bool):
+      s = str(int(s))  # numeric ids (cids) are names too
+    elif not isinstance(s, str):
+      raise fail(source, f"{field}[{i}]", "a name (text)", describe(s))
+    out.append(str(s))
+  return out

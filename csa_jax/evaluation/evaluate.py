@@ -1,0 +1,105 @@
+"""The one evaluation routine: first-round search, optional CSA re-ranking, exact revisited mAP.
+
+``csa-jax eval``, the demo, the in-training evaluator and every ``csa-jax experiment`` study call
+``evaluate``, so "first round vs CSA" is computed one way everywhere (docs/method.md sections 1
+and 7). The evaluation is exact over the whole database: every score is kept and
+``revisited_map_from_scores`` ranks each positive among all N images, where scoring a ranking
+truncated at T would drop every positive below T and so under-report AP. ``mean_ap_percent`` is
+the summary the tables and JSON files print, rounded by ``revisited.percent``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from csa_jax import parallel
+from csa_jax.errors import fail
+from csa_jax.evaluation.revisited import PROTOCOLS, percent, revisited_map_from_scores
+from csa_jax.retrieval.search import top_k_search
+
+logger = logging.getLogger(__name__)
+
+# Ranked list kept without a model: the exact evaluation needs only the scores, so any T would do.
+FIRST_ROUND_T = 100
+
+
+def evaluate(q_QxC, db, gnd, *, model=None, K: int = 1024, L: int | None = None,
+             batch_size: int = 8, search_dtype: str = "float32", block: int | None = None,
+             devices=None, progress: bool = False, source: str = "db") -> dict:
+  """First-round search and, with a model, CSA re-ranking, both scored exactly over the db.
+
+  Args:
+    q_QxC: (Q, C) L2-normalised query descriptors.
+    db: (N, C) L2-normalised database: a numpy/jax array, a ``.npy`` memmap or ``StackedRows``
+      (a test set followed by R1M distractors).
+    gnd: Q dicts with 'easy', 'hard' and 'junk' db index lists.
+    model: ``(params, cfg)`` to re-rank with CSA; None evaluates the first round only.
+    K: candidates CSA re-ranks per query; more than N re-ranks all N (with a warning).
+    L: anchors; None takes the model's (any other value is refused).
+    batch_size: queries per re-ranking call.
+    search_dtype: first-round scores, "float32" or "bfloat16" (float32 accumulation).
+    block: db rows per search step (default about 64 MB).
+    devices: devices to search and re-rank on; default all of ``jax.devices()`` (the
+      in-training evaluator passes each process's local devices).
+    progress: search progress lines on stderr (R1M-sized databases).
+    source: the file the database came from, named in error messages.
+
+  Returns:
+    {'first_round': results, 'csa': results or None, 'info': {'queries', 'db_images',
+    'search_dtype', 'K', 'L' (with a model), 'seconds': {'search', 'evaluate', 'rerank'}}},
+    results being ``revisited_map_from_scores``'s dicts (fractions, per-query APs included).
+  """
+  n = len(db)
+  info = {"queries": len(q_QxC), "db_images": n, "search_dtype": search_dtype}
+  seconds = {}
+  if model is not None:
+    params, cfg = model
+    L = cfg.anchors if L is None else L
+    if L != cfg.anchors:
+      raise fail("evaluate", "L", f"{cfg.anchors} (the model's anchors)", str(L))
+    if L - 1 > n:
+      raise fail(source, "db", f"at least L-1 = {L - 1} images (the model's anchors)",
+                 f"{n} images")
+    if K > n:
+      logger.warning("K=%d exceeds the %d database images; re-ranking all of them", K, n)
+      K = n
+    t = max(K, L - 1)  # the candidates and the anchors both come from the first-round list
+    info.update(K=K, L=L)
+  else:
+    t = min(FIRST_ROUND_T, n)
+  scores_QxN = np.empty((len(q_QxC), n), np.float32)
+  t0 = time.perf_counter()
+  _, top_QxT = top_k_search(q_QxC, db, t, block, dtype=search_dtype, devices=devices,
+                            scores_out=scores_QxN, progress=progress)
+  seconds["search"] = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  first = revisited_map_from_scores(scores_QxN, gnd)
+  seconds["evaluate"] = time.perf_counter() - t0
+  csa = None
+  if model is not None:
+    from csa_jax.retrieval.rerank import csa_rerank  # the model stack only when asked for
+    mesh = None if devices is None else parallel.make_mesh(devices)
+    t0 = time.perf_counter()
+    new_top_QxT = csa_rerank(params, cfg, q_QxC, db, top_QxT, K, L, batch_size=batch_size,
+                             mesh=mesh)
+    seconds["rerank"] = time.perf_counter() - t0
+    # The re-ordered top-K first, every other image after it by first-round score.
+    csa = revisited_map_from_scores(scores_QxN, gnd, top_QxK=new_top_QxT[:, :K])
+  info["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
+  return {"first_round": first, "csa": csa, "info": info}
+
+
+def mean_ap_percent(results: dict) -> dict:
+  """The mAP line of a table: {'easy', 'medium', 'hard'} in percent, two decimals.
+
+  Args:
+    results: a ``revisited_map`` / ``evaluate`` results dict (fractions).
+
+  Returns:
+    {protocol: float} in percent, rounded by ``revisited.percent``; NaN when no query of the set
+    has a positive in that protocol.
+  """
+  return {p: percent(results[p]["map"]) for p in PROTOCOLS}
