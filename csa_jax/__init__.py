@@ -18,6 +18,8 @@ The model:
 Retrieval and evaluation:
 - ``top_k_search(q_QxC, db, T) -> (scores_QxT, idx_QxT)``: blocked on-device search, memmap ok.
 - ``csa_rerank(params, cfg, q_QxC, db_NxC, top_QxT, K, L) -> top_QxT``: batched, sharded.
+- ``rerank(q_QxC, db, (params, cfg), K, T=None) -> (ids_QxT, scores_QxT)``: a user's retrieval,
+  searched and re-ranked (no ground truth).
 - ``revisited_map(ranks_QxT, gnd)``, ``revisited_map_from_scores(scores_QxN, gnd, top_QxK)``.
 - ``evaluate(q_QxC, db, gnd, model=None, K=...)``: first round and CSA, exact over the database.
 
@@ -50,6 +52,7 @@ from csa_jax.interop.state_dict import params_from_torch_state_dict
 from csa_jax.interop.state_dict import params_to_torch_state_dict
 from csa_jax.retrieval.rerank import csa_rerank
 from csa_jax.retrieval.search import top_k_search
+from csa_jax.retrieval.user_rerank import rerank
 
 __version__ = "0.1.0"
 
@@ -68,6 +71,7 @@ __all__ = (
     "load_torch_checkpoint",
     "params_from_torch_state_dict",
     "params_to_torch_state_dict",
+    "rerank",
     "rerank_affinity",
     "rerank_scores",
     "revisited_map",

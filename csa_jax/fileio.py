@@ -47,6 +47,44 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
       os.remove(tmp)
 
 
+@contextlib.contextmanager
+def atomic_paths(paths) -> Iterator[list[str]]:
+  """``atomic_path`` for several files that belong together: all of them or none.
+
+  Yields one temporary path per target; only when the body has written them all are they renamed
+  onto their targets. If the body fails, no target is touched; if a rename fails, the targets
+  already renamed are removed again (they are new results of this call).
+  """
+  paths = [os.fspath(p) for p in paths]
+  with contextlib.ExitStack() as stack:
+    tmps = []
+    for p in paths:
+      d = os.path.dirname(os.path.abspath(p))
+      os.makedirs(d, exist_ok=True)
+      fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(p) + ".",
+                                 suffix=TEMP_SUFFIX)
+      os.close(fd)
+      stack.callback(_remove_if_exists, tmp)
+      tmps.append(tmp)
+    yield tmps
+    done = []
+    try:
+      for tmp, p in zip(tmps, paths):
+        if os.path.isfile(tmp):
+          os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, p)
+        done.append(p)
+    except BaseException:
+      for p in done:
+        _remove_if_exists(p)
+      raise
+
+
+def _remove_if_exists(path: str) -> None:
+  with contextlib.suppress(FileNotFoundError):
+    os.remove(path)
+
+
 def remove_stale_temps(directory: str | os.PathLike) -> list[str]:
   """Deletes the temporary files that killed atomic writes left in ``directory``.
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shlex
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,7 @@ from csa_jax.core.forward import init_params
 from csa_jax.core.normalize import l2_normalize
 from csa_jax.errors import fail
 from csa_jax.fileio import check_output_path, write_json
+from csa_jax.run_info import run_info
 
 SCHEMA = "csa_jax.bench.compare/1"
 ALPHA, LR = 0.2, 1e-3  # the loss's MSE weight (docs/method.md section 4); any small rate
@@ -125,6 +127,7 @@ def run(s: Settings, command: str = "csa-jax bench") -> dict:
                     "train_k": s.train_k, "repeats": repeats, "seed": s.seed,
                     "torch_autocast_fp16": bool(tm and tdev.type == "cuda")},
          "notes": [], "rerank": [], "train": []}
+  res["run"] = run_info(shlex.split(command), seed=s.seed)
   if not tm:
     res["notes"].append("PyTorch side skipped (--no-torch or torch not installed)")
   if not accel and s.batches is None:

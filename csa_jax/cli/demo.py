@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
   ap.add_argument("--seed", type=int, default=0, help="benchmark and training seed")
   args = ap.parse_args(argv)
   t0 = time.time()
-  results = demo.run(args.out, args.size, args.seed)
+  results = demo.run(args.out, args.size, args.seed, command_argv=["csa-jax", "demo", *argv])
   print(f"synthetic landmark benchmark ({synthetic.DATASET}, seed {args.seed}): "
         f"{time.time() - t0:.0f} s on {jax.devices()[0].platform}")
   print(format_table(results, demo.SIZES[args.size][2]))

@@ -2,13 +2,19 @@
 
   csa-jax eval --features F --gnd G [--r1m R1M.npy] [--model PATH [--K 1024] [--L L]]
                [--out results.json]
+  csa-jax eval --data ROOT --features NAME --datasets roxford5k,rparis6k [--r1m] [--model ...]
+               [--out results.json]
 
 F holds the test set's 'db' and 'query' descriptors (or give them as two files, --db and --query:
 the same cross-checks with G apply), G its ground truth (docs/method.md section 6 pickles, or
-.npz/.npy/.json with the same content). R1M distractors are used only when given; a float32 (n, C)
-.npy is memory-mapped, never read whole, and every row is checked. The output path is checked
-before anything is loaded. The evaluation is exact over the whole database (every positive's rank
-counts, as with a full sort), printed as the reference tools print it and written to JSON.
+.npz/.npy/.json with the same content). With --data, every dataset's files are found under ROOT
+in the original layout (ROOT/test/<ds>/NAME.*, ROOT/annotations/<ds>/gnd_<ds>.*, and with a bare
+--r1m ROOT/test/r1m/NAME.*), each evaluated in turn and all written to one JSON. R1M distractors
+are used only when asked for; a float32 (n, C) .npy is memory-mapped, never read whole, and every
+row is checked. The output path is checked before anything is loaded. The evaluation is exact
+over the whole database (every positive's rank counts, as with a full sort), printed as the
+reference tools print it (one table per dataset, and per CSA run), written to JSON (with the
+run's provenance under "run") and plotted per query (first round against CSA) to a PNG beside it.
 """
 
 from __future__ import annotations
@@ -20,10 +26,14 @@ import sys
 
 from csa_jax.data import readers as data_io
 from csa_jax.errors import fail
+from csa_jax.evaluation import data_root
 from csa_jax.evaluation.evaluate import evaluate
 from csa_jax.evaluation.revisited import format_results, results_to_json
 from csa_jax.fileio import check_output_path, write_json
 from csa_jax.retrieval.search import SCORE_DTYPES, StackedRows
+from csa_jax.run_info import run_info
+
+_R1M_FROM_ROOT = ""  # --r1m given without a path: ROOT/test/r1m/<features>.* (with --data)
 
 
 def _dataset_name(gnd_path: str, r1m: bool) -> str:
@@ -32,13 +42,19 @@ def _dataset_name(gnd_path: str, r1m: bool) -> str:
   return (m.group(1) if m else stem) + ("+1m" if r1m else "")
 
 
-def main(argv: list[str]) -> int:
+def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="csa-jax eval", description=__doc__.split("\n\n")[0])
-  p.add_argument("--features", default=None, help="test-set descriptors: 'db' and 'query'")
+  p.add_argument("--data", default=None, help="a data root in the original layout (with "
+                 "--features NAME --datasets D1,D2)")
+  p.add_argument("--datasets", default=None, help="with --data: comma-separated test sets")
+  p.add_argument("--features", default=None, help="test-set descriptors: 'db' and 'query' (with "
+                 "--data: the descriptor set's name)")
   p.add_argument("--db", default=None, help="instead of --features: db descriptors (.npy, ...)")
   p.add_argument("--query", default=None, help="instead of --features: query descriptors")
-  p.add_argument("--gnd", required=True, help="ground truth (gnd_<ds>.pkl or .json)")
-  p.add_argument("--r1m", default=None, help="R1M distractors (optional; .npy is memory-mapped)")
+  p.add_argument("--gnd", default=None, help="ground truth (gnd_<ds>.pkl or .json)")
+  p.add_argument("--r1m", nargs="?", const=_R1M_FROM_ROOT, default=None,
+                 help="R1M distractors (optional; .npy is memory-mapped); with --data, a bare "
+                 "--r1m reads ROOT/test/r1m/NAME.*")
   p.add_argument("--model", default=None,
                  help="re-rank with CSA: an original .pth, a csa_jax .npz export or a workdir")
   p.add_argument("--heads", type=int, default=None, help="attention heads of a .pth (def. 12)")
@@ -49,50 +65,124 @@ def main(argv: list[str]) -> int:
                  help="first-round scores: float32, or bfloat16 inputs (float32 accumulation)")
   p.add_argument("--block", type=int, default=None, help="db rows per search step")
   p.add_argument("--dataset", default=None, help="name in the table (default: from --gnd)")
-  p.add_argument("--out", default=None, help="JSON results (default: eval_<dataset>.json)")
-  args = p.parse_args(argv)
+  p.add_argument("--out", default=None, help="JSON results (default: eval_<dataset>.json); the "
+                 "per-query AP plot goes beside it (.png)")
+  return p
+
+
+def _check_flags(args) -> None:
+  """One way of naming the test sets: files, or a data root with names."""
   for flag in ("K", "batch_size", "L", "block", "heads"):
     v = getattr(args, flag)
     if v is not None and v < 1:
       raise fail("command line", "--" + flag.replace("_", "-"), "an integer >= 1", str(v))
-
+  if args.data is not None:
+    mixed = [f"--{f}" for f in ("gnd", "db", "query", "dataset") if getattr(args, f) is not None]
+    if mixed:
+      raise fail("command line", "--data", "--features NAME --datasets D1,D2 (files found under "
+                 "ROOT), without --gnd, --db, --query or --dataset", " ".join(mixed))
+    if args.features is None or args.datasets is None:
+      raise fail("command line", "--data", "--features NAME and --datasets D1,D2",
+                 f"--features {args.features}, --datasets {args.datasets}")
+    data_root.check_name(args.features, "--features")
+    return
+  if args.datasets is not None:
+    raise fail("command line", "--datasets", "--data ROOT to find the datasets in",
+               "no --data")
+  if args.r1m == _R1M_FROM_ROOT:
+    raise fail("command line", "--r1m", "a file path (a bare --r1m needs --data ROOT)",
+               "no path")
+  if args.gnd is None:
+    raise fail("command line", "--gnd", "the ground truth file (or --data ROOT)", "no --gnd")
   if args.features is not None and (args.db is not None or args.query is not None) \
       or args.features is None and (args.db is None or args.query is None):
     raise fail("command line", "--features", "either --features F or both --db and --query",
                f"--features {args.features}, --db {args.db}, --query {args.query}")
-  name = args.dataset or _dataset_name(args.gnd, bool(args.r1m))
-  path = args.out or f"eval_{name}.json"
-  check_output_path(path, "--out")  # before any model, data or compute
-  model = None
-  if args.model:  # first: a wrong model or --L fails before any data is read
-    from csa_jax.interop.export import load_model
-    model = load_model(args.model, args.heads)
-    if args.L is not None and args.L != model[1].anchors:
-      raise fail("command line", "--L", f"{model[1].anchors} (the model's anchors)", str(args.L))
-  if args.features:
-    q, db, gnd = data_io.load_test_set(args.features, args.gnd)
-  else:  # the same cross-checks as one features file
-    q, db, gnd = data_io.load_test_files(args.db, args.query, args.gnd)
-  n_db = len(db)
-  if args.r1m:
-    db = StackedRows([db, data_io.load_r1m(args.r1m, dim=db.shape[1])])
-  res = evaluate(q, db, gnd, model=model, K=args.K, L=args.L, batch_size=args.batch_size,
-                 search_dtype=args.search_dtype, block=args.block, progress=True,
-                 source=args.features or args.db)
 
+
+def _one(args, name, q, db, n_db, gnd, model, source) -> tuple[dict, tuple]:
+  """Evaluates and prints one test set (n_db images, then distractors); returns (its JSON
+  entry, (first_round, csa))."""
+  res = evaluate(q, db, gnd, model=model, K=args.K, L=args.L, batch_size=args.batch_size,
+                 search_dtype=args.search_dtype, block=args.block, progress=True, source=source)
   print(format_results(res["first_round"], name))
-  out = {"dataset": name, "features": args.features or [args.db, args.query], "gnd": args.gnd,
-         "r1m": args.r1m,
-         "distractors": len(db) - n_db, **res["info"],
+  out = {"dataset": name, "distractors": len(db) - n_db, **res["info"],
          "first_round": results_to_json(res["first_round"])}
   if model is not None:
     print(format_results(res["csa"], f"{name} CSA(K={res['info']['K']})"))
     out.update(model=args.model, csa=results_to_json(res["csa"]))
+  print(f"csa-jax eval: {name}: {len(q)} queries, {len(db)} images ({out['distractors']} "
+        f"distractors), {args.search_dtype} first-round scores; times {res['info']['seconds']} "
+        "s", file=sys.stderr)
+  return out, (res["first_round"], res["csa"])
+
+
+def _settings(args) -> dict:
+  return {k: getattr(args, k) for k in ("data", "datasets", "features", "db", "query", "gnd",
+                                        "r1m", "model", "heads", "K", "L", "batch_size",
+                                        "search_dtype", "block")}
+
+
+def main(argv: list[str]) -> int:
+  args = _parser().parse_args(argv)
+  _check_flags(args)
+  if args.data is not None:
+    names = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    if not names or len(set(names)) != len(names):
+      raise fail("command line", "--datasets", "distinct comma-separated dataset names",
+                 repr(args.datasets))
+    sets = data_root.test_set_files(args.data, args.features, names)
+    r1m = args.r1m or (data_root.r1m_file(args.data, args.features)
+                       if args.r1m is not None else None)
+    default_out = f"eval_{args.features}{'+1m' if r1m else ''}.json"
+  else:
+    r1m = args.r1m
+    sets = [data_root.TestSetFiles(args.dataset or _dataset_name(args.gnd, bool(r1m)),
+                                   args.features or args.db, args.gnd)]
+    default_out = f"eval_{sets[0].name}.json"
+  path = check_output_path(args.out or default_out, "--out")  # before model, data, compute
+  model = None
+  if args.model:  # first: a wrong model or --L fails before any data is read
+    from csa_jax.interop.export import load_model  # noqa: PLC0415
+    model = load_model(args.model, args.heads)
+    if args.L is not None and args.L != model[1].anchors:
+      raise fail("command line", "--L", f"{model[1].anchors} (the model's anchors)", str(args.L))
+
+  entries, plotted, distractors = {}, {}, None
+  for s in sets:
+    if args.data is None and args.db is not None:  # the same cross-checks as one features file
+      q, db, gnd = data_io.load_test_files(args.db, args.query, args.gnd)
+    else:
+      q, db, gnd = data_io.load_test_set(s.features, s.gnd)
+    name, n_db = s.name + ("+1m" if r1m and args.data is not None else ""), len(db)
+    if r1m:  # read once, shared by every dataset (all must have its C)
+      if distractors is None:
+        distractors = data_io.load_r1m(r1m, dim=db.shape[1])
+      elif distractors.shape[1] != db.shape[1]:
+        raise fail(s.features, "db", f"descriptor size C={distractors.shape[1]} (as the R1M "
+                   "distractors)", f"C={db.shape[1]}")
+      db = StackedRows([db, distractors])
+    entries[name], plotted[name] = _one(args, name, q, db, n_db, gnd, model, s.features)
+    entries[name].update(features=s.features if args.data is not None or args.db is None
+                         else [args.db, args.query], gnd=s.gnd, r1m=r1m)
+
+  run = run_info(["csa-jax", "eval", *argv], config=_settings(args))
+  if args.data is None:
+    out = {**entries[sets[0].name], "run": run}
+  else:
+    out = {"data": args.data, "features": args.features, "r1m": r1m, "model": args.model,
+           "datasets": entries, "run": run}
   try:
     write_json(path, out)  # atomic: a failure leaves neither the file nor a temporary
   except OSError as e:
     raise fail(path, "--out", "a writable file", e.strerror or type(e).__name__) from None
-  print(f"csa-jax eval: {name}: {len(q)} queries, {len(db)} images ({out['distractors']} "
-        f"distractors), {args.search_dtype} first-round scores; times {res['info']['seconds']} "
-        f"s; results in {path}", file=sys.stderr)
+  png = os.path.splitext(path)[0] + ".png"
+  try:
+    from csa_jax.evaluation.plots import save_ap_plot  # noqa: PLC0415  (matplotlib: optional)
+    save_ap_plot(png, plotted)
+  except Exception as e:  # pylint: disable=broad-except  (a plot is a by-product, never fatal)
+    png = None
+    print(f"csa-jax: warning: no per-query AP plot ({type(e).__name__}: {e})", file=sys.stderr)
+  print(f"csa-jax eval: results in {path}" + (f", per-query AP plot in {png}" if png else ""),
+        file=sys.stderr)
   return 0

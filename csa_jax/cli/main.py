@@ -3,6 +3,7 @@
 Each command lives in its own module exposing ``main(argv) -> int``; it is imported only when
 run, so ``csa-jax --help`` stays fast and a command's optional dependencies stay optional.
 Bad input (``InputError``) becomes one line on stderr and exit code 2, with no traceback.
+``csa-jax --version`` (``-V``) prints csa_jax's and its libraries' versions and the devices.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ COMMANDS = {
              "synthetic landmark benchmark: train a small CSA, re-rank, compare"),
     "train": ("csa_jax.cli.train", "train CSA from a config (configs/*.py)"),
     "eval": ("csa_jax.cli.eval", "revisited mAP of first-round search, optionally CSA re-ranked"),
+    "rerank": ("csa_jax.cli.rerank",
+               "CSA re-ranking of your own queries and database (no ground truth)"),
     "convert-data": ("csa_jax.cli.convert_data", "turn the original pickle layout into .npy/.json"),
     "bench": ("csa_jax.cli.bench", "csa_jax vs PyTorch throughput, same weights"),
     "experiment": ("csa_jax.cli.experiment", "the paper's studies and re-ranking baselines"),
@@ -29,7 +32,8 @@ COMMANDS = {
 
 
 def _usage() -> str:
-  lines = ["usage: csa-jax [--quiet|--verbose] <command> [args...]", "", "commands:"]
+  lines = ["usage: csa-jax [--quiet|--verbose] <command> [args...]",
+           "       csa-jax --version", "", "commands:"]
   for name, (mod, helptext) in COMMANDS.items():
     if importlib.util.find_spec(mod) is not None:
       lines.append(f"  {name:<13} {helptext}")
@@ -48,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
       level = lvl
   if not argv:
     print(_usage())
+    return 0
+  if argv[0] in ("-V", "--version"):
+    from csa_jax.run_info import version_lines  # noqa: PLC0415  (imports jax: only when asked)
+    print(version_lines())
     return 0
   name, rest = argv[0], argv[1:]
   if name not in COMMANDS or importlib.util.find_spec(COMMANDS[name][0]) is None:

@@ -49,6 +49,7 @@ def main(argv: list[str]) -> int:
   if args.allow_config_change and not args.resume:
     p.error("--allow-config-change only applies with --resume")
   result = train(config, args.workdir, resume=args.resume, progress=args.progress,
+                 command_argv=["csa-jax", "train", *argv],
                  allow_config_change=args.allow_config_change)
   print(f"trained {result.step} steps ({result.skipped} skipped): "
         f"{os.path.join(result.workdir, 'state_dict.npz')}", file=sys.stderr)

@@ -182,7 +182,12 @@ def load_descriptors(path, key: str | None = None, *, n: int | None = None,
 
 
 def load_r1m(path, dim: int | None = None):
-  """R1M distractors (n, C), every row checked.
+  """R1M distractors (n, C), every row checked: ``load_large(path, dim, field="r1m")``."""
+  return load_large(path, dim, field="r1m")
+
+
+def load_large(path, dim: int | None = None, field: str = "r1m", key: str | None = None):
+  """A large descriptor set (n, C) (R1M, a user's database), every row checked.
 
   A native float32 (n, C) .npy is memory-mapped, never read whole into RAM: it is scanned a block
   of rows at a time through one reused buffer (finite and unit-norm rows), then returned as a
@@ -191,30 +196,36 @@ def load_r1m(path, dim: int | None = None):
 
   Args:
     path: the file.
-    dim: the test set's descriptor size C, which the distractors must share.
+    dim: the descriptor size C the set must have (the queries' or the test set's), if known.
+    field: the name errors and notes give the set ("r1m", "db").
+    key: for a dict file, the entry to read when present (else its only entry).
 
   Returns:
-    distractors_NxC: a read-only float32 memmap, or a float32 array (``as_descriptors``).
+    descriptors_NxC: a read-only float32 memmap, or a float32 array (``as_descriptors``).
   """
   path = os.fspath(path)
   if file_format(path) == "npy":
     mm = load_container(path, mmap=True)
     if mm.ndim == 2 and dim is not None and dim not in mm.shape:  # from the header alone
-      raise fail(path, "r1m", f"descriptor size C={dim} (as the test set's descriptors)",
+      raise fail(path, field, f"descriptor size C={dim} (as the other descriptors)",
                  f"shape {mm.shape}")
     if (isinstance(mm, np.memmap) and mm.dtype == np.dtype(np.float32) and mm.ndim == 2
         and mm.shape[0] > mm.shape[1] > 0 and mm.flags.c_contiguous
         and (dim is None or mm.shape[1] == dim)):
-      if scan_rows(path, int(mm.offset), mm.shape, "r1m"):
-        log.info("%s: r1m: found (n, C) = %s; memory-mapped, every row checked", path, mm.shape)
+      if scan_rows(path, int(mm.offset), mm.shape, field):
+        log.info("%s: %s: found (n, C) = %s; memory-mapped, every row checked", path, field,
+                 mm.shape)
         return mm
-      log.info("%s: r1m: rows are not unit-norm; reading the whole file to re-normalise", path)
+      log.info("%s: %s: rows are not unit-norm; reading the whole file to re-normalise", path,
+               field)
     else:
-      log.info("%s: r1m: not a float32 (n, C) array (shape %s, %s); reading it into memory "
-               "(convert it to a float32 (n, C) .npy to memory-map it)", path, mm.shape, mm.dtype)
+      log.info("%s: %s: not a float32 (n, C) array (shape %s, %s); reading it into memory "
+               "(convert it to a float32 (n, C) .npy to memory-map it)", path, field, mm.shape,
+               mm.dtype)
     del mm
   obj = load_container(path)
-  return as_descriptors(pick(obj, path, None, "descriptors"), path, "r1m", dim=dim)
+  arr = obj[key] if isinstance(obj, dict) and key in obj else pick(obj, path, None, "descriptors")
+  return as_descriptors(arr, path, field, dim=dim)
 
 
 def scan_rows(path: str, offset: int, shape: tuple[int, int], field: str,

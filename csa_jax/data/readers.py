@@ -3,7 +3,8 @@
 A facade over the modules that hold them, so callers import one place:
 
 - ``containers``: format told by content, ``load_container``, ``pick``, ``describe``;
-- ``descriptors``: ``as_descriptors``, ``load_descriptors``, ``load_r1m``, ``scan_rows``;
+- ``descriptors``: ``as_descriptors``, ``load_descriptors``, ``load_r1m``, ``load_large``,
+  ``scan_rows``;
 - ``ground_truth``: gnd files and test sets (``load_gnd``, ``load_test_set``, ...);
 - ``annotations``: the rSfM120k training annotations;
 - ``index_lists``: index and name lists (``as_indices``, ``as_names``).
@@ -18,8 +19,8 @@ from __future__ import annotations
 
 from csa_jax.data.annotations import load_annotations
 from csa_jax.data.containers import describe, file_format, load_container, pick
-from csa_jax.data.descriptors import (NORM_TOL, as_descriptors, load_descriptors, load_r1m,
-                                      scan_rows)
+from csa_jax.data.descriptors import (NORM_TOL, as_descriptors, load_descriptors, load_large,
+                                      load_r1m, scan_rows)
 from csa_jax.data.ground_truth import (check_gnd_range, gnd_names, load_gnd, load_test_files,
                                        load_test_set, parse_gnd)
 from csa_jax.data.index_lists import as_indices, as_names
@@ -27,6 +28,6 @@ from csa_jax.data.index_lists import as_indices, as_names
 __all__ = [
     "NORM_TOL", "as_descriptors", "as_indices", "as_names", "check_gnd_range", "describe",
     "file_format", "gnd_names", "load_annotations", "load_container", "load_descriptors",
-    "load_gnd", "load_r1m", "load_test_files", "load_test_set", "parse_gnd", "pick",
+    "load_gnd", "load_large", "load_r1m", "load_test_files", "load_test_set", "parse_gnd", "pick",
     "scan_rows",
 ]

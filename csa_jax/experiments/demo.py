@@ -27,6 +27,7 @@ from csa_jax.data import train_set as pipeline
 from csa_jax.errors import fail
 from csa_jax.evaluation.evaluate import evaluate, mean_ap_percent
 from csa_jax.fileio import check_output_path, write_json
+from csa_jax.run_info import run_info
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +113,8 @@ def evaluate_test_set(params, model_cfg, test_features: str, gnd_path: str, K: i
   return {k: mean_ap_percent(res[k]) for k in ("first_round", "csa")}
 
 
-def run(out: str, size: str = "default", seed: int = 0, progress: bool = True) -> dict:
+def run(out: str, size: str = "default", seed: int = 0, progress: bool = True,
+        command_argv: list[str] | None = None) -> dict:
   """The whole demo: benchmark, training, evaluation.
 
   Args:
@@ -120,9 +122,11 @@ def run(out: str, size: str = "default", seed: int = 0, progress: bool = True) -
     size: a ``SIZES`` key.
     seed: benchmark and training seed.
     progress: the training progress bar.
+    command_argv: the command line that asked for it, recorded in results.json.
 
   Returns:
-    What it writes to ``<out>/results.json``: ``evaluate_test_set``'s table.
+    ``evaluate_test_set``'s table; ``<out>/results.json`` holds it plus a ``run`` record
+    (versions, devices, command, seed, config: ``csa_jax.run_info``).
   """
   from csa_jax.train import loop as train  # noqa: PLC0415  (heavy; only when training)
   bench, overrides, test_k = SIZES[size]
@@ -139,5 +143,7 @@ def run(out: str, size: str = "default", seed: int = 0, progress: bool = True) -
   logger.info("demo: trained %d steps (%.0f s)", result.step, time.time() - t0)
   results = evaluate_test_set(result.params, result.model_cfg, paths["test_features"],
                               paths["gnd"], test_k)
-  write_json(os.path.join(out, "results.json"), results)
+  run = run_info(command_argv, config={"size": size, "test_K": test_k,
+                                        "train": configs.as_plain(config)}, seed=seed)
+  write_json(os.path.join(out, "results.json"), {**results, "run": run})
   return results

@@ -9,6 +9,8 @@ affinity features and the model run on device, the batch split over the devices'
 from __future__ import annotations
 
 import functools
+import logging
+import time
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +21,8 @@ from csa_jax import parallel
 from csa_jax.core.affinity import rerank_affinity
 from csa_jax.core.config import ModelConfig
 from csa_jax.core.forward import rerank_scores
+
+logger = logging.getLogger(__name__)
 
 
 def reorder_top(top_QxT, new_scores_QxK) -> np.ndarray:
@@ -49,6 +53,68 @@ def _gather_rows(db_NxC, rows: np.ndarray, total: int):
   return sub
 
 
+def csa_scores(params, cfg, q_QxC, db_NxC, top_QxT, K: int, L: int, batch_size: int = 8,
+               mesh=None, progress: bool = False) -> np.ndarray:
+  """CSA's new scores of each query's first-round top-K, batched and sharded as ``csa_rerank``.
+
+  The same batches, padding and device calls as ``csa_rerank``, so sorting these scores (stable,
+  descending) gives exactly its ranking.
+
+  Args:
+    params: the model's parameters.
+    cfg: the model.
+    q_QxC: L2-normalised queries.
+    db_NxC: L2-normalised database (array, memmap or ``StackedRows``).
+    top_QxT: first-round ranking, T >= max(K, L-1).
+    K: candidates scored per query.
+    L: anchors, the model's.
+    batch_size: queries per device call (rounded up to a multiple of the device count).
+    mesh: a ``parallel.make_mesh`` mesh; default all devices.
+    progress: log the queries done every 5 s.
+
+  Returns:
+    float32 new_QxK: cosine of refined candidate token j to the refined query token.
+  """
+  top = np.asarray(top_QxT)
+  nq = top.shape[0]
+  need = max(K, L - 1)
+  if mesh is None and jax.device_count() > 1:
+    mesh = parallel.make_mesh()
+  nd = 1 if mesh is None else mesh.shape[parallel.DATA_AXIS]
+  bs = -(-max(1, min(batch_size, nq)) // nd) * nd
+  if mesh is not None:
+    params = jax.device_put(params, parallel.replicated(mesh))
+    put = functools.partial(jax.device_put, device=parallel.batch_sharding(mesh))
+    put_all = functools.partial(jax.device_put, device=parallel.replicated(mesh))
+  else:
+    put = put_all = jnp.asarray
+  q = np.asarray(q_QxC, np.float32)
+  out = np.empty((nq, K), np.float32)
+  t0 = last = time.perf_counter()
+  pending = None
+  for s in range(0, nq + bs, bs):  # one step past the end: fetch the last batch
+    if s < nq:
+      qb, tb = q[s:s + bs], top[s:s + bs, :need]
+      if len(qb) < bs:  # pad the last batch with copies of its first query: one compiled shape
+        qb = np.concatenate([qb, np.repeat(qb[:1], bs - len(qb), 0)])
+        tb = np.concatenate([tb, np.repeat(tb[:1], bs - len(tb), 0)])
+      rows, local = np.unique(tb, return_inverse=True)
+      sub = _gather_rows(db_NxC, rows, bs * need)
+      aff = rerank_affinity(put(qb), put_all(sub),
+                            put(local.reshape(tb.shape).astype(np.int32)), K, L)
+      scores = rerank_scores(params, aff, cfg)  # dispatched: fetched on the next step
+    if pending is not None:  # the previous batch, fetched while this one runs
+      p, v = pending
+      out[p:p + bs] = np.asarray(v)[:min(bs, nq - p)]
+      now = time.perf_counter()
+      done = min(nq, p + bs)
+      if progress and (now - last > 5 or done == nq):
+        last = now
+        logger.info("rerank: %d/%d queries, %.1f queries/s", done, nq, done / (now - t0))
+    pending = (s, scores) if s < nq else None
+  return out
+
+
 def csa_rerank(params, cfg: ModelConfig, q_QxC, db_NxC, top_QxT, K: int, L: int,
                batch_size: int = 8, mesh: Mesh | None = None) -> np.ndarray:
   """First-round ranking with its top-K re-ordered by CSA's new scores.
@@ -77,28 +143,5 @@ def csa_rerank(params, cfg: ModelConfig, q_QxC, db_NxC, top_QxT, K: int, L: int,
                      f"has {t}")
   if len(q_QxC) != nq:
     raise ValueError(f"csa_rerank: {len(q_QxC)} queries but {nq} ranked lists")
-  if mesh is None and jax.device_count() > 1:
-    mesh = parallel.make_mesh()
-  nd = 1 if mesh is None else mesh.shape[parallel.DATA_AXIS]
-  bs = -(-max(1, min(batch_size, nq)) // nd) * nd
-  if mesh is not None:
-    params = jax.device_put(params, parallel.replicated(mesh))
-    put = functools.partial(jax.device_put, device=parallel.batch_sharding(mesh))
-    put_all = functools.partial(jax.device_put, device=parallel.replicated(mesh))
-  else:
-    put = put_all = jnp.asarray
-
-  q = np.asarray(q_QxC, np.float32)
-  scores = []
-  for s in range(0, nq, bs):
-    qb, tb = q[s:s + bs], top[s:s + bs, :need]
-    if len(qb) < bs:  # pad the last batch with copies of its first query: one compiled shape
-      qb = np.concatenate([qb, np.repeat(qb[:1], bs - len(qb), 0)])
-      tb = np.concatenate([tb, np.repeat(tb[:1], bs - len(tb), 0)])
-    rows, local = np.unique(tb, return_inverse=True)
-    sub = _gather_rows(db_NxC, rows, bs * need)
-    aff = rerank_affinity(put(qb), put_all(sub), put(local.reshape(tb.shape).astype(np.int32)),
-                          K, L)
-    scores.append((s, rerank_scores(params, aff, cfg)))  # dispatched; fetched below
-  new = np.concatenate([np.asarray(v)[:min(bs, nq - s)] for s, v in scores])
-  return reorder_top(top, new)
+  new_QxK = csa_scores(params, cfg, q_QxC, db_NxC, top, K, L, batch_size, mesh)
+  return reorder_top(top, new_QxK)

@@ -27,6 +27,7 @@ from csa_jax.data import train_set as pipeline
 from csa_jax.errors import InputError
 from csa_jax.fileio import atomic_path, remove_stale_temps, write_json
 from csa_jax.interop import export
+from csa_jax.run_info import run_info
 from csa_jax.train import optim
 from csa_jax.train import step as ts
 from csa_jax.train import telemetry as metrics
@@ -35,6 +36,7 @@ from csa_jax.train.checks import (check_outcome, check_resume_config, check_work
                                   saved_config, validate_config, workdir_lock)
 
 CONFIG_NAME = "config.json"
+RUN_NAME = "run.json"
 PLOT_EVERY_S = 60.0  # redraw the curves at checkpoints at most this often (and at the end)
 
 log = logging.getLogger(__name__)
@@ -98,7 +100,8 @@ def _save_pth(path: str, params, epoch: int) -> bool:
 
 
 def train(config, workdir: str, resume: bool = False, train_set=None, progress: bool = True,
-          allow_config_change: bool = False) -> TrainResult:
+          allow_config_change: bool = False,
+          command_argv: list[str] | None = None) -> TrainResult:
   """Trains CSA as ``config`` says, in ``workdir``; returns the final parameters.
 
   Args:
@@ -110,6 +113,8 @@ def train(config, workdir: str, resume: bool = False, train_set=None, progress: 
     progress: log a progress line (steps, ETA, throughput) at every metrics interval.
     allow_config_change: let ``resume`` go on with hyper-parameters other than the saved run's
       (never the model's shape, the batch or the seed).
+    command_argv: the command line, recorded in ``<workdir>/run.json`` with the versions and
+      devices of each start (``csa_jax.run_info``).
 
   Returns:
     A ``TrainResult``. A run that never applied an update, whose last epoch skipped every step
@@ -130,13 +135,13 @@ def train(config, workdir: str, resume: bool = False, train_set=None, progress: 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
     try:
       return _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
-                    allow_config_change)
+                    allow_config_change, command_argv)
     finally:
       ckpt.close()  # before any error reaches the CLI: orbax threads must not outlive it
 
 
 def _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
-           allow_config_change) -> TrainResult:
+           allow_config_change, command_argv) -> TrainResult:
   lead = jax.process_index() == 0
   tc = config.train
   latest = ckpt.latest_step()
@@ -174,6 +179,10 @@ def _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
   if lead and not (resume and os.path.exists(cfg_path) and not allow_config_change):
     write_json(cfg_path, configs.as_plain(config))
   start = int(jax.device_get(state.step))
+  if lead:  # config.json is what a resume compares against; run.json is the provenance
+    write_json(os.path.join(workdir, RUN_NAME), {
+        **run_info(command_argv, config=configs.as_plain(config), seed=tc.seed),
+        "started_at_step": start})
 
   metrics_log = metrics.MetricsLog(workdir, enabled=lead)
   metrics_log.truncate_after(start)

@@ -23,8 +23,10 @@ def test_results_json(tiny_run):
   out, rc = tiny_run
   assert rc == 0
   res = json.loads((out / "results.json").read_text())
-  assert set(res) == {"first_round", "csa"}
-  for k in res:
+  assert set(res) == {"first_round", "csa", "run"}
+  assert res["run"]["seed"] == 3 and res["run"]["config"]["size"] == "tiny"
+  assert res["run"]["versions"]["csa_jax"] and res["run"]["command"]
+  for k in ("first_round", "csa"):
     assert set(res[k]) == {"easy", "medium", "hard"}
     assert all(isinstance(v, float) and math.isfinite(v) and 0 <= v <= 100
                for v in res[k].values())
@@ -42,7 +44,8 @@ def test_results_are_the_evaluation_routines(tiny_run):
                                      out / "data" / "annotations" / "synth5k" / "gnd_synth5k.json")
   res = evaluate(q, db, gnd, model=load_model(str(out / "train")), K=demo.SIZES["tiny"][2],
                  batch_size=demo.RERANK_BATCH)
-  assert json.loads((out / "results.json").read_text()) == {
+  written = json.loads((out / "results.json").read_text())
+  assert {k: v for k, v in written.items() if k != "run"} == {
       k: mean_ap_percent(res[k]) for k in ("first_round", "csa")}
 
 

@@ -1,12 +1,17 @@
 """``csa-jax eval`` in-process on tiny generated files, checked against straightforward numpy."""
 
 import json
+import pathlib
 import pickle
+import shutil
 
+import jax
 import numpy as np
 import pytest
 
 from csa_jax.cli import main as cli
+from csa_jax.core.forward import init_params
+from csa_jax.data import synthetic
 from csa_jax.interop import state_dict as interop
 from csa_jax.core.affinity import rerank_affinity
 from csa_jax.core.config import ModelConfig
@@ -224,3 +229,115 @@ def test_failed_write_leaves_no_output_and_no_temporary(files, capsys, tmp_path,
   assert "r.json: --out: expected a writable file, found No space left on device" in \
       error_line(err)
   assert list(tmp_path.iterdir()) == []
+
+
+# --- several datasets from a data root, the AP plot, provenance -------------------------------
+
+SMALL = synthetic.SynthConfig(dim=16, parts=6, styles=3, train_landmarks=3, train_photos=4,
+                              train_singles=10, val_landmarks=1, val_singles=2, test_landmarks=3,
+                              test_photos=9, queries_per_landmark=2, test_minor=2,
+                              test_singles=30)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory, files):
+  """A data root with two synthetic test sets (different seeds), R1M distractors and a model."""
+  r = tmp_path_factory.mktemp("root")
+  p = synthetic.write_benchmark(r / "data", SMALL)
+  other = synthetic.paths(r / "other")
+  synthetic.write_benchmark(r / "other", SMALL.replace(seed=1))
+  for src, dst in ((other["test_features"], f"test/synthb/{synthetic.FEATURES}.npz"),
+                   (other["gnd"], "annotations/synthb/gnd_synthb.json")):
+    (r / "data" / dst).parent.mkdir(parents=True)
+    shutil.copy(src, r / "data" / dst)
+  (r / "data" / "test" / "r1m").mkdir()
+  np.save(r / "data" / "test" / "r1m" / f"{synthetic.FEATURES}.npy",
+          unit(np.random.default_rng(3).standard_normal((50, SMALL.dim))))
+  cfg = ModelConfig(anchors=8, dim=16, depth=1, heads=2)
+  save_export(r / "model.npz", init_params(cfg, jax.random.key(0)), cfg)
+  return r, p
+
+
+def test_data_root_equals_single_file_evals(root, capsys):
+  r = root[0]
+  data, feats = r / "data", synthetic.FEATURES
+  r1m = data / "test" / "r1m" / f"{feats}.npy"
+  rc, out, err = run_eval(["--data", data, "--features", feats, "--datasets",
+                           f"{synthetic.DATASET},synthb", "--r1m", "--model", r / "model.npz",
+                           "--K", 8, "--out", r / "all.json"], capsys)
+  assert rc == 0, err
+  tables = [line.split(":")[0] for line in out.splitlines()]
+  assert tables == [f">> {ds}+1m{csa}" for ds in (synthetic.DATASET, "synthb")
+                    for csa in ("", "", " CSA(K=8)", " CSA(K=8)")]
+  js = json.loads((r / "all.json").read_text())
+  assert js["features"] == feats and js["r1m"] == str(r1m) and "run" in js
+  assert js["run"]["command"].startswith("csa-jax eval --data ")
+  assert list(js["datasets"]) == [f"{synthetic.DATASET}+1m", "synthb+1m"]
+  assert (r / "all.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  for ds in (synthetic.DATASET, "synthb"):
+    gnd = next(data.glob(f"annotations/{ds}/gnd_{ds}.json"))
+    rc, _, err = run_eval(["--features", data / "test" / ds / f"{feats}.npz", "--gnd", gnd,
+                           "--r1m", r1m, "--model", r / "model.npz", "--K", 8, "--out",
+                           r / f"{ds}.json"], capsys)
+    assert rc == 0, err
+    single = json.loads((r / f"{ds}.json").read_text())
+    both = js["datasets"][f"{ds}+1m"]
+    assert both["distractors"] == single["distractors"] == 50
+    for k in ("first_round", "csa", "queries", "db_images", "K", "L", "gnd"):
+      assert both[k] == single[k], k
+  assert js["datasets"][f"{synthetic.DATASET}+1m"]["csa"] != js["datasets"]["synthb+1m"]["csa"]
+
+
+def test_data_root_without_model_or_r1m(root, capsys, tmp_path, monkeypatch):
+  r = root[0]
+  monkeypatch.chdir(tmp_path)
+  rc, out, err = run_eval(["--data", r / "data", "--features", synthetic.FEATURES, "--datasets",
+                           "synthb"], capsys)  # default --out: eval_<features>.json in the cwd
+  assert rc == 0, err
+  assert len(out.splitlines()) == 2
+  js = json.loads((pathlib.Path(f"eval_{synthetic.FEATURES}.json")).read_text())
+  assert list(js["datasets"]) == ["synthb"] and js["r1m"] is None and js["model"] is None
+  assert pathlib.Path(f"eval_{synthetic.FEATURES}.png").exists()
+
+
+@pytest.mark.parametrize("bad", ["with_gnd", "features_file", "datasets_without_data",
+                                 "bare_r1m_without_data", "missing_dataset", "no_datasets",
+                                 "twice"])
+def test_data_root_flag_errors(root, files, capsys, bad):
+  r = root[0]
+  d = files[0]
+  base = ["--data", r / "data", "--features", synthetic.FEATURES, "--datasets",
+          f"{synthetic.DATASET},synthb", "--out", r / "x.json"]
+  args, want = {
+      "with_gnd": (base + ["--gnd", d / "gnd_toy.json"], "command line: --data: expected"),
+      "features_file": (["--data", r / "data", "--features", d / "feats.npz", "--datasets",
+                         "synthb"], "command line: --features: expected a name under --data"),
+      "datasets_without_data": (["--features", d / "feats.npz", "--gnd", d / "gnd_toy.json",
+                                 "--datasets", "a,b"], "--datasets: expected --data ROOT"),
+      "bare_r1m_without_data": (["--features", d / "feats.npz", "--gnd", d / "gnd_toy.json",
+                                 "--r1m"], "--r1m: expected a file path"),
+      "missing_dataset": (base[:5] + ["synthb,nope"] + base[6:],
+                          "test/nope/synth-gem.*: file: expected one of"),
+      "no_datasets": (base[:4], "--data: expected --features NAME and --datasets"),
+      "twice": (base[:5] + ["synthb,synthb"] + base[6:], "--datasets: expected distinct"),
+  }[bad]
+  rc, out, err = run_eval(args, capsys)
+  assert rc == 2 and out == "", err  # a missing dataset fails before any other is evaluated
+  assert want in error_line(err)
+  assert not (r / "x.json").exists()
+
+
+def test_plot_failure_is_a_warning(files, capsys, tmp_path, monkeypatch):
+  from csa_jax.evaluation import plots
+  d = files[0]
+
+  def broken(path, results):
+    raise RuntimeError("no fonts")
+
+  monkeypatch.setattr(plots, "save_ap_plot", broken)
+  rc, _, err = run_eval(["--features", d / "feats.npz", "--gnd", d / "gnd_toy.json", "--out",
+                         tmp_path / "r.json"], capsys)
+  assert rc == 0 and "warning: no per-query AP plot (RuntimeError: no fonts)" in err
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+  js = json.loads((tmp_path / "r.json").read_text())
+  assert js["run"]["versions"]["jax"] == jax.__version__ and js["run"]["seed"] is None

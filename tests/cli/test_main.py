@@ -43,3 +43,25 @@ def test_bench_command_is_the_cli_module(capsys):
   with pytest.raises(SystemExit) as e:
     cli.main(["bench", "--help"])
   assert e.value.code == 0 and "--no-torch" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags", [["--version"], ["-V"], ["--quiet", "--version"]])
+def test_version(capsys, flags):
+  import csa_jax
+  assert cli.main(flags) == 0
+  out = capsys.readouterr().out.splitlines()
+  assert len(out) == 2 and out[0].startswith(f"csa-jax {csa_jax.__version__} (python ")
+  assert "jaxlib" in out[0] and "flax" in out[0] and "optax" in out[0] and "numpy" in out[0]
+  assert out[1].startswith("backend cpu: 8 devices (cpu)")
+
+
+def test_version_in_a_process():
+  r = subprocess.run([sys.executable, "-m", "csa_jax.cli.main", "-V"], capture_output=True,
+                     text=True, timeout=120)
+  assert r.returncode == 0 and r.stdout.startswith("csa-jax ") and r.stderr == ""
+
+
+def test_rerank_is_listed(capsys):
+  assert cli.COMMANDS["rerank"][0] == "csa_jax.cli.rerank"
+  cli.main(["--help"])
+  assert "rerank" in capsys.readouterr().out

@@ -84,6 +84,11 @@ def test_a_run_writes_the_model_metrics_and_plot(reference):
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["train"]["epochs"] == 3
+  with open(os.path.join(workdir, "run.json")) as f:
+    run = json.load(f)
+  assert run["command"].startswith("csa-jax train") and run["seed"] == 0
+  assert run["config"]["train"]["epochs"] == 3 and run["started_at_step"] == 0
+  assert run["versions"]["jax"] and run["devices"]
   sd = _params(workdir)
   assert "param/topk_proj.weight" in sd and sd["param/topk_proj.weight"].shape == (16, 8)
   torch = pytest.importorskip("torch")

@@ -1,0 +1,45 @@
+"""Test sets of a data root in the original layout, found by name before anything is read."""
+
+import pytest
+
+from csa_jax.errors import InputError
+from csa_jax.evaluation import data_root
+
+
+def touch(p):
+  p.parent.mkdir(parents=True, exist_ok=True)
+  p.write_text("x")
+  return str(p)
+
+
+def test_finds_each_dataset_and_prefers_the_layout_order(tmp_path):
+  f1 = touch(tmp_path / "test" / "roxford5k" / "gl18.pkl")
+  touch(tmp_path / "test" / "roxford5k" / "gl18.npz")  # .pkl comes first
+  g1 = touch(tmp_path / "annotations" / "roxford5k" / "gnd_roxford5k.pkl")
+  f2 = touch(tmp_path / "test" / "rparis6k" / "gl18.npz")
+  g2 = touch(tmp_path / "test" / "rparis6k" / "gnd_rparis6k.json")  # cnnimageretrieval's place
+  got = data_root.test_set_files(tmp_path, "gl18", ["roxford5k", "rparis6k"])
+  assert got == [data_root.TestSetFiles("roxford5k", f1, g1),
+                 data_root.TestSetFiles("rparis6k", f2, g2)]
+  touch(tmp_path / "test" / "r1m" / "gl18.pkl")
+  r1m = touch(tmp_path / "test" / "r1m" / "gl18.npy")  # memory-mappable: preferred
+  assert data_root.r1m_file(tmp_path, "gl18") == r1m
+
+
+@pytest.mark.parametrize("bad", ["no_root", "no_features", "no_gnd", "path_name", "dotdot"])
+def test_missing_or_bad_names_fail_at_once(tmp_path, bad):
+  touch(tmp_path / "test" / "a" / "f.npz")
+  touch(tmp_path / "annotations" / "a" / "gnd_a.json")
+  root, features, ds, want = tmp_path, "f", ["a", "b"], "test/b/f.*: file: expected one of"
+  if bad == "no_root":
+    root, want = tmp_path / "nope", "nope: --data: expected a data root directory"
+  elif bad == "no_gnd":
+    touch(tmp_path / "test" / "b" / "f.npz")
+    want = "annotations/b/gnd_b.* or "
+  elif bad == "path_name":
+    features, want = "x/f.npz", "command line: --features: expected a name under --data"
+  elif bad == "dotdot":
+    ds, want = [".."], "command line: --datasets: expected a name"
+  with pytest.raises(InputError) as e:
+    data_root.test_set_files(root, features, ds)
+  assert want in str(e.value)
