@@ -4,6 +4,7 @@
                [--out results.json]
   csa-jax eval --data ROOT --features NAME --datasets roxford5k,rparis6k [--r1m] [--model ...]
                [--out results.json]
+  csa-jax eval --tfds DATA_DIR --features NAME --datasets roxford5k,rparis6k [--r1m] [...]
 
 F holds the test set's 'db' and 'query' descriptors (or give them as two files, --db and --query:
 the same cross-checks with G apply), G its ground truth (docs/method.md section 6 pickles, or
@@ -15,6 +16,9 @@ row is checked. The output path is checked before anything is loaded. The evalua
 over the whole database (every positive's rank counts, as with a full sort), printed as the
 reference tools print it (one table per dataset, and per CSA run), written to JSON (with the
 run's provenance under "run") and plotted per query (first round against CSA) to a PNG beside it.
+With --tfds the same test sets (and, with a bare --r1m, the distractors) come from the TFDS copy
+``csa-jax convert-data --to tfds`` wrote (the tfds extra; read without TensorFlow, checked as the
+files are).
 """
 
 from __future__ import annotations
@@ -46,7 +50,10 @@ def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="csa-jax eval", description=__doc__.split("\n\n")[0])
   p.add_argument("--data", default=None, help="a data root in the original layout (with "
                  "--features NAME --datasets D1,D2)")
-  p.add_argument("--datasets", default=None, help="with --data: comma-separated test sets")
+  p.add_argument("--tfds", default=None, help="instead of --data: a TFDS data_dir written by "
+                 "convert-data --to tfds (with --features NAME --datasets D1,D2)")
+  p.add_argument("--datasets", default=None,
+                 help="with --data or --tfds: comma-separated test sets")
   p.add_argument("--features", default=None, help="test-set descriptors: 'db' and 'query' (with "
                  "--data: the descriptor set's name)")
   p.add_argument("--db", default=None, help="instead of --features: db descriptors (.npy, ...)")
@@ -76,21 +83,29 @@ def _check_flags(args) -> None:
     v = getattr(args, flag)
     if v is not None and v < 1:
       raise fail("command line", "--" + flag.replace("_", "-"), "an integer >= 1", str(v))
-  if args.data is not None:
+  if args.data is not None and args.tfds is not None:
+    raise fail("command line", "--tfds", "either --data ROOT or --tfds DATA_DIR",
+               f"--data {args.data} --tfds {args.tfds}")
+  if args.data is not None or args.tfds is not None:
+    flag = "--data" if args.data is not None else "--tfds"
     mixed = [f"--{f}" for f in ("gnd", "db", "query", "dataset") if getattr(args, f) is not None]
     if mixed:
-      raise fail("command line", "--data", "--features NAME --datasets D1,D2 (files found under "
-                 "ROOT), without --gnd, --db, --query or --dataset", " ".join(mixed))
+      raise fail("command line", flag, "--features NAME --datasets D1,D2 (found under "
+                 f"{flag[2:].upper()}), without --gnd, --db, --query or --dataset",
+                 " ".join(mixed))
     if args.features is None or args.datasets is None:
-      raise fail("command line", "--data", "--features NAME and --datasets D1,D2",
+      raise fail("command line", flag, "--features NAME and --datasets D1,D2",
                  f"--features {args.features}, --datasets {args.datasets}")
     data_root.check_name(args.features, "--features")
+    if args.tfds is not None and args.r1m not in (None, _R1M_FROM_ROOT):
+      raise fail("command line", "--r1m", "a bare --r1m with --tfds (its r1m split)",
+                 f"--r1m {args.r1m}")
     return
   if args.datasets is not None:
-    raise fail("command line", "--datasets", "--data ROOT to find the datasets in",
-               "no --data")
+    raise fail("command line", "--datasets", "--data ROOT or --tfds DATA_DIR to find the "
+               "datasets in", "neither")
   if args.r1m == _R1M_FROM_ROOT:
-    raise fail("command line", "--r1m", "a file path (a bare --r1m needs --data ROOT)",
+    raise fail("command line", "--r1m", "a file path (a bare --r1m needs --data ROOT or --tfds)",
                "no path")
   if args.gnd is None:
     raise fail("command line", "--gnd", "the ground truth file (or --data ROOT)", "no --gnd")
@@ -98,6 +113,23 @@ def _check_flags(args) -> None:
       or args.features is None and (args.db is None or args.query is None):
     raise fail("command line", "--features", "either --features F or both --db and --query",
                f"--features {args.features}, --db {args.db}, --query {args.query}")
+
+
+def _tfds_sets(data_dir: str, features: str, names: list[str], r1m: bool):
+  """The test sets (and the R1M split) of a TFDS copy, all checked present before any is read."""
+  from csa_jax.data import tfds_reader  # noqa: PLC0415  (the optional tfds extra)
+  where = tfds_reader.dataset_dir(data_dir, features)
+  sources = tfds_reader.open_tfds(data_dir, features)
+  for ds in names:
+    data_root.check_name(ds, "--datasets")
+    if f"{ds}_db" not in sources or f"{ds}_query" not in sources:
+      raise fail(where, "--datasets", f"test set '{ds}' in the TFDS copy",
+                 f"test sets {tfds_reader.tfds_test_sets(data_dir, features)}")
+  if r1m and "r1m" not in sources:
+    raise fail(where, "--r1m", "an r1m split (convert-data --to tfds --r1m)",
+               f"splits {sorted(sources)}")
+  sets = [data_root.TestSetFiles(ds, where, f"{where}: {ds}_query") for ds in names]
+  return sets, (f"{where}: r1m" if r1m else None)
 
 
 def _one(args, name, q, db, n_db, gnd, model, source) -> tuple[dict, tuple]:
@@ -118,7 +150,8 @@ def _one(args, name, q, db, n_db, gnd, model, source) -> tuple[dict, tuple]:
 
 
 def _settings(args) -> dict:
-  return {k: getattr(args, k) for k in ("data", "datasets", "features", "db", "query", "gnd",
+  return {k: getattr(args, k) for k in ("data", "tfds", "datasets", "features", "db", "query",
+                                        "gnd",
                                         "r1m", "model", "heads", "K", "L", "batch_size",
                                         "search_dtype", "block")}
 
@@ -126,14 +159,18 @@ def _settings(args) -> dict:
 def main(argv: list[str]) -> int:
   args = _parser().parse_args(argv)
   _check_flags(args)
-  if args.data is not None:
+  by_name = args.data is not None or args.tfds is not None
+  if by_name:
     names = [d.strip() for d in args.datasets.split(",") if d.strip()]
     if not names or len(set(names)) != len(names):
       raise fail("command line", "--datasets", "distinct comma-separated dataset names",
                  repr(args.datasets))
-    sets = data_root.test_set_files(args.data, args.features, names)
-    r1m = args.r1m or (data_root.r1m_file(args.data, args.features)
-                       if args.r1m is not None else None)
+    if args.tfds is not None:
+      sets, r1m = _tfds_sets(args.tfds, args.features, names, args.r1m is not None)
+    else:
+      sets = data_root.test_set_files(args.data, args.features, names)
+      r1m = args.r1m or (data_root.r1m_file(args.data, args.features)
+                         if args.r1m is not None else None)
     default_out = f"eval_{args.features}{'+1m' if r1m else ''}.json"
   else:
     r1m = args.r1m
@@ -150,27 +187,33 @@ def main(argv: list[str]) -> int:
 
   entries, plotted, distractors = {}, {}, None
   for s in sets:
-    if args.data is None and args.db is not None:  # the same cross-checks as one features file
+    if args.tfds is not None:  # checked as the files are
+      from csa_jax.data import tfds_reader  # noqa: PLC0415  (the optional tfds extra)
+      q, db, gnd = tfds_reader.load_test_set_from_tfds(args.tfds, args.features, s.name)
+    elif args.data is None and args.db is not None:  # the same cross-checks as one features file
       q, db, gnd = data_io.load_test_files(args.db, args.query, args.gnd)
     else:
       q, db, gnd = data_io.load_test_set(s.features, s.gnd)
-    name, n_db = s.name + ("+1m" if r1m and args.data is not None else ""), len(db)
+    name, n_db = s.name + ("+1m" if r1m and by_name else ""), len(db)
     if r1m:  # read once, shared by every dataset (all must have its C)
-      if distractors is None:
+      if distractors is None and args.tfds is not None:
+        distractors = tfds_reader.load_r1m_from_tfds(args.tfds, args.features, dim=db.shape[1])
+      elif distractors is None:
         distractors = data_io.load_r1m(r1m, dim=db.shape[1])
       elif distractors.shape[1] != db.shape[1]:
         raise fail(s.features, "db", f"descriptor size C={distractors.shape[1]} (as the R1M "
                    "distractors)", f"C={db.shape[1]}")
       db = StackedRows([db, distractors])
     entries[name], plotted[name] = _one(args, name, q, db, n_db, gnd, model, s.features)
-    entries[name].update(features=s.features if args.data is not None or args.db is None
+    entries[name].update(features=s.features if by_name or args.db is None
                          else [args.db, args.query], gnd=s.gnd, r1m=r1m)
 
   run = run_info(["csa-jax", "eval", *argv], config=_settings(args))
-  if args.data is None:
+  if not by_name:
     out = {**entries[sets[0].name], "run": run}
   else:
-    out = {"data": args.data, "features": args.features, "r1m": r1m, "model": args.model,
+    out = {"data": args.data or args.tfds, "format": "tfds" if args.tfds else "files",
+           "features": args.features, "r1m": r1m, "model": args.model,
            "datasets": entries, "run": run}
   try:
     write_json(path, out)  # atomic: a failure leaves neither the file nor a temporary

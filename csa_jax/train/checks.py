@@ -82,8 +82,14 @@ def validate_config(config, check_data: bool = True) -> None:
     _number(config, "data.K", lo=1, hi=d.num_samples, integer=True)
   elif d.source == "files":
     _check_data_paths(d)
+  elif d.source == "tfds":
+    if not d.descriptors:
+      raise fail("config", "data.descriptors", "at least one descriptor set name", "()")
+    if not d.root or not os.path.isdir(d.root):
+      raise fail("config", "data.root", "the TFDS data_dir that convert-data --to tfds wrote "
+                 "(--config.data.root=DIR)", repr(d.root) if d.root else "it unset")
   else:
-    raise fail("config", "data.source", "'files' or 'random'", repr(d.source))
+    raise fail("config", "data.source", "'files', 'tfds' or 'random'", repr(d.source))
 
 
 def _check_data_paths(d) -> None:

@@ -65,7 +65,10 @@ def load_train_data(config, workdir: str) -> pipeline.TrainSet:
 
   Args:
     config: a training config; ``data.source`` is 'files' (descriptor and annotation files,
-      neighbour lists cached under ``data.cache_dir``) or 'random' (``random_train_set``).
+      neighbour lists cached under ``data.cache_dir``), 'tfds' (``data.root`` is the TFDS
+      data_dir ``csa-jax convert-data --to tfds`` wrote; ``data.descriptors`` name descriptor
+      sets, 'train/<feature>.pkl' naming <feature>; the annotations come with them) or 'random'
+      (``random_train_set``).
     workdir: the run's directory; the neighbour cache goes to ``<workdir>/neighbors`` by default.
 
   Returns:
@@ -75,13 +78,19 @@ def load_train_data(config, workdir: str) -> pipeline.TrainSet:
   if d.source == "random":
     return pipeline.random_train_set(d.num_samples, d.num_clusters, d.dim, m,
                                      config.train.seed)
+  cache = d.cache_dir or os.path.join(workdir, "neighbors")
+  if d.source == "tfds":
+    from csa_jax.data import tfds_reader  # noqa: PLC0415  (the optional tfds extra)
+    return tfds_reader.load_train_set_from_tfds(d.root, list(d.descriptors), K=d.K,
+                                                L=config.model.anchors, cache_dir=cache,
+                                                split=d.split)
   if d.source != "files":
-    raise InputError(f"config: data.source: expected 'files' or 'random', found {d.source!r}")
+    raise InputError(f"config: data.source: expected 'files', 'tfds' or 'random', found "
+                     f"{d.source!r}")
   root = d.root or ""
   resolve = lambda p: p if os.path.isabs(p) or not root else os.path.join(root, p)
   if not d.descriptors:
     raise InputError("config: data.descriptors: expected at least one descriptor file, found ()")
-  cache = d.cache_dir or os.path.join(workdir, "neighbors")
   return pipeline.load_train_set([resolve(p) for p in d.descriptors], resolve(d.annotations),
                                  K=d.K, L=config.model.anchors, cache_dir=cache, split=d.split)
 

@@ -106,5 +106,5 @@ def test_content_hash_depends_on_values_and_shape_only():
   h = neighbors.content_hash(feats)
   assert neighbors.content_hash(np.asfortranarray(feats.astype(np.float64))) == h
   assert neighbors.content_hash(feats.reshape(60, 4)) != h
-  feats[3, 2] = np.nextafter(feats[3, 2], 2)
+  feats[3, 2] = np.nextafter(feats[3, 2], np.float32(2))
   assert neighbors.content_hash(feats) != h
