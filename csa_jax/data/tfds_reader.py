@@ -25,6 +25,7 @@ import numpy as np
 from csa_jax.data import neighbors
 from csa_jax.data import readers as data_io
 from csa_jax.data import train_set as pipeline
+from csa_jax.data.train_set import feature_name
 from csa_jax.data.tfds_builder import (NAME, R1M, SEQUENCES, VERSION, check_feature, dataset_dir,
                                        import_tfds)
 from csa_jax.errors import fail
@@ -222,15 +223,6 @@ def load_r1m_from_tfds(data_dir, feature: str, dim: int | None = None) -> np.nda
   sources, where = open_tfds(data_dir, feature), dataset_dir(data_dir, feature)
   x = _read(sources, where, R1M)["descriptor"]
   return data_io.as_descriptors(x, where, f"{R1M}.descriptor", n=len(x), dim=dim)
-
-
-def feature_name(descriptors: str) -> str:
-  """A descriptor set's name, given as such or as its file: 'train/gl18.pkl' -> 'gl18'."""
-  base = os.path.basename(os.fspath(descriptors))
-  for ext in (".pkl", ".pickle", ".npz", ".npy"):
-    if base.endswith(ext):
-      return base[:-len(ext)]
-  return base
 
 
 def load_train_set_from_tfds(data_dir, features: Sequence[str], K: int, L: int,

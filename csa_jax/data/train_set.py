@@ -40,7 +40,8 @@ class TrainSet:
     return len(self.feats_NxC)
 
 
-def _set_name(path: str) -> str:
+def feature_name(path: str) -> str:
+  """A descriptor set's name, given as such or as its file: 'train/gl18.pkl' -> 'gl18'."""
   base = os.path.basename(os.fspath(path))
   for ext in (".pkl", ".pickle", ".npz", ".npy"):
     if base.endswith(ext):
@@ -81,10 +82,10 @@ def load_train_set(descriptor_paths: list[str], annotations_path: str, K: int, L
     f = data_io.load_descriptors(path, key=split, n=n, dim=dim)
     dim = f.shape[1]
     start = sum(len(x) for x in feats)
-    nb, _ = neighbors.load_or_compute(f, K, L, cache_dir=cache_dir, name=_set_name(path))
+    nb, _ = neighbors.load_or_compute(f, K, L, cache_dir=cache_dir, name=feature_name(path))
     feats.append(f)
     nbrs.append(nb + np.int32(start))
-    sets.append((_set_name(path), start, start + n))
+    sets.append((feature_name(path), start, start + n))
   return TrainSet(feats_NxC=np.concatenate(feats), clusters_N=np.tile(clusters, len(feats)),
                   nbrs_NxM=np.concatenate(nbrs), sets=sets)
 
