@@ -59,14 +59,19 @@ def _resumable_copy(finished, tmp_path):
 
 
 def _flip_bytes(step_dir):
-  """Flips 8 bytes in the middle of the largest array file of a checkpoint."""
+  """Flips 8 bytes in the middle of every array data file of a checkpoint.
+
+  Every file, not one: which file holds which array (and which bytes a restore reads) is orbax's
+  layout, and a flip in bytes no restore reads would damage nothing.
+  """
   files = [f for f in glob.glob(os.path.join(step_dir, "state", "**", "*"), recursive=True)
-           if os.path.isfile(f) and "/d/" in f]
-  f = max(files, key=os.path.getsize)
-  b = bytearray(open(f, "rb").read())
-  for i in range(8):
-    b[len(b) // 2 + i] ^= 0xFF
-  open(f, "wb").write(bytes(b))
+           if os.path.isfile(f) and "/ocdbt.process_0/d/" in f]
+  assert files, step_dir
+  for f in files:
+    b = bytearray(open(f, "rb").read())
+    for i in range(8):
+      b[len(b) // 2 + i] ^= 0xFF
+    open(f, "wb").write(bytes(b))
 
 
 # -- group 4: non-finite models ---------------------------------------------------------------
