@@ -8,14 +8,18 @@ killed mid-save leaves the previous checkpoint as the latest; only the last ``ke
 Saves are synchronous: the training step donates its state buffers right after, and the state is
 small (tens of MB).
 
-A restore recomputes the checksum from what it read: a checkpoint that fails to read or whose
-bytes changed (a flipped bit on disk) is reported in one warning line and the next older kept
-checkpoint is used; only when none is intact is it an error.
+Beside the checkpoints, ``<checkpoints>_digests/<step>.json`` records a SHA-256 of every file of
+each step. A restore first compares the files with that record (so a damaged file never reaches
+orbax), then recomputes the state checksum from what it read: a checkpoint that fails either
+check or fails to read is reported in one warning line and the next older kept checkpoint is
+used; only when none is intact is it an error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
 import os
 import time
@@ -26,8 +30,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from csa_jax.errors import InputError
+from csa_jax.fileio import write_json
 
 log = logging.getLogger(__name__)
+DIGESTS_SUFFIX = "_digests"  # <checkpoints>_digests/<step>.json: SHA-256 of each file of a step
 
 
 def _host_copy(x):
@@ -82,13 +88,57 @@ class Checkpointer:
     args = ocp.args.Composite(state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta))
     self._mgr.save(int(step), args=args, force=True)
     self._mgr.wait_until_finished()
+    if jax.process_index() == 0:
+      self._write_digest(int(step))
 
   def read_meta(self, step: int) -> dict:
     """The JSON metadata of ``step`` alone (cheap: no arrays are read)."""
     out = self._mgr.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return dict(out["meta"])
 
+  def _digest_path(self, step: int) -> str:
+    return os.path.join(self.directory + DIGESTS_SUFFIX, f"{step}.json")
+
+  def _file_digests(self, step: int) -> dict[str, str]:
+    root = os.path.join(self.directory, str(step))
+    out = {}
+    for d, _, files in os.walk(root):
+      for f in files:
+        path = os.path.join(d, f)
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+          for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+        out[os.path.relpath(path, root)] = h.hexdigest()
+    return out
+
+  def _write_digest(self, step: int) -> None:
+    """Records a SHA-256 of every file of ``step`` beside the checkpoints, and forgets the
+    records of steps orbax has since deleted."""
+    write_json(self._digest_path(step), self._file_digests(step))
+    kept = {str(s) for s in self.all_steps()}
+    for f in os.listdir(self.directory + DIGESTS_SUFFIX):
+      if f.endswith(".json") and f[:-5] not in kept:
+        with contextlib.suppress(OSError):
+          os.remove(os.path.join(self.directory + DIGESTS_SUFFIX, f))
+
+  def _check_files(self, step: int) -> None:
+    """Raises if a file of ``step`` changed since it was saved. Done before orbax reads
+    anything: a damaged file is then never handed to tensorstore, whose background threads
+    print tracebacks when a read fails. Steps saved without a record go straight to orbax."""
+    try:
+      with open(self._digest_path(step)) as f:
+        want = json.load(f)
+    except (OSError, ValueError):
+      return
+    got = self._file_digests(step)
+    for name in sorted(set(want) | set(got)):
+      if want.get(name) != got.get(name):
+        raise ValueError(f"file {name} {'is missing' if name not in got else 'changed'} "
+                         "since it was saved")
+
   def _restore_one(self, like_state, step: int):
+    self._check_files(step)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
     out = self._mgr.restore(int(step), args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
@@ -147,6 +197,8 @@ class Checkpointer:
         src = os.path.join(self.directory, str(s))
         if os.path.isdir(src):
           os.replace(src, os.path.join(dest, f"{s}.{time.strftime('%Y%m%dT%H%M%S')}"))
+        with contextlib.suppress(OSError):
+          os.remove(self._digest_path(s))
     self._mgr.reload()
 
   def close(self) -> None:

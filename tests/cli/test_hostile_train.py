@@ -150,9 +150,23 @@ def test_a_changed_checksum_is_caught_even_when_the_arrays_read_fine(tmp_path, e
   m = json.load(open(meta))
   m["checksum"] = "0" * 64
   json.dump(m, open(meta, "w"))
+  # Without the file record (a step saved by an older csa_jax, or a record lost with the
+  # damage), the state checksum is what catches it.
+  os.remove(os.path.join(w, "checkpoints_digests", "12.json"))
   res = train(tmp_path, env, w, "--resume")
   expect_ok(res)
   assert "checksum" in res.stderr and "resumed at step 8" in res.stderr
+
+
+def test_a_changed_file_is_caught_before_orbax_reads_it(tmp_path, env, finished):
+  w = _resumable_copy(finished, tmp_path)
+  meta = os.path.join(w, "checkpoints", "12", "meta", "metadata")
+  with open(meta, "a") as f:
+    f.write(" ")  # still valid JSON with the same content: only the file record can tell
+  res = train(tmp_path, env, w, "--resume")
+  expect_ok(res)
+  assert "file meta/metadata changed since it was saved" in res.stderr
+  assert "resumed at step 8" in res.stderr
 
 
 def test_every_checkpoint_damaged_is_one_line(tmp_path, env, finished):
