@@ -28,13 +28,14 @@ import os
 import re
 import sys
 
+from csa_jax.cli.rerank_flags import add_rerank_flags, check_positive
 from csa_jax.data import readers as data_io
 from csa_jax.errors import fail
 from csa_jax.evaluation import data_root
 from csa_jax.evaluation.evaluate import evaluate
 from csa_jax.evaluation.revisited import format_results, results_to_json
 from csa_jax.fileio import check_output_path, write_json
-from csa_jax.retrieval.search import SCORE_DTYPES, StackedRows
+from csa_jax.retrieval.search import StackedRows
 from csa_jax.run_info import run_info
 
 _R1M_FROM_ROOT = ""  # --r1m given without a path: ROOT/test/r1m/<features>.* (with --data)
@@ -64,13 +65,8 @@ def _parser() -> argparse.ArgumentParser:
                  "--r1m reads ROOT/test/r1m/NAME.*")
   p.add_argument("--model", default=None,
                  help="re-rank with CSA: an original .pth, a csa_jax .npz export or a workdir")
-  p.add_argument("--heads", type=int, default=None, help="attention heads of a .pth (def. 12)")
   p.add_argument("--K", type=int, default=1024, help="candidates re-ranked per query")
-  p.add_argument("--L", type=int, default=None, help="anchors (default: the model's)")
-  p.add_argument("--batch-size", type=int, default=8, help="queries per re-ranking call")
-  p.add_argument("--search-dtype", choices=SCORE_DTYPES, default="float32",
-                 help="first-round scores: float32, or bfloat16 inputs (float32 accumulation)")
-  p.add_argument("--block", type=int, default=None, help="db rows per search step")
+  add_rerank_flags(p)
   p.add_argument("--dataset", default=None, help="name in the table (default: from --gnd)")
   p.add_argument("--out", default=None, help="JSON results (default: eval_<dataset>.json); the "
                  "per-query AP plot goes beside it (.png)")
@@ -79,10 +75,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check_flags(args) -> None:
   """One way of naming the test sets: files, or a data root with names."""
-  for flag in ("K", "batch_size", "L", "block", "heads"):
-    v = getattr(args, flag)
-    if v is not None and v < 1:
-      raise fail("command line", "--" + flag.replace("_", "-"), "an integer >= 1", str(v))
+  check_positive(args, ("K", "batch_size", "L", "block", "heads"))
   if args.data is not None and args.tfds is not None:
     raise fail("command line", "--tfds", "either --data ROOT or --tfds DATA_DIR",
                f"--data {args.data} --tfds {args.tfds}")

@@ -25,7 +25,8 @@ COMMANDS = {
     "eval": ("csa_jax.cli.eval", "revisited mAP of first-round search, optionally CSA re-ranked"),
     "rerank": ("csa_jax.cli.rerank",
                "CSA re-ranking of your own queries and database (no ground truth)"),
-    "convert-data": ("csa_jax.cli.convert_data", "turn the original pickle layout into .npy/.json or a TFDS copy"),
+    "convert-data": ("csa_jax.cli.convert_data",
+                     "turn the original pickle layout into .npy/.json or a TFDS copy"),
     "bench": ("csa_jax.cli.bench", "csa_jax vs PyTorch throughput, same weights"),
     "experiment": ("csa_jax.cli.experiment", "the paper's studies and re-ranking baselines"),
 }

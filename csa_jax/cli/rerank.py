@@ -23,10 +23,10 @@ import sys
 
 import numpy as np
 
+from csa_jax.cli.rerank_flags import add_rerank_flags, check_positive
 from csa_jax.errors import fail
 from csa_jax.fileio import atomic_paths, check_output_path
 from csa_jax.retrieval import user_rerank
-from csa_jax.retrieval.search import SCORE_DTYPES
 from csa_jax.run_info import run_info
 
 SCORES_DOC = ("ranks 1..K: CSA score (cosine of the refined query and candidate tokens); ranks "
@@ -41,12 +41,7 @@ def _parser() -> argparse.ArgumentParser:
                  help="an original CSA .pth, a csa_jax .npz export or a training workdir")
   p.add_argument("--K", type=int, required=True, help="candidates re-ranked per query")
   p.add_argument("--T", type=int, default=None, help="ranking length, T >= K (default K)")
-  p.add_argument("--L", type=int, default=None, help="anchors (default: the model's)")
-  p.add_argument("--heads", type=int, default=None, help="attention heads of a .pth (def. 12)")
-  p.add_argument("--batch-size", type=int, default=8, help="queries per re-ranking call")
-  p.add_argument("--search-dtype", choices=SCORE_DTYPES, default="float32",
-                 help="first-round scores: float32, or bfloat16 inputs (float32 accumulation)")
-  p.add_argument("--block", type=int, default=None, help="db rows per search step")
+  add_rerank_flags(p)
   p.add_argument("--query-names", default=None, help="query names: text (one a line) or JSON")
   p.add_argument("--db-names", default=None, help="database names: text (one a line) or JSON")
   p.add_argument("--out", required=True, help="the ranking, a .npz (JSON/CSV beside it)")
@@ -91,10 +86,7 @@ def write_outputs(paths, ids, scores, run, qnames=None, dbnames=None) -> None:
 
 def main(argv: list[str]) -> int:
   args = _parser().parse_args(argv)
-  for flag in ("K", "T", "L", "heads", "batch_size", "block"):
-    v = getattr(args, flag)
-    if v is not None and v < 1:
-      raise fail("command line", "--" + flag.replace("_", "-"), "an integer >= 1", str(v))
+  check_positive(args, ("K", "T", "L", "heads", "batch_size", "block"))
   if args.T is not None and args.T < args.K:
     raise fail("command line", "--T", f"T >= K = {args.K} (the ranking holds the re-ranked "
                "top-K)", str(args.T))

@@ -1,0 +1,26 @@
+"""The re-ranking flags ``csa-jax eval`` and ``csa-jax rerank`` share, and their one check."""
+
+from __future__ import annotations
+
+import argparse
+
+from csa_jax.errors import fail
+from csa_jax.retrieval.search import SCORE_DTYPES
+
+
+def add_rerank_flags(p: argparse.ArgumentParser) -> None:
+  """--heads, --L, --batch-size, --search-dtype and --block: how a model re-ranks a search."""
+  p.add_argument("--heads", type=int, default=None, help="attention heads of a .pth (def. 12)")
+  p.add_argument("--L", type=int, default=None, help="anchors (default: the model's)")
+  p.add_argument("--batch-size", type=int, default=8, help="queries per re-ranking call")
+  p.add_argument("--search-dtype", choices=SCORE_DTYPES, default="float32",
+                 help="first-round scores: float32, or bfloat16 inputs (float32 accumulation)")
+  p.add_argument("--block", type=int, default=None, help="db rows per search step")
+
+
+def check_positive(args: argparse.Namespace, names: tuple[str, ...]) -> None:
+  """One line (exit 2) for the first of ``names`` (argparse dests) that is set and below 1."""
+  for name in names:
+    v = getattr(args, name)
+    if v is not None and v < 1:
+      raise fail("command line", "--" + name.replace("_", "-"), "an integer >= 1", str(v))
