@@ -14,7 +14,8 @@ def get_config() -> ConfigDict:
   # The paper model (docs/method.md section 3). The original trained with fp16 autocast + loss
   # scaling; bfloat16 compute over float32 parameters is the JAX equivalent and needs no scaling.
   c.model = dict(anchors=512, dim=768, depth=2, heads=12, mlp_ratio=4, qkv_bias=True, drop=0.1,
-                 attn_drop=0.1, drop_path=0.1, temperature=2.0, dtype="bfloat16")
+                 attn_drop=0.1, drop_path=0.1, temperature=2.0, dtype="bfloat16",
+                 attention="auto")
   c.data = dict(
       # "files" (the layout of docs/method.md section 6) or "random" (in-memory, for tests)
       source="files",

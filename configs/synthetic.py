@@ -16,7 +16,8 @@ from ml_collections.config_dict import placeholder
 def get_config() -> ConfigDict:
   c = ConfigDict()
   c.model = dict(anchors=64, dim=64, depth=2, heads=4, mlp_ratio=4, qkv_bias=True, drop=0.0,
-                 attn_drop=0.0, drop_path=0.0, temperature=2.0, dtype="float32")
+                 attn_drop=0.0, drop_path=0.0, temperature=2.0, dtype="float32",
+                 attention="auto")
   c.data = dict(source="files", root=placeholder(str), descriptors=("train/synth-gem.npz",),
                 annotations="annotations/retrieval-SfM-120k.json", split="train",
                 cache_dir=placeholder(str), K=64)

@@ -10,7 +10,8 @@ from ml_collections.config_dict import placeholder
 def get_config() -> ConfigDict:
   c = ConfigDict()
   c.model = dict(anchors=8, dim=16, depth=1, heads=2, mlp_ratio=2, qkv_bias=True, drop=0.1,
-                 attn_drop=0.1, drop_path=0.1, temperature=2.0, dtype="float32")
+                 attn_drop=0.1, drop_path=0.1, temperature=2.0, dtype="float32",
+                 attention="auto")
   c.data = dict(source="random", root=placeholder(str), descriptors=(),
                 annotations=placeholder(str), split="train", cache_dir=placeholder(str), K=8,
                 num_samples=96, num_clusters=6, dim=12)

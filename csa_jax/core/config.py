@@ -8,6 +8,7 @@ import math
 import jax.numpy as jnp
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+ATTENTIONS = ("auto", "xla", "chunked", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +31,12 @@ class ModelConfig:
       linspace(0, drop_path, depth)[i].
     temperature: t in exp(z_0 . z_j / t).
     dtype: compute dtype of the matmuls, "float32" or "bfloat16"; parameters stay float32.
+    attention: how softmax(q k^T) v is computed (``core.attention``); every choice has the same
+      parameters and the same maths: "xla" (einsums + softmax, the (B, H, N, N) tensor in
+      memory), "chunked" (blocks of queries and keys with a running max and sum, no N x N
+      tensor), "cudnn" (``jax.nn.dot_product_attention`` with cuDNN's fused kernel, on NVIDIA
+      GPUs in bfloat16, when no attention dropout is active; "xla" elsewhere), "auto" (chosen per
+      backend and shape from measurements, see ``core.attention.resolve``).
   """
 
   anchors: int = 512
@@ -43,10 +50,14 @@ class ModelConfig:
   drop_path: float = 0.1
   temperature: float = 2.0
   dtype: str = "float32"
+  attention: str = "auto"
 
   def __post_init__(self):
     if self.dtype not in _DTYPES:
       raise ValueError(f"ModelConfig: dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+    if self.attention not in ATTENTIONS:
+      raise ValueError(f"ModelConfig: attention must be one of {list(ATTENTIONS)}, "
+                       f"got {self.attention!r}")
     for name in ("anchors", "dim", "depth", "heads", "mlp_ratio"):
       v = getattr(self, name)
       if not isinstance(v, int) or isinstance(v, bool) or v < 1:
