@@ -14,6 +14,8 @@ The model:
 - ``rerank_affinity(q_QxC, db_NxC, top_QxT, K, L) -> (Q, K+1, L)``;
   ``training_affinity(feats_NxC, nbrs_NxM, clusters_N, idx_B, K, L) -> ((B, K, L), (B, K))``.
 - ``l2_normalize(x, axis=-1)``: the one normaliser (numpy or jax arrays).
+- ``chunked_attention(q, k, v, rng=None, rate=0.0)``: flash-style softmax(q k^T) v over
+  (B, H, N, d) with its own VJP, no N x N tensor (``ModelConfig.attention`` picks it or XLA's).
 
 Retrieval and evaluation:
 - ``top_k_search(q_QxC, db, T) -> (scores_QxT, idx_QxT)``: blocked on-device search, memmap ok.
@@ -32,6 +34,7 @@ Checkpoints and training:
 """
 
 from csa_jax.core.affinity import rerank_affinity
+from csa_jax.core.chunked_attention import chunked_attention
 from csa_jax.core.affinity import training_affinity
 from csa_jax.core.config import ModelConfig
 from csa_jax.core.forward import init_params
@@ -61,6 +64,7 @@ __all__ = (
     "CSA",
     "InputError",
     "ModelConfig",
+    "chunked_attention",
     "contrastive_loss",
     "csa_loss",
     "csa_rerank",

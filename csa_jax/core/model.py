@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from csa_jax.core import attention
 from csa_jax.core.config import ModelConfig
 from csa_jax.core.normalize import l2_normalize
 
@@ -59,6 +60,8 @@ class DropPath(nn.Module):
 
 
 class Attention(nn.Module):
+  """Multi-head self-attention; ``cfg.attention`` picks how softmax(q k^T) v is computed."""
+
   cfg: ModelConfig
 
   @nn.compact
@@ -66,17 +69,26 @@ class Attention(nn.Module):
     cfg = self.cfg
     b, n, d_model = x_BxNxD.shape
     hd = d_model // cfg.heads
+    rate = 0.0 if deterministic else cfg.attn_drop
+    impl = attention.resolve(cfg, jax.default_backend(), dropout=rate > 0)
     qkv = _dense(cfg, 3 * d_model, "qkv", use_bias=cfg.qkv_bias)(x_BxNxD)
-    # PyTorch order (B, N, 3, H, d), moved to (3, B, H, N, d) so both attention matmuls read
-    # contiguous operands; scaling q (N x d) instead of the N x N logits saves a full pass.
-    qkv = qkv.reshape(b, n, 3, cfg.heads, hd).transpose(2, 0, 3, 1, 4)
-    q, k, v = qkv[0] * (hd ** -0.5), qkv[1], qkv[2]  # (B, H, N, d)
-    logits_BxHxNxN = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=F32)
-    probs = jax.nn.softmax(logits_BxHxNxN, axis=-1)
-    probs = nn.Dropout(cfg.attn_drop)(probs, deterministic=deterministic)
-    out = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(cfg.compute_dtype), v)
-    out = out.transpose(0, 2, 1, 3).reshape(b, n, d_model)
-    out = _dense(cfg, d_model, "proj")(out)
+    # PyTorch order (B, N, 3, H, d). Scaling q (N x d) instead of the N x N logits saves a pass.
+    qkv = qkv.reshape(b, n, 3, cfg.heads, hd)
+    if impl == "cudnn":  # the fused kernel wants (B, N, H, d) as it comes
+      out = attention.dot_product_attention(qkv[:, :, 0] * (hd ** -0.5), qkv[:, :, 1],
+                                            qkv[:, :, 2], implementation="cudnn")
+    else:
+      # (3, B, H, N, d): both attention matmuls read contiguous operands.
+      qkv = qkv.transpose(2, 0, 3, 1, 4)
+      q, k, v = qkv[0] * (hd ** -0.5), qkv[1], qkv[2]
+      if impl == "chunked":
+        rng = self.make_rng("dropout") if rate else None
+        out = attention.chunked_attention(q, k, v, rng, rate)
+      else:
+        out = attention.xla_attention(
+            q, k, v, drop=lambda p: nn.Dropout(cfg.attn_drop)(p, deterministic=deterministic))
+      out = out.transpose(0, 2, 1, 3)
+    out = _dense(cfg, d_model, "proj")(out.reshape(b, n, d_model))
     return nn.Dropout(cfg.drop)(out, deterministic=deterministic)
 
 
