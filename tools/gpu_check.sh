@@ -67,7 +67,8 @@ log "parity tests"
 # The parity tests only (model, re-ranking, interop against the original's fixture and PyTorch);
 # the bench checks parity again at the paper size before it times anything.
 JAX_PLATFORMS=cuda,cpu JAX_DEFAULT_MATMUL_PRECISION=highest timeout "${TEST_TIMEOUT:-80}" \
-  "$PY" -m pytest -q -p no:cacheprovider tests/core/test_model.py tests/core/test_forward.py \
+  "$PY" -m pytest -q -p no:cacheprovider tests/core/test_model.py tests/core/test_attention.py \
+  tests/core/test_forward.py \
   tests/interop/test_state_dict.py tests/interop/test_torch_reference.py \
   >"$OUT/pytest.log" 2>&1
 log "pytest exit $? ($(tail -n 1 "$OUT/pytest.log"))"

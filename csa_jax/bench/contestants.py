@@ -137,6 +137,7 @@ def torch_train_fn(model, aff_BxKxL, targets_BxK, lr: float, alpha: float, sync,
     The contestant, stateful: each call runs the next step and returns its loss.
   """
   import torch  # pylint: disable=g-import-not-at-top
+
   from csa_jax.interop.torch_reference import original_loss  # pylint: disable=g-import-not-at-top
   model.train()
   fwd = torch.compile(model) if compiled else model

@@ -49,7 +49,8 @@ def torch_sync(device):
 
 def _cpu_model() -> str:
   try:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10,
+                         check=False).stdout
     for line in out.splitlines():
       if line.startswith("Model name:"):
         return line.split(":", 1)[1].strip()

@@ -122,3 +122,37 @@ def loss_parity(params, cfg: ModelConfig, torch_model, aff_BxKxL, targets_BxK, a
     exp_sim, mse_t = torch_model(x)
     loss_torch, _ = torch_reference.original_loss(exp_sim, y, mse_t, alpha)
   return check_close(loss_jax, loss_torch.item(), tol, "training loss")
+
+
+def arena_rerank_parity(a, q_QxC, top_QxT, k: int, tol: float) -> dict:
+  """``rerank_parity`` of every csa_jax contestant of an arena against its PyTorch model.
+
+  Args:
+    a: the run's ``arena.Arena``, with PyTorch.
+    q_QxC, top_QxT: a few queries and their first-round ranking (host).
+    k: candidates re-ranked per query.
+    tol: the largest score difference accepted.
+
+  Returns:
+    csa_jax contestant name -> {'rerank_max_abs_diff'}. Raises ``ParityError`` at the first
+    contestant above ``tol``.
+  """
+  return {name: {"rerank_max_abs_diff": rerank_parity(a.params, c, a.tmodel, q_QxC, a.db_NxC,
+                                                      top_QxT, k, tol)}
+          for name, c in a.jax_cfgs.items()}
+
+
+def arena_loss_parity(a, aff_BxKxL, targets_BxK, alpha: float, tol: float) -> dict:
+  """``loss_parity`` of every csa_jax contestant of an arena, each against fresh PyTorch weights.
+
+  Args:
+    a: the run's ``arena.Arena``, with PyTorch.
+    aff_BxKxL, targets_BxK: a few training samples.
+    alpha: weight of the MSE term.
+    tol: the largest loss difference accepted.
+
+  Returns:
+    csa_jax contestant name -> loss difference. Raises ``ParityError`` above ``tol``.
+  """
+  return {name: loss_parity(a.params, c, a.fresh_torch_model(), aff_BxKxL, targets_BxK, alpha,
+                            tol) for name, c in a.jax_cfgs.items()}

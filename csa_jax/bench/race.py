@@ -46,8 +46,7 @@ def race(fns: dict, repeats: int, memory, label: str) -> dict:
       out[name] = {"first_call_s": time.perf_counter() - t0}
       out[name]["peak_mem_bytes"], out[name]["peak_mem_method"] = memory(name, fn)
       live[name] = fn
-    except Exception as e:  # pylint: disable=broad-except
-      # One contestant failing must not end the race.
+    except Exception as e:  # noqa: BLE001  (one contestant failing must not end the race)
       kind = "out of memory" if is_oom(e) else type(e).__name__
       out[name] = {"error": f"{kind}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
       log.warning("%s: %s: %s", label, name, out[name]["error"])

@@ -23,9 +23,11 @@ import jax
 import jax.numpy as jnp
 
 F32 = jnp.float32
-# Measured on a 2-core AMD EPYC for one K=1024 layer (tools/README.md): one head's whole
-# (1025 x 1025) block is fastest there; blocks are only split beyond this many rows.
-MAX_BLOCK = 1024
+# Chosen on a 2-core AMD EPYC for one K=1024 layer (tools/README.md): a few hundred queries
+# against all keys at once was fastest forward and backward (1.6-1.9x XLA's); keys are only
+# split past 2048, where one block's logits would no longer fit in cache.
+MAX_BLOCK_Q = 256
+MAX_BLOCK_K = 2048
 
 
 def block_layout(n: int, max_block: int) -> tuple[int, int]:
@@ -172,7 +174,7 @@ _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
 def chunked_attention(q_BxHxNxd, k_BxHxNxd, v_BxHxNxd, rng=None, rate: float = 0.0,
-                      max_block_q: int = MAX_BLOCK, max_block_k: int = MAX_BLOCK):
+                      max_block_q: int = MAX_BLOCK_Q, max_block_k: int = MAX_BLOCK_K):
   """softmax(q k^T) v without an N x N tensor, differentiable (flash-attention-2 VJP).
 
   Args:

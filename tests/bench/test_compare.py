@@ -8,6 +8,7 @@ import pytest
 from csa_jax.bench import compare
 from csa_jax.bench import contestants as ct
 from csa_jax.cli import bench
+from csa_jax.core.config import ATTENTIONS
 
 TINY_ARGS = ["--dim", "16", "--depth", "1", "--heads", "2", "--anchors", "8", "--k", "12",
              "--db", "32", "--descriptor-dim", "16", "--batches", "1,2", "--train-batch", "2",
@@ -35,6 +36,12 @@ def test_tiny_bench_end_to_end(tiny_run):
   assert par["checked"] and par["rerank_max_abs_diff"] <= 1e-4
   assert par["train_loss_max_abs_diff"] <= 1e-4
   assert res["matmul_peak"]["device_peak_flops"] > 0
+  assert res["config"]["csa_jax"] == ct.JAX and res["config"]["model"]["attention"] == "auto"
+  # One attention: the plain name, and what "auto" resolves to on this backend.
+  assert list(res["config"]["attention"]) == [ct.JAX]
+  att = res["config"]["attention"][ct.JAX]
+  assert att["asked"] == "auto" and {att["rerank"], att["train"]} <= set(ATTENTIONS) - {"auto"}
+  assert list(par["per_impl"]) == [ct.JAX]
   for part, batches in (("rerank", [1, 2]), ("train", [2])):
     rows = res[part]
     assert {(r["batch"], r["impl"]) for r in rows} == {
@@ -45,16 +52,22 @@ def test_tiny_bench_end_to_end(tiny_run):
       assert r["achieved_flops"] == pytest.approx(r["flops_per_item"] * r["items_per_s"])
       assert r["frac_of_matmul_peak"] > 0
       assert "peak_mem_bytes" in r and "peak_mem_method" in r
+      if r["peak_mem_bytes"] is not None:  # None without /proc/self/clear_refs
+        assert r["mem_per_item_bytes"] == pytest.approx(r["peak_mem_bytes"] / r["batch"])
       if r["impl"] == ct.EAGER:
         assert r["speedup_vs_torch_eager"] == pytest.approx(1.0)
 
 
 @needs_torch
 def test_tiny_bench_prints_a_table(tiny_run):
-  rc, res = tiny_run
+  _, res = tiny_run
   table = bench.format_table(res)
   assert "parity:" in table and "OK" in table
+  assert table.count("MiB/item") == 2  # one header per part
   rows = [line.split() for line in table.splitlines() if line.startswith(("rerank ", "train "))]
+  for r in rows:  # the per-item memory column: the peak over the batch, to 0.1 MiB
+    if r[-2] != "-":
+      assert float(r[-1]) == pytest.approx(float(r[-2]) / int(r[1]), abs=0.6)
   assert sorted((r[0], r[1], r[2]) for r in rows) == sorted(
       (part, b, impl) for part, b in (("rerank", "1"), ("rerank", "2"), ("train", "2"))
       for impl in (ct.JAX, ct.EAGER))

@@ -36,6 +36,7 @@ def test_check_close_fails_on_difference_nan_and_shape():
 @needs_torch
 def test_torch_affinity_equals_csa_jax_affinity():
   import torch
+
   from csa_jax.core.affinity import rerank_affinity
   q, db, top = _data()
   for l in (5, 13):  # anchors within and beyond the K + 1 tokens
@@ -63,3 +64,25 @@ def test_parity_checks_pass_on_same_weights_and_fail_on_different():
     parity.loss_parity(params, TINY, other, aff, y, 0.2, 1e-4)
   # The checks leave the model as they found it.
   assert same.training and same.autocast
+
+
+@needs_torch
+def test_every_attention_variant_is_checked_against_pytorch():
+  from csa_jax.bench import arena, machine
+  from csa_jax.interop import torch_reference as tm
+  q, db, top = _data()
+  names = arena.jax_names(["xla", "chunked"])
+  a = arena.Arena(compare.init_jitted(TINY, jax.random.key(0)), TINY,
+                  {n: TINY.replace(attention=v) for n, v in names.items()}, db, tm,
+                  machine.torch_device("cpu"))
+  rerank = parity.arena_rerank_parity(a, q, top, 12, 1e-4)
+  assert list(rerank) == ["csa_jax[xla]", "csa_jax[chunked]"]
+  assert all(0 <= d["rerank_max_abs_diff"] <= 1e-4 for d in rerank.values())
+  aff = np.random.default_rng(0).random((2, 8, TINY.anchors), np.float32)
+  y = np.zeros((2, 8), np.float32)
+  y[:, 0] = 1.0
+  assert list(parity.arena_loss_parity(a, aff, y, 0.2, 1e-4)) == list(names)
+  # A variant that computes something else stops the run.
+  a.jax_cfgs["csa_jax[wrong]"] = TINY.replace(temperature=0.5)
+  with pytest.raises(parity.ParityError, match="training loss"):
+    parity.arena_loss_parity(a, aff, y, 0.2, 1e-4)
