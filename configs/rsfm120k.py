@@ -44,6 +44,10 @@ def get_config() -> ConfigDict:
       clip_norm=0.0,
       alpha=0.2,  # weight of the MSE term
       seed=0,
+      # Gradient accumulation: each device's batch in this many microbatches, one optimizer
+      # update per global batch; the same mean loss and gradient, about 1/m of the activation
+      # memory (csa_jax/train/accumulate.py, measured in tools/README.md, bench_train.py).
+      microbatches=1,
   )
   # 91,642 images // 256 = 357 steps per epoch (the original's 4-GPU sampler rounded up to 358).
   c.checkpoint = dict(every_steps=1000, keep=3)

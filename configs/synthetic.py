@@ -23,7 +23,7 @@ def get_config() -> ConfigDict:
                 cache_dir=placeholder(str), K=64)
   c.train = dict(global_batch=64, epochs=4, warmup_epochs=1, base_lr=0.02, warmup_lr=0.001,
                  final_lr=0.0, momentum=0.9, weight_decay=1e-6, clip_norm=0.0, alpha=0.2,
-                 seed=0)
+                 seed=0, microbatches=1)
   c.checkpoint = dict(every_steps=200, keep=2)
   c.log = dict(every_steps=10)
   c.eval = dict(every_epochs=0, root=placeholder(str), datasets=("synth5k",),

@@ -17,7 +17,7 @@ def get_config() -> ConfigDict:
                 num_samples=96, num_clusters=6, dim=12)
   c.train = dict(global_batch=16, epochs=2, warmup_epochs=1, base_lr=0.1, warmup_lr=0.01,
                  final_lr=0.0, momentum=0.9, weight_decay=1e-4, clip_norm=0.0, alpha=0.2,
-                 seed=0)
+                 seed=0, microbatches=1)
   c.checkpoint = dict(every_steps=4, keep=2)
   c.log = dict(every_steps=2)
   c.eval = dict(every_epochs=0)

@@ -29,6 +29,9 @@ RESUMABLE_CHANGES = ("checkpoint.", "log.", "eval.", "data.root", "data.cache_di
 # array shapes and the position in the data order depend on them.
 FIXED_ON_RESUME = ("model.anchors", "model.dim", "model.depth", "model.heads", "model.mlp_ratio",
                    "model.qkv_bias", "train.global_batch", "train.seed")
+# Keys added after runs were saved without them: an absent value means this default, so such a
+# run resumes with an unchanged config.
+ADDED_DEFAULTS = {"train.microbatches": 1}
 LOCK_NAME = ".lock"
 SEED_MAX = 2**32 - 1  # the largest seed every PRNG here (numpy, JAX threefry) accepts as is
 
@@ -71,6 +74,13 @@ def validate_config(config, check_data: bool = True) -> None:
               "train.clip_norm", "train.alpha"):
     _number(config, key, lo=0)
   _number(config, "train.momentum", lo=0, hi=1, hi_open=True)
+  if "microbatches" in config.train:  # absent in configs written before it: 1
+    _number(config, "train.microbatches", lo=1, integer=True)
+    # Device-independent half of the check; the training loop also needs it to divide the
+    # per-device batch (``step.check_microbatches``).
+    if config.train.global_batch % config.train.microbatches:
+      raise fail("config", "train.microbatches", "a divisor of train.global_batch "
+                 f"({config.train.global_batch})", repr(config.train.microbatches))
   if config.get("eval") is not None:
     _number(config, "eval.every_epochs", lo=0, integer=True)
   d = config.data
@@ -157,7 +167,8 @@ def _config_changes(saved: dict, now: dict, prefix: str = "") -> list[tuple[str,
     key = prefix + k
     if any(key.startswith(p) for p in RESUMABLE_CHANGES):
       continue
-    va, vb = saved.get(k, "<absent>"), now.get(k, "<absent>")
+    absent = ADDED_DEFAULTS.get(key, "<absent>")
+    va, vb = saved.get(k, absent), now.get(k, absent)
     if isinstance(va, dict) and isinstance(vb, dict):
       out += _config_changes(va, vb, key + ".")
     elif va != vb:

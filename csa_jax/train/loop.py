@@ -60,6 +60,11 @@ def model_config(config) -> ModelConfig:
     raise InputError(f"config: model: expected valid ModelConfig fields, found {e}") from None
 
 
+def microbatches(config) -> int:
+  """``train.microbatches``; 1 for configs written before it existed."""
+  return config.train.get("microbatches", 1)
+
+
 def load_train_data(config, workdir: str) -> pipeline.TrainSet:
   """The training set a config describes.
 
@@ -134,7 +139,7 @@ def train(config, workdir: str, resume: bool = False, train_set=None, progress: 
   workdir = check_workdir(workdir)
   lead = jax.process_index() == 0
   mesh = parallel.make_mesh()
-  ts.check_batch(config.train.global_batch, mesh)
+  ts.check_microbatches(config.train.global_batch, microbatches(config), mesh)
   if config.train.global_batch % jax.process_count():
     raise InputError(f"config: train.global_batch: expected a multiple of the "
                      f"{jax.process_count()} processes, found {config.train.global_batch}")
@@ -196,13 +201,15 @@ def _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
   metrics_log = metrics.MetricsLog(workdir, enabled=lead)
   metrics_log.truncate_after(start)
   bar = metrics.Progress(total, start, tc.global_batch, enabled=progress and lead)
+  mb = microbatches(config)
   _say(lead, f"train: {n} samples, {spe} steps/epoch x {tc.epochs} epochs = {total} steps, "
-       f"global batch {tc.global_batch} on {mesh.size} devices ({jax.process_count()} processes), "
+       f"global batch {tc.global_batch} on {mesh.size} devices ({jax.process_count()} processes"
+       + (f", {mb} microbatches per device" if mb > 1 else "") + "), "
           f"K={config.data.K} L={model_cfg.anchors} D={model_cfg.dim} depth={model_cfg.depth} "
           f"{model_cfg.dtype}" + (f"; resumed at step {start}" if start else ""))
   arrays = parallel.put_replicated((data.feats_NxC, data.nbrs_NxM, data.clusters_N), mesh)
   step_fn = ts.make_train_step(model_cfg, tx, mesh, tc.alpha, config.data.K, model_cfg.anchors,
-                               schedule=schedule)
+                               schedule=schedule, microbatches=mb)
   evaluator = _make_evaluator(config, workdir)
 
   history, pending, order, order_epoch = [], [], None, None

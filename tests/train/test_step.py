@@ -1,5 +1,7 @@
 """The data-parallel step: 1 and 8 devices compute the same update; bad batches are skipped."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -129,3 +131,136 @@ def test_batch_that_does_not_divide_over_the_devices_is_a_clear_error(setup):
   assert ts.check_batch(16, mesh) == 2
   with pytest.raises(InputError, match="data.L"):
     ts.make_train_step(setup["cfg"], setup["tx"], mesh, 0.2, K, L + 1)
+
+
+# -- gradient accumulation (train.microbatches) ------------------------------------------------
+
+MB_BATCH = 32  # 4 rows per device on 8 devices, so m = 4 divides every shard
+# Collectives a split of each device's shard must not need (the gradient all-reduce is expected).
+RESHARDING = ("all-gather", "all-to-all", "collective-permute")
+
+
+@pytest.fixture(scope="module")
+def accumulated(setup):
+  """Two steps without dropout (m = 1 vs m > 1 are then the same arithmetic), per (devices, m)."""
+  cfg = ModelConfig(anchors=L, dim=16, depth=1, heads=2, mlp_ratio=2, drop=0.0, attn_drop=0.0,
+                    drop_path=0.0)
+  idx = [np.arange(MB_BATCH), np.arange(MB_BATCH, 2 * MB_BATCH)]
+  out = {}
+  for n, m in [(1, 1), (1, 2), (1, 4), (8, 4)]:
+    mesh = setup["meshes"][n]
+    step = ts.make_train_step(cfg, setup["tx"], mesh, 0.2, K, L, schedule=setup["sched"],
+                              compiler_options=FAST, microbatches=m)
+    state = parallel.put_replicated(setup["host_state"], mesh)
+    batches = [ts.global_batch_array(i, mesh, MB_BATCH) for i in idx]
+    compiled = step.jitted.lower(state, setup["arrays"][n], batches[0],
+                                 jax.random.key(0)).compile()
+    metrics = []
+    for t, b in enumerate(batches):
+      state, mt = compiled(state, setup["arrays"][n], b, jax.random.key(20 + t))
+      metrics.append(jax.device_get(mt))
+    out[n, m] = {"metrics": metrics, "params": jax.device_get(state.params),
+                 "opt": jax.device_get(state.opt_state), "compiled": compiled}
+  return out
+
+
+def test_microbatches_compute_the_same_loss_metrics_and_parameters(setup, accumulated):
+  ref = accumulated[1, 1]
+  for key in [(1, 2), (1, 4), (8, 4)]:
+    got = accumulated[key]
+    for a, b in zip(ref["metrics"], got["metrics"]):
+      for k in ("loss", "contrastive", "mse", "grad_norm", "lr"):
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-5, err_msg=f"{key} {k}")
+      assert bool(b["ok"]) and int(b["skipped"]) == 0
+    for a, b in zip(jax.tree.leaves(ref["params"]), jax.tree.leaves(got["params"])):
+      np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=str(key))
+    # One optimizer update per global batch, not per microbatch.
+    assert int(optim.optimizer_steps(got["opt"])) == 2
+  # The steps really moved the parameters, so equal parameters mean equal updates.
+  assert max(float(np.abs(a - b).max()) for a, b in
+             zip(jax.tree.leaves(ref["params"]),
+                 jax.tree.leaves(setup["host_state"].params))) > 1e-4
+
+
+def test_microbatches_split_each_devices_shard_without_resharding(accumulated):
+  hlo = accumulated[8, 4]["compiled"].as_text()
+  assert "while" in hlo  # the scan over microbatches survived compilation
+  assert not [op for op in RESHARDING if op in hlo]
+
+
+def test_microbatches_shrink_the_compiled_steps_temporaries(accumulated):
+  temp = {m: accumulated[1, m]["compiled"].memory_analysis().temp_size_in_bytes
+          for m in (1, 2, 4)}
+  assert temp[4] < temp[2] < temp[1], temp
+
+
+def test_a_non_finite_microbatch_skips_the_whole_step(setup):
+  mesh = setup["meshes"][8]
+  step = ts.make_batch_train_step(setup["cfg"], setup["tx"], mesh, 0.2, compiler_options=FAST,
+                                  microbatches=2)
+  d = setup["data"]
+  aff, tgt = training_affinity(d.feats_NxC, d.nbrs_NxM, d.clusters_N, np.arange(B), K, L)
+  bad = np.asarray(aff).copy()
+  bad[5] = np.nan  # one sample of one microbatch
+  state = parallel.put_replicated(setup["host_state"], mesh)
+  state, m = step(state, bad, tgt, jax.random.key(3))
+  assert not bool(m["ok"]) and int(m["skipped"]) == 1
+  for a, b in zip(jax.tree.leaves(jax.device_get(state.params)),
+                  jax.tree.leaves(setup["host_state"].params)):
+    np.testing.assert_array_equal(a, b)
+  state, m = step(state, aff, tgt, jax.random.key(4))
+  assert bool(m["ok"]) and np.isfinite(float(m["loss"]))
+
+
+@pytest.mark.parametrize("value,needle", [
+    (0, "expected an integer >= 1, found 0"),
+    (2.0, "expected an integer >= 1, found 2.0"),
+    (True, "expected an integer >= 1, found True"),
+    (4, "a divisor of the per-device batch 2 (train.global_batch 16 / 8 devices), found 4"),
+])
+def test_a_bad_microbatches_value_is_a_one_line_error(setup, value, needle):
+  with pytest.raises(InputError) as e:
+    ts.check_microbatches(16, value, setup["meshes"][8])
+  assert str(e.value).startswith("config: train.microbatches: ") and needle in str(e.value)
+  assert "\n" not in str(e.value)
+
+
+def test_microbatches_are_checked_when_the_step_is_built_and_called(setup):
+  mesh = setup["meshes"][8]
+  with pytest.raises(InputError, match="train.microbatches: expected an integer >= 1, found 0"):
+    ts.make_batch_train_step(setup["cfg"], setup["tx"], mesh, 0.2, microbatches=0)
+  step = ts.make_train_step(setup["cfg"], setup["tx"], mesh, 0.2, K, L, microbatches=4)
+  state = parallel.put_replicated(setup["host_state"], mesh)
+  with pytest.raises(InputError, match=r"^batch: train.microbatches: .*batch 2 .*found 4"):
+    step(state, setup["arrays"][8], ts.global_batch_array(np.arange(B), mesh, B),
+         jax.random.key(0))
+
+
+def test_train_refuses_a_bad_microbatches_config_before_any_work(tmp_path):
+  from ml_collections import ConfigDict
+
+  from csa_jax import configs
+  from csa_jax.train import checks
+  from csa_jax.train.loop import train
+  tiny = configs.load("tiny")
+  for value, needle in [(3, "a divisor of train.global_batch (16), found 3"),
+                        (0, "an integer >= 1, found 0"), (2.5, "an integer >= 1, found 2.5")]:
+    plain = tiny.to_dict()
+    plain["train"]["microbatches"] = value
+    with pytest.raises(InputError, match=r"^config: train.microbatches: expected ") as e:
+      checks.validate_config(ConfigDict(plain))
+    assert needle in str(e.value)
+  # 16 divides by 4, but not the 2 rows each of the 8 devices gets: refused before the workdir
+  # is used.
+  with tiny.unlocked():
+    tiny.train.microbatches = 4
+  w = tmp_path / "w"
+  with pytest.raises(InputError, match="per-device batch 2 .*8 devices"):
+    train(tiny, str(w), progress=False)
+  assert not w.exists() or not os.listdir(w)
+  # Runs saved before the key existed resume unchanged with the default.
+  saved = configs.as_plain(configs.load("tiny"))
+  del saved["train"]["microbatches"]
+  checks.check_resume_config(saved, configs.load("tiny"), "ckpt", allow_change=False)
+  with pytest.raises(InputError, match="train.microbatches: expected the resumed run's value 1"):
+    checks.check_resume_config(saved, tiny, "ckpt", allow_change=False)
