@@ -22,6 +22,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from csa_jax.core.dropout import keep_mask
+
 F32 = jnp.float32
 # Chosen on a 2-core AMD EPYC for one K=1024 layer (tools/README.md): a few hundred queries
 # against all keys at once was fastest forward and backward (1.6-1.9x XLA's); keys are only
@@ -30,50 +32,53 @@ MAX_BLOCK_Q = 256
 MAX_BLOCK_K = 2048
 
 
-def block_layout(n: int, max_block: int) -> tuple[int, int]:
+def block_layout(n: int, max_block: int, exact: bool = False) -> tuple[int, int]:
   """How ``n`` rows split into equal blocks of at most ``max_block`` (a multiple of 8) rows.
 
   Args:
     n: rows (tokens).
     max_block: the largest block allowed.
+    exact: one block of exactly ``n`` rows when ``n <= max_block`` (keys: no padding to mask).
 
   Returns:
     ``(blocks, rows_per_block)``; the last block is padded, by fewer than ``blocks * 8`` rows.
   """
   if max_block < 8 or max_block % 8:
     raise ValueError(f"chunked_attention: block size must be a multiple of 8, got {max_block}")
+  if exact and n <= max_block:
+    return 1, n
   blocks = -(-n // max_block)
   size = -(-n // blocks)
   return blocks, -(-size // 8) * 8
 
 
-def _blocks(x_BxHxNxd, nb: int, b: int):
-  """(B, H, N, ...) -> (H, nb, B, b, ...), N zero-padded to nb * b."""
-  bsz, h, n = x_BxHxNxd.shape[:3]
-  rest = x_BxHxNxd.shape[3:]
-  pad = [(0, 0), (0, 0), (0, nb * b - n)] + [(0, 0)] * len(rest)
-  x = jnp.pad(x_BxHxNxd, pad).reshape(bsz, h, nb, b, *rest)
-  return jnp.moveaxis(x, (0, 1), (2, 0))
+def _blocks(x_BxNxH, nb: int, b: int):
+  """(B, N, H, ...) -> (H, nb, B, b, ...), N zero-padded to nb * b."""
+  bsz, n, h = x_BxNxH.shape[:3]
+  rest = x_BxNxH.shape[3:]
+  pad = [(0, 0), (0, nb * b - n)] + [(0, 0)] * (1 + len(rest))
+  x = jnp.pad(x_BxNxH, pad).reshape(bsz, nb, b, h, *rest)
+  return jnp.moveaxis(x, (0, 1, 3), (2, 1, 0))
 
 
 def _unblocks(x_HxnbxBxb, n: int):
-  """The inverse of ``_blocks``: (H, nb, B, b, ...) -> (B, H, N, ...)."""
+  """The inverse of ``_blocks``: (H, nb, B, b, ...) -> (B, N, H, ...)."""
   h, nb, bsz, b = x_HxnbxBxb.shape[:4]
-  x = jnp.moveaxis(x_HxnbxBxb, (2, 0), (0, 1))
-  return x.reshape(bsz, h, nb * b, *x.shape[4:])[:, :, :n]
+  x = jnp.moveaxis(x_HxnbxBxb, (2, 1, 0), (0, 1, 3))
+  return x.reshape(bsz, nb * b, h, *x.shape[4:])[:, :n]
 
 
 def _keep(rng, index, rate: float, shape):
-  return jax.random.bernoulli(jax.random.fold_in(rng, index), 1.0 - rate, shape)
+  return keep_mask(jax.random.fold_in(rng, index), rate, shape)
 
 
 def _setup(q, k, v, max_q, max_k):
-  bsz, h, n, d = q.shape
+  n = q.shape[1]
   nq, bq = block_layout(n, max_q)
-  nk, bk = block_layout(n, max_k)
+  nk, bk = block_layout(n, max_k, exact=True)
   valid_nkxbk = (jnp.arange(nk * bk) < n).reshape(nk, bk)
-  qb = _blocks(q, nq, bq).reshape(h * nq, bsz, bq, d)
-  return (nq, nk), qb, _blocks(k, nk, bk), _blocks(v, nk, bk), valid_nkxbk, nk * bk != n
+  return ((nq, bq), (nk, bk), _blocks(q, nq, bq), _blocks(k, nk, bk), _blocks(v, nk, bk),
+          valid_nkxbk, nk * bk != n)
 
 
 def _logits(q_i, k_j, valid_j, masked: bool):
@@ -89,36 +94,38 @@ def _scan(step, init, xs, length: int):
 
 
 def _forward(rate, max_q, max_k, q, k, v, rng):
-  """Output (B, H, N, d) and the blocked row log-sum-exp (H * nq, B, bq)."""
-  n = q.shape[2]
-  (nq, nk), qb, kb, vb, valid, masked = _setup(q, k, v, max_q, max_k)
+  """Output (B, N, H, d) and the blocked row log-sum-exp (H, nq, B, bq)."""
+  (nq, _), (nk, _), qb, kb, vb, valid, masked = _setup(q, k, v, max_q, max_k)
 
-  def one(xs):
-    t, q_i = xs
-    k_h, v_h = kb[t // nq], vb[t // nq]
+  def head(xs):  # one head: its keys and values are sliced once, not once per query block
+    h, q_h, k_h, v_h = xs
 
-    def step(carry, xs):
-      m, l, acc = carry
-      j, k_j, v_j, valid_j = xs
-      s = _logits(q_i, k_j, valid_j, masked)
-      m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-      alpha = jnp.exp(m - m_new)
-      p = jnp.exp(s - m_new[..., None])
-      l = l * alpha + jnp.sum(p, axis=-1)
-      if rate:  # the normaliser counts every key; only the output sees the dropout
-        p = jnp.where(_keep(rng, t * nk + j, rate, p.shape), p / (1.0 - rate), 0.0)
-      pv = jnp.einsum("bqk,bkd->bqd", p.astype(v_j.dtype), v_j, preferred_element_type=F32)
-      return (m_new, l, acc * alpha[..., None] + pv), None
+    def one(xs):
+      i, q_i = xs
 
-    shape = q_i.shape[:2]
-    init = (jnp.full(shape, -jnp.inf, F32), jnp.zeros(shape, F32),
-            jnp.zeros(q_i.shape, F32))
-    (m, l, acc), _ = _scan(step, init, (jnp.arange(nk), k_h, v_h, valid), nk)
-    return (acc / l[..., None]).astype(v.dtype), m + jnp.log(l)
+      def step(carry, xs):
+        m, l, acc = carry
+        j, k_j, v_j, valid_j = xs
+        s = _logits(q_i, k_j, valid_j, masked)
+        m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+        alpha = jnp.exp(m - m_new)
+        p = jnp.exp(s - m_new[..., None])
+        l = l * alpha + jnp.sum(p, axis=-1)
+        if rate:  # the normaliser counts every key; only the output sees the dropout
+          keep, scale = _keep(rng, (h * nq + i) * nk + j, rate, p.shape)
+          p = jnp.where(keep, p * scale, 0.0)
+        pv = jnp.einsum("bqk,bkd->bqd", p.astype(v_j.dtype), v_j, preferred_element_type=F32)
+        return (m_new, l, acc * alpha[..., None] + pv), None
 
-  out, lse = jax.lax.map(one, (jnp.arange(qb.shape[0]), qb))
-  h, bsz, bq = q.shape[1], q.shape[0], qb.shape[2]
-  return _unblocks(out.reshape(h, nq, bsz, bq, -1), n), lse
+      shape = q_i.shape[:2]
+      init = (jnp.full(shape, -jnp.inf, F32), jnp.zeros(shape, F32), jnp.zeros(q_i.shape, F32))
+      (m, l, acc), _ = _scan(step, init, (jnp.arange(nk), k_h, v_h, valid), nk)
+      return (acc / l[..., None]).astype(v.dtype), m + jnp.log(l)
+
+    return jax.lax.map(one, (jnp.arange(nq), q_h))
+
+  out, lse = jax.lax.map(head, (jnp.arange(qb.shape[0]), qb, kb, vb))
+  return _unblocks(out, q.shape[1]), lse
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -131,66 +138,71 @@ def _chunked_fwd(rate, max_q, max_k, q, k, v, rng):
   return out, (q, k, v, rng, out, lse)
 
 
-def _chunked_bwd(rate, max_q, max_k, res, do_BxHxNxd):
+def _chunked_bwd(rate, max_q, max_k, res, do_BxNxHxd):
   q, k, v, rng, out, lse = res
-  bsz, h, n, d = q.shape
-  (nq, nk), qb, kb, vb, valid, masked = _setup(q, k, v, max_q, max_k)
-  bq = qb.shape[2]
-  dob = _blocks(do_BxHxNxd.astype(v.dtype), nq, bq).reshape(h * nq, bsz, bq, d)
-  d_BxHxN = jnp.sum(do_BxHxNxd.astype(F32) * out.astype(F32), axis=-1)
-  db = _blocks(d_BxHxN, nq, bq).reshape(h * nq, bsz, bq)
+  n = q.shape[1]
+  (nq, bq), (nk, _), qb, kb, vb, valid, masked = _setup(q, k, v, max_q, max_k)
+  dob = _blocks(do_BxNxHxd.astype(v.dtype), nq, bq)
+  db = _blocks(jnp.sum(do_BxNxHxd.astype(F32) * out.astype(F32), axis=-1), nq, bq)
 
-  def one(carry, xs):
-    dk_acc, dv_acc = carry
-    t, q_i, do_i, lse_i, d_i = xs
-    k_h, v_h = kb[t // nq], vb[t // nq]
+  def head(xs):
+    h, q_h, do_h, lse_h, d_h, k_h, v_h = xs
 
-    def step(dq_i, xs):
-      j, k_j, v_j, valid_j = xs
-      p = jnp.exp(_logits(q_i, k_j, valid_j, masked) - lse_i[..., None])
-      dp = jnp.einsum("bqd,bkd->bqk", do_i, v_j, preferred_element_type=F32)
-      pd = p
-      if rate:
-        keep = _keep(rng, t * nk + j, rate, p.shape)
-        pd = jnp.where(keep, p / (1.0 - rate), 0.0)
-        dp = jnp.where(keep, dp / (1.0 - rate), 0.0)
-      dv_j = jnp.einsum("bqk,bqd->bkd", pd.astype(do_i.dtype), do_i, preferred_element_type=F32)
-      ds = (p * (dp - d_i[..., None])).astype(q_i.dtype)
-      dq_i = dq_i + jnp.einsum("bqk,bkd->bqd", ds, k_j, preferred_element_type=F32)
-      dk_j = jnp.einsum("bqk,bqd->bkd", ds, q_i, preferred_element_type=F32)
-      return dq_i, (dk_j, dv_j)
+    def one(carry, xs):
+      dk_h, dv_h = carry
+      i, q_i, do_i, lse_i, d_i = xs
 
-    dq_i, (dk_h, dv_h) = _scan(step, jnp.zeros(q_i.shape, F32),
-                               (jnp.arange(nk), k_h, v_h, valid), nk)
-    return (dk_acc.at[t // nq].add(dk_h), dv_acc.at[t // nq].add(dv_h)), dq_i
+      def step(dq_i, xs):
+        j, k_j, v_j, valid_j = xs
+        p = jnp.exp(_logits(q_i, k_j, valid_j, masked) - lse_i[..., None])
+        dp = jnp.einsum("bqd,bkd->bqk", do_i, v_j, preferred_element_type=F32)
+        pd = p
+        if rate:
+          keep, scale = _keep(rng, (h * nq + i) * nk + j, rate, p.shape)
+          pd = jnp.where(keep, p * scale, 0.0)
+          dp = jnp.where(keep, dp * scale, 0.0)
+        dv_j = jnp.einsum("bqk,bqd->bkd", pd.astype(do_i.dtype), do_i,
+                          preferred_element_type=F32)
+        ds = (p * (dp - d_i[..., None])).astype(q_i.dtype)
+        dq_i = dq_i + jnp.einsum("bqk,bkd->bqd", ds, k_j, preferred_element_type=F32)
+        dk_j = jnp.einsum("bqk,bqd->bkd", ds, q_i, preferred_element_type=F32)
+        return dq_i, (dk_j, dv_j)
 
-  zeros = jnp.zeros(kb.shape, F32)
-  (dk, dv), dq = jax.lax.scan(one, (zeros, zeros), (jnp.arange(h * nq), qb, dob, lse, db))
-  dq = _unblocks(dq.reshape(h, nq, bsz, bq, d), n)
-  return dq.astype(q.dtype), _unblocks(dk, n).astype(k.dtype), _unblocks(dv, n).astype(v.dtype), None
+      dq_i, (dk_i, dv_i) = _scan(step, jnp.zeros(q_i.shape, F32),
+                                 (jnp.arange(nk), k_h, v_h, valid), nk)
+      return (dk_h + dk_i, dv_h + dv_i), dq_i
+
+    zeros = jnp.zeros(k_h.shape, F32)
+    (dk_h, dv_h), dq_h = jax.lax.scan(one, (zeros, zeros),
+                                      (jnp.arange(nq), q_h, do_h, lse_h, d_h))
+    return dq_h, dk_h, dv_h
+
+  dq, dk, dv = jax.lax.map(head, (jnp.arange(qb.shape[0]), qb, dob, lse, db, kb, vb))
+  return (_unblocks(dq, n).astype(q.dtype), _unblocks(dk, n).astype(k.dtype),
+          _unblocks(dv, n).astype(v.dtype), None)
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
-def chunked_attention(q_BxHxNxd, k_BxHxNxd, v_BxHxNxd, rng=None, rate: float = 0.0,
+def chunked_attention(q_BxNxHxd, k_BxNxHxd, v_BxNxHxd, rng=None, rate: float = 0.0,
                       max_block_q: int = MAX_BLOCK_Q, max_block_k: int = MAX_BLOCK_K):
   """softmax(q k^T) v without an N x N tensor, differentiable (flash-attention-2 VJP).
 
   Args:
-    q_BxHxNxd: queries, already scaled by d**-0.5 (matmuls run in their dtype, float32
+    q_BxNxHxd: queries (``jax.nn.dot_product_attention``'s layout), already scaled by d**-0.5 (matmuls run in their dtype, float32
       accumulation; softmax statistics in float32).
-    k_BxHxNxd: keys.
-    v_BxHxNxd: values.
+    k_BxNxHxd: keys.
+    v_BxNxHxd: values.
     rng: PRNG key for attention dropout; needed iff ``rate > 0``.
     rate: attention-dropout rate in [0, 1).
     max_block_q: the largest block of queries (a multiple of 8).
     max_block_k: the largest block of keys (a multiple of 8).
 
   Returns:
-    out_BxHxNxd in v's dtype.
+    out_BxNxHxd in v's dtype.
   """
   if rate and rng is None:
     raise ValueError("chunked_attention: attention dropout needs an rng")
-  return _chunked(float(rate), int(max_block_q), int(max_block_k), q_BxHxNxd, k_BxHxNxd,
-                  v_BxHxNxd, rng if rate else None)
+  return _chunked(float(rate), int(max_block_q), int(max_block_k), q_BxNxHxd, k_BxNxHxd,
+                  v_BxNxHxd, rng if rate else None)

@@ -17,6 +17,7 @@ import numpy as np
 
 from csa_jax.core import attention
 from csa_jax.core.config import ModelConfig
+from csa_jax.core.dropout import Dropout
 from csa_jax.core.normalize import l2_normalize
 
 F32 = jnp.float32
@@ -74,22 +75,22 @@ class Attention(nn.Module):
     qkv = _dense(cfg, 3 * d_model, "qkv", use_bias=cfg.qkv_bias)(x_BxNxD)
     # PyTorch order (B, N, 3, H, d). Scaling q (N x d) instead of the N x N logits saves a pass.
     qkv = qkv.reshape(b, n, 3, cfg.heads, hd)
-    if impl == "cudnn":  # the fused kernel wants (B, N, H, d) as it comes
-      out = attention.dot_product_attention(qkv[:, :, 0] * (hd ** -0.5), qkv[:, :, 1],
-                                            qkv[:, :, 2], implementation="cudnn")
-    else:
+    if impl == "xla":
       # (3, B, H, N, d): both attention matmuls read contiguous operands.
       qkv = qkv.transpose(2, 0, 3, 1, 4)
-      q, k, v = qkv[0] * (hd ** -0.5), qkv[1], qkv[2]
+      out = attention.xla_attention(
+          qkv[0] * (hd ** -0.5), qkv[1], qkv[2],
+          drop=lambda p: Dropout(cfg.attn_drop)(p, deterministic=deterministic))
+      out = out.transpose(0, 2, 1, 3)
+    else:  # both take (B, N, H, d) as it comes; their blocking does the one transpose
+      q, k, v = qkv[:, :, 0] * (hd ** -0.5), qkv[:, :, 1], qkv[:, :, 2]
       if impl == "chunked":
         rng = self.make_rng("dropout") if rate else None
         out = attention.chunked_attention(q, k, v, rng, rate)
       else:
-        out = attention.xla_attention(
-            q, k, v, drop=lambda p: nn.Dropout(cfg.attn_drop)(p, deterministic=deterministic))
-      out = out.transpose(0, 2, 1, 3)
+        out = attention.dot_product_attention(q, k, v, implementation="cudnn")
     out = _dense(cfg, d_model, "proj")(out.reshape(b, n, d_model))
-    return nn.Dropout(cfg.drop)(out, deterministic=deterministic)
+    return Dropout(cfg.drop)(out, deterministic=deterministic)
 
 
 class Mlp(nn.Module):
@@ -100,9 +101,9 @@ class Mlp(nn.Module):
     cfg = self.cfg
     h = _dense(cfg, cfg.mlp_ratio * cfg.dim, "fc1")(x_BxNxD)
     h = nn.gelu(h.astype(F32), approximate=False)  # exact erf GELU, as torch.nn.GELU()
-    h = nn.Dropout(cfg.drop)(h, deterministic=deterministic)
+    h = Dropout(cfg.drop)(h, deterministic=deterministic)
     h = _dense(cfg, cfg.dim, "fc2")(h)
-    return nn.Dropout(cfg.drop)(h, deterministic=deterministic)
+    return Dropout(cfg.drop)(h, deterministic=deterministic)
 
 
 class Block(nn.Module):
@@ -136,9 +137,9 @@ class CSA(nn.Module):
       raise ValueError(f"CSA: input has {x_BxNxL.shape[-1]} anchors, the model expects "
                        f"{cfg.anchors} (shape (B, N, L) with L = cfg.anchors)")
     det = not train
-    x = nn.Dropout(cfg.drop)(x_BxNxL.astype(F32), deterministic=det)  # sim_drop
+    x = Dropout(cfg.drop)(x_BxNxL.astype(F32), deterministic=det)  # sim_drop
     h = _dense(cfg, cfg.dim, "topk_proj")(x).astype(F32)
-    h = nn.Dropout(cfg.drop)(h, deterministic=det)  # pos_drop
+    h = Dropout(cfg.drop)(h, deterministic=det)  # pos_drop
     for i, rate in enumerate(drop_path_rates(cfg)):
       h = Block(cfg, rate, name=f"blocks_{i}")(h, det)
     z_BxNxD = l2_normalize(h)

@@ -14,6 +14,11 @@ def _qkvw(b=2, h=3, n=37, d=8, seed=1):
   return [jax.random.normal(k, (b, h, n, d)) for k in ks]
 
 
+def _t(a):
+  """(B, H, N, d) <-> (B, N, H, d): chunked_attention takes the latter."""
+  return a.transpose(0, 2, 1, 3)
+
+
 def _numpy_attention(q, k, v):
   s = np.einsum("bhqd,bhkd->bhqk", q.astype(np.float64), k.astype(np.float64))
   p = np.exp(s - s.max(-1, keepdims=True))
@@ -25,8 +30,8 @@ def _numpy_attention(q, k, v):
 def test_chunked_forward_matches_softmax(n, max_q, max_k):
   q, k, v, _ = _qkvw(n=n)
   want = _numpy_attention(*(np.asarray(a) for a in (q, k, v)))
-  got = ca.chunked_attention(q, k, v, max_block_q=max_q, max_block_k=max_k)
-  np.testing.assert_allclose(np.asarray(got), want, atol=2e-6)
+  got = ca.chunked_attention(_t(q), _t(k), _t(v), max_block_q=max_q, max_block_k=max_k)
+  np.testing.assert_allclose(np.asarray(_t(got)), want, atol=2e-6)
   np.testing.assert_allclose(np.asarray(attention.xla_attention(q, k, v)), want, atol=2e-6)
 
 
@@ -37,7 +42,8 @@ def test_chunked_gradients_match_xla(max_q, max_k):
   def loss(fn):
     return lambda q, k, v: jnp.sum(fn(q, k, v) * w)
 
-  chunked = lambda q, k, v: ca.chunked_attention(q, k, v, max_block_q=max_q, max_block_k=max_k)
+  chunked = lambda q, k, v: _t(ca.chunked_attention(_t(q), _t(k), _t(v), max_block_q=max_q,
+                                                    max_block_k=max_k))
   got = jax.grad(loss(chunked), (0, 1, 2))(q, k, v)
   want = jax.grad(loss(attention.xla_attention), (0, 1, 2))(q, k, v)
   for g, r in zip(got, want):
@@ -47,7 +53,7 @@ def test_chunked_gradients_match_xla(max_q, max_k):
 @pytest.mark.parametrize("max_q,max_k", [(1024, 1024), (16, 8)])
 def test_chunked_dropout_gradient_is_the_gradient_of_its_forward(max_q, max_k):
   # The hand-written VJP against autodiff of the same blocked forward (same keep-masks).
-  q, k, v, w = _qkvw()
+  q, k, v, w = (_t(a) for a in _qkvw())  # (B, N, H, d), N = 37
   rng = jax.random.key(5)
   hand = jax.grad(lambda q, k, v: jnp.sum(
       ca.chunked_attention(q, k, v, rng, 0.3, max_q, max_k) * w), (0, 1, 2))(q, k, v)
@@ -63,7 +69,8 @@ def test_chunked_dropout_zeroes_probabilities_and_rescales_the_rest():
   q, k, _, _ = _qkvw(b=2, h=2, n=n, d=n)
   v = jnp.broadcast_to(jnp.eye(n), q.shape)
   p = np.asarray(attention.xla_attention(q, k, v))
-  out = np.asarray(ca.chunked_attention(q, k, v, jax.random.key(0), rate, 16, 16))
+  out = np.asarray(_t(ca.chunked_attention(_t(q), _t(k), _t(v), jax.random.key(0), rate, 16,
+                                           16)))
   kept = out != 0
   np.testing.assert_allclose(out[kept], p[kept] / (1 - rate), rtol=1e-5)
   assert abs(1 - kept.mean() - rate) < 0.03  # 6400 draws: 5 standard deviations
@@ -77,6 +84,8 @@ def test_block_layout_covers_rows_with_little_padding(n, max_block):
   assert size % 8 == 0 and size <= max_block
   assert (blocks - 1) * size < n <= blocks * size  # every block holds a real row
   assert blocks * size - n < 8 * blocks
+  exact = ca.block_layout(n, max_block, exact=True)
+  assert exact == ((1, n) if n <= max_block else (blocks, size))
   with pytest.raises(ValueError, match="multiple of 8"):
     ca.block_layout(n, 12)
 
@@ -98,18 +107,16 @@ def test_resolve_per_backend():
 def test_dot_product_attention_layout_matches():
   # The (B, N, H, d) branch the cudnn choice runs, with XLA's kernel so it runs on CPU too.
   q, k, v, _ = _qkvw()
-  t = lambda a: a.transpose(0, 2, 1, 3)
-  got = attention.dot_product_attention(t(q), t(k), t(v), implementation="xla")
-  np.testing.assert_allclose(np.asarray(t(got)), np.asarray(attention.xla_attention(q, k, v)),
+  got = attention.dot_product_attention(_t(q), _t(k), _t(v), implementation="xla")
+  np.testing.assert_allclose(np.asarray(_t(got)), np.asarray(attention.xla_attention(q, k, v)),
                              atol=2e-6)
 
 
 def test_unavailable_implementation_falls_back_to_xla(caplog):
   q, k, v, _ = _qkvw(b=1, h=2, n=9, d=8)
-  t = lambda a: a.transpose(0, 2, 1, 3)
   # float32 on CPU: cuDNN's kernel refuses it.
-  got = attention.dot_product_attention(t(q), t(k), t(v), implementation="cudnn")
-  np.testing.assert_allclose(np.asarray(t(got)), np.asarray(attention.xla_attention(q, k, v)),
+  got = attention.dot_product_attention(_t(q), _t(k), _t(v), implementation="cudnn")
+  np.testing.assert_allclose(np.asarray(_t(got)), np.asarray(attention.xla_attention(q, k, v)),
                              atol=2e-6)
   assert "unavailable" in caplog.text
 
