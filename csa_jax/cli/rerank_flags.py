@@ -12,7 +12,9 @@ def add_rerank_flags(p: argparse.ArgumentParser) -> None:
   """--heads, --L, --batch-size, --search-dtype and --block: how a model re-ranks a search."""
   p.add_argument("--heads", type=int, default=None, help="attention heads of a .pth (def. 12)")
   p.add_argument("--L", type=int, default=None, help="anchors (default: the model's)")
-  p.add_argument("--batch-size", type=int, default=8, help="queries per re-ranking call")
+  p.add_argument("--batch-size", type=int, default=None,
+                 help="queries per re-ranking call (default: sized to the device's free memory; "
+                 "8 per device on CPU)")
   p.add_argument("--search-dtype", choices=SCORE_DTYPES, default="float32",
                  help="first-round scores: float32, or bfloat16 inputs (float32 accumulation)")
   p.add_argument("--block", type=int, default=None, help="db rows per search step")

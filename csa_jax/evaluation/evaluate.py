@@ -27,8 +27,8 @@ FIRST_ROUND_T = 100
 
 
 def evaluate(q_QxC, db, gnd, *, model=None, K: int = 1024, L: int | None = None,
-             batch_size: int = 8, search_dtype: str = "float32", block: int | None = None,
-             devices=None, progress: bool = False, source: str = "db") -> dict:
+             batch_size: int | None = None, search_dtype: str = "float32",
+             block: int | None = None, devices=None, progress: bool = False, source: str = "db") -> dict:
   """First-round search and, with a model, CSA re-ranking, both scored exactly over the db.
 
   Args:
@@ -39,7 +39,8 @@ def evaluate(q_QxC, db, gnd, *, model=None, K: int = 1024, L: int | None = None,
     model: ``(params, cfg)`` to re-rank with CSA; None evaluates the first round only.
     K: candidates CSA re-ranks per query; more than N re-ranks all N (with a warning).
     L: anchors; None takes the model's (any other value is refused).
-    batch_size: queries per re-ranking call.
+    batch_size: queries per re-ranking call; None sizes it to the
+      devices' free memory (8 per device on CPU).
     search_dtype: first-round scores, "float32" or "bfloat16" (float32 accumulation).
     block: db rows per search step (default about 64 MB).
     devices: devices to search and re-rank on; default all of ``jax.devices()`` (the

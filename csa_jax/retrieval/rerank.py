@@ -21,6 +21,7 @@ from csa_jax import parallel
 from csa_jax.core.affinity import rerank_affinity
 from csa_jax.core.config import ModelConfig
 from csa_jax.core.forward import rerank_scores
+from csa_jax.retrieval.batching import auto_batch_size
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +54,8 @@ def _gather_rows(db_NxC, rows: np.ndarray, total: int):
   return sub
 
 
-def csa_scores(params, cfg, q_QxC, db_NxC, top_QxT, K: int, L: int, batch_size: int = 8,
-               mesh=None, progress: bool = False) -> np.ndarray:
+def csa_scores(params, cfg, q_QxC, db_NxC, top_QxT, K: int, L: int,
+               batch_size: int | None = None, mesh=None, progress: bool = False) -> np.ndarray:
   """CSA's new scores of each query's first-round top-K, batched and sharded as ``csa_rerank``.
 
   The same batches, padding and device calls as ``csa_rerank``, so sorting these scores (stable,
@@ -68,7 +69,8 @@ def csa_scores(params, cfg, q_QxC, db_NxC, top_QxT, K: int, L: int, batch_size: 
     top_QxT: first-round ranking, T >= max(K, L-1).
     K: candidates scored per query.
     L: anchors, the model's.
-    batch_size: queries per device call (rounded up to a multiple of the device count).
+    batch_size: queries per device call (rounded up to a multiple of the device count); None
+      sizes it to the devices' free memory (``batching.auto_batch_size``).
     mesh: a ``parallel.make_mesh`` mesh; default all devices.
     progress: log the queries done every 5 s.
 
@@ -81,6 +83,9 @@ def csa_scores(params, cfg, q_QxC, db_NxC, top_QxT, K: int, L: int, batch_size: 
   if mesh is None and jax.device_count() > 1:
     mesh = parallel.make_mesh()
   nd = 1 if mesh is None else mesh.shape[parallel.DATA_AXIS]
+  if batch_size is None:
+    devices = jax.devices()[:1] if mesh is None else mesh.devices.ravel()
+    batch_size = auto_batch_size(params, cfg, K, np.shape(q_QxC)[1], devices)
   bs = -(-max(1, min(batch_size, nq)) // nd) * nd
   if mesh is not None:
     params = jax.device_put(params, parallel.replicated(mesh))
@@ -116,7 +121,7 @@ def csa_scores(params, cfg, q_QxC, db_NxC, top_QxT, K: int, L: int, batch_size: 
 
 
 def csa_rerank(params, cfg: ModelConfig, q_QxC, db_NxC, top_QxT, K: int, L: int,
-               batch_size: int = 8, mesh: Mesh | None = None) -> np.ndarray:
+               batch_size: int | None = None, mesh: Mesh | None = None) -> np.ndarray:
   """First-round ranking with its top-K re-ordered by CSA's new scores.
 
   Args:
@@ -127,7 +132,8 @@ def csa_rerank(params, cfg: ModelConfig, q_QxC, db_NxC, top_QxT, K: int, L: int,
     top_QxT: first-round ranking, T >= max(K, L-1).
     K: candidates re-ranked per query.
     L: anchors; must be the model's ``cfg.anchors``.
-    batch_size: queries per device call (rounded up to a multiple of the device count).
+    batch_size: queries per device call (rounded up to a multiple of the device count); None
+      sizes it to the devices' free memory (8 per device on CPU).
     mesh: a ``parallel.make_mesh`` mesh to split each batch over; default all devices.
 
   Returns:

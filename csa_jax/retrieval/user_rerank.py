@@ -111,8 +111,8 @@ def load_names(path, n: int, field: str) -> list[str]:
 
 
 def rerank(q_QxC, db, model, K: int, T: int | None = None, *, L: int | None = None,
-           batch_size: int = 8, search_dtype: str = "float32", block: int | None = None,
-           devices=None, progress: bool = False, source: str = "db"):
+           batch_size: int | None = None, search_dtype: str = "float32",
+           block: int | None = None, devices=None, progress: bool = False, source: str = "db"):
   """First-round top-T search, then CSA re-ranking of the top-K: a user's retrieval, re-ranked.
 
   Args:
@@ -123,7 +123,8 @@ def rerank(q_QxC, db, model, K: int, T: int | None = None, *, L: int | None = No
     K: candidates CSA re-ranks per query, 1 <= K <= N.
     T: length of the returned ranking, K <= T <= N; default K.
     L: anchors; None takes the model's (any other value is refused).
-    batch_size: queries per re-ranking call (rounded up to a multiple of the device count).
+    batch_size: queries per re-ranking call (rounded up to a multiple of the device count);
+      None sizes it to the devices' free memory (8 per device on CPU).
     search_dtype: first-round scores, "float32" or "bfloat16" (float32 accumulation).
     block: db rows per search step (default about 64 MB).
     devices: devices to search and re-rank on; default all of ``jax.devices()``.
