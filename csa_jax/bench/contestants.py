@@ -53,6 +53,12 @@ def jax_rerank_fn(params, cfg: ModelConfig, q_QxC, db_NxC, top_QxT, k: int):
   def run():
     return rerank_scores(params, rerank_affinity(q_QxC, db_NxC, top_QxT, k, cfg.anchors), cfg
                          ).block_until_ready()
+
+  def xla_memory():
+    both = jax.jit(lambda p, q, db, top: rerank_scores(
+        p, rerank_affinity(q, db, top, k, cfg.anchors), cfg))
+    return both.lower(params, q_QxC, db_NxC, top_QxT).compile().memory_analysis()
+  run.xla_memory = xla_memory
   return run
 
 
@@ -114,6 +120,9 @@ def jax_train_fn(params, cfg: ModelConfig, aff_BxKxL, targets_BxK, lr: float, al
                                jax.random.fold_in(key, state["i"]))
     state["i"] += 1
     return metrics["loss"].block_until_ready()
+
+  run.xla_memory = lambda: step.jitted.lower(state["s"], aff_BxKxL, targets_BxK, key).compile(
+      ).memory_analysis()
   return run
 
 

@@ -1,8 +1,10 @@
 """Peak memory of one benchmark call, measured the same way for every contestant on a device.
 
 Accelerators: torch's allocator peak (reset before the call); for csa_jax the device's
-``peak_bytes_in_use`` (a process-wide peak: JAX cannot reset it). CPU, both sides alike: the rise
-of the process's resident high-water mark over its resident size before the call.
+``peak_bytes_in_use`` (a process-wide peak: JAX cannot reset it). CPU: for csa_jax the compiled
+program's temporaries and outputs (XLA's memory analysis; a resident-size probe misses buffers
+reused from earlier calls), for PyTorch the rise of the process's resident high-water mark over
+its resident size before the call.
 """
 
 from __future__ import annotations
@@ -52,6 +54,15 @@ def memory_probe(tdev=None):
       fn()
       stats = jax_dev.memory_stats() or {}
       return stats.get("peak_bytes_in_use"), "jax peak_bytes_in_use (process-wide)"
+    analysis = getattr(fn, "xla_memory", None)
+    if analysis is not None:
+      # CPU: the process's resident size cannot see buffers XLA reuses from earlier calls; the
+      # compiled program's own accounting can.
+      fn()
+      mem = analysis()
+      if mem is not None:
+        return (int(mem.temp_size_in_bytes) + int(mem.output_size_in_bytes),
+                "xla memory_analysis (temp + outputs)")
     if not _reset_hwm():
       return None, "unavailable"
     base = _proc_status_kib("VmRSS")
