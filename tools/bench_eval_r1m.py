@@ -2,7 +2,7 @@
 
   python tools/bench_eval_r1m.py [--n 1001001] [--dim 2048] [--queries 70] [--T 100]
                                  [--ways original,csa_jax,csa_jax:1024] [--dir /tmp]
-                                 [--out results.json] [--keep]
+                                 [--out results.json] [--keep | --reuse DIR]
 
 Generates ``--n`` random L2-normalised descriptors into a .npy in ``--dir`` (in chunks: 8 GB at
 full size never sits in RAM), with planted positives / junk for ``--queries`` random queries
@@ -11,13 +11,18 @@ own subprocess so that peak RSS is separate, end to end from descriptors to the 
 
   original: dense scores (numpy, db as a memmap), full argsort of every column, and the reference
             tools' per-query loop evaluator (compute_ap / compute_map, written here in their style);
-  csa_jax:  blocked top-T search on device with scores as a by-product
-            (``csa_jax.retrieval.search.top_k_search``) and the exact evaluator
+  csa_jax:  blocked top-T search with every score as a by-product
+            (``csa_jax.retrieval.search.top_k_search``: on CPU one BLAS sgemm per block straight
+            into the scores and a numpy running top-T; on accelerators XLA) and the exact evaluator
             (``csa_jax.evaluation.revisited.revisited_map_from_scores``), as ``csa-jax eval``
-            (``csa_jax:T`` keeps a top-T list of another length, e.g. 1024 for re-ranking).
+            (``csa_jax:T`` keeps a top-T list of another length, e.g. 1024 for re-ranking;
+            ``csa_jax:T:jax`` forces the search's jax implementation, the accelerators' one and
+            the CPU default until the host one, which ``csa_jax:T:host`` forces).
 
 Prints time and peak RSS of both and checks both print the same table. The .npy is deleted at the
-end unless ``--keep``. Progress goes to stderr.
+end unless ``--keep``; ``--reuse DIR`` runs on the files a ``--keep`` run left in DIR (same
+``--n``, ``--dim``, ``--queries``) without generating or deleting them (it reads the .npy once
+first, so that it is in the page cache as after generating). Progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -171,7 +176,7 @@ def work_original(d: str) -> dict:
                                       "total": t3 - t0}}
 
 
-def work_csa_jax(d: str, T: int) -> dict:
+def work_csa_jax(d: str, T: int, impl: str) -> dict:
   from csa_jax import log as csa_log
   from csa_jax.evaluation import revisited as evaluate
   from csa_jax.retrieval.search import top_k_search
@@ -180,7 +185,7 @@ def work_csa_jax(d: str, T: int) -> dict:
   t0 = time.perf_counter()
   db = np.load(os.path.join(d, "db.npy"), mmap_mode="r")
   scores = np.empty((len(q), len(db)), np.float32)
-  top_k_search(q, db, T, scores_out=scores, progress=True)
+  top_k_search(q, db, T, scores_out=scores, progress=True, impl=impl)
   t1 = time.perf_counter()
   res = evaluate.revisited_map_from_scores(scores, gnd)
   t2 = time.perf_counter()
@@ -188,7 +193,7 @@ def work_csa_jax(d: str, T: int) -> dict:
 
 
 def table(res) -> str:
-  from csa_jax.evaluation.revisited import format_results  # the reference tools' print format
+  from csa_jax.evaluation.revisited import format_results  # the reference tools' format
   return format_results(res, "bench", KAPPAS)
 
 
@@ -197,10 +202,11 @@ def table(res) -> str:
 
 
 def run_way(way: str, d: str, T: int) -> dict:
-  way, _, t = way.partition(":")
+  way, t, impl = (way.split(":") + ["", ""])[:3]
   T = int(t or T)
   res_path = os.path.join(d, f"result_{way}.json")
-  cmd = [sys.executable, os.path.abspath(__file__), "--worker", way, "--dir", d, "--T", str(T)]
+  cmd = [sys.executable, os.path.abspath(__file__), "--worker", way, "--dir", d, "--T", str(T),
+         "--impl", impl or "auto"]
   t0 = time.perf_counter()
   status = subprocess.call(cmd)
   wall = time.perf_counter() - t0
@@ -222,14 +228,15 @@ def peak_rss_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def worker(way: str, d: str, T: int) -> None:
-  out = work_original(d) if way == "original" else work_csa_jax(d, T)
+def worker(way: str, d: str, T: int, impl: str) -> None:
+  out = work_original(d) if way == "original" else work_csa_jax(d, T, impl)
   res = out.pop("results")
   out["table"] = table(res)
   out["map_percent"] = {k: 100 * float(v["map"]) for k, v in res.items()}
   out["seconds"] = {k: round(v, 3) for k, v in out["seconds"].items()}
   out["peak_rss_gb"] = peak_rss_gb()
   out["T"] = T if way != "original" else None
+  out["impl"] = impl if way != "original" else None
   with open(os.path.join(d, f"result_{way}.json"), "w") as f:
     json.dump(out, f)
 
@@ -244,22 +251,37 @@ def main() -> int:
   p.add_argument("--ways", default="original,csa_jax")
   p.add_argument("--out", default=None, help="write the results as JSON here")
   p.add_argument("--keep", action="store_true", help="keep the generated files")
+  p.add_argument("--reuse", default=None, metavar="DIR",
+                 help="use the files a --keep run left in DIR: no generation, no deletion")
   p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+  p.add_argument("--impl", default="auto", help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.worker:
-    worker(args.worker, args.dir, args.T)
+    worker(args.worker, args.dir, args.T, args.impl)
     return 0
 
-  d = os.path.join(args.dir, f"bench_eval_r1m_{os.getpid()}")
-  os.makedirs(d)
+  d = args.reuse or os.path.join(args.dir, f"bench_eval_r1m_{os.getpid()}")
+  if args.reuse:
+    shape = np.load(os.path.join(d, "db.npy"), mmap_mode="r").shape
+    if shape != (args.n, args.dim) or len(load_inputs(d)[1]) != args.queries:
+      raise SystemExit(f"--reuse {d}: holds a {shape} db, not ({args.n}, {args.dim}) with "
+                       f"{args.queries} queries")
+  else:
+    os.makedirs(d)
   need_gb = args.n * args.dim * 4 / 2**30
   log(f"db {args.n} x {args.dim} float32 = {need_gb:.2f} GB in {d}")
   results = {"n": args.n, "dim": args.dim, "queries": args.queries, "T": args.T,
              "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "loadavg_before": os.getloadavg()}
   try:
     t0 = time.perf_counter()
-    generate(d, args.n, args.dim, args.queries)
-    log(f"generated in {time.perf_counter() - t0:.0f} s")
+    if not args.reuse:
+      generate(d, args.n, args.dim, args.queries)
+      log(f"generated in {time.perf_counter() - t0:.0f} s")
+    else:  # into the page cache, as just after generating: no way pays the disk for another
+      with open(os.path.join(d, "db.npy"), "rb") as f:
+        while f.read(64 << 20):
+          pass
+      log(f"read the db once in {time.perf_counter() - t0:.0f} s")
     for way in args.ways.split(","):
       log(f"running {way} (load average {os.getloadavg()[0]:.2f})")
       results[way] = r = run_way(way, d, args.T)
@@ -268,7 +290,7 @@ def main() -> int:
           f"peak RSS {r['peak_rss_gb']:.2f} GB")
       print(f"{way}:\n{r['table']}")
   finally:
-    if not args.keep:
+    if not args.keep and not args.reuse:
       for f in os.listdir(d):
         os.remove(os.path.join(d, f))
       os.rmdir(d)

@@ -5,7 +5,8 @@ pages are released once scored, so R1M's 8 GB never sit in RAM), scored on devic
 a running top-T. With several devices each step's block is split over the data axis
 (``parallel.make_mesh``),
 every device keeps its own running top-T, and one sort merges them at the end. Ties go to the
-lower db index, as a stable sort would.
+lower db index, as a stable sort would. On the CPU backend the merge runs on the host instead
+(``host_search``): XLA only computes each block's dot products, numpy keeps the running top-T.
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from csa_jax import parallel
+from csa_jax.retrieval import host_search
 
 SCORE_DTYPES = ("float32", "bfloat16")
+IMPLS = ("auto", "jax", "host")
 DEFAULT_BLOCK_BYTES = 64 << 20  # db bytes per step: large enough to amortise the merge
 CANDIDATES = 128  # per block and query, when few can enter the running top-T (see below)
-_NO_INDEX = np.iinfo(np.int32).max  # empty slots of a running top-T sort after every real entry
+_NO_INDEX = host_search.NO_INDEX  # empty slots of a running top-T sort after every real entry
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +88,7 @@ def _step_fn(mesh: Mesh, dtype: str, keep_scores: bool, kc: int):
 @functools.partial(jax.jit, static_argnames="t")
 def _merge_devices(vals_DxQxT, idx_DxQxT, t):
   """One (score descending, index ascending) sort of all devices' running lists."""
-  d, nq, _ = vals_DxQxT.shape
+  nq = vals_DxQxT.shape[1]
   v = jnp.moveaxis(vals_DxQxT, 0, 1).reshape(nq, -1)
   i = jnp.moveaxis(idx_DxQxT, 0, 1).reshape(nq, -1)
   neg, i = jax.lax.sort((-v, i), dimension=1, num_keys=2)
@@ -164,7 +168,8 @@ class StackedRows:
 
 
 def top_k_search(q_QxC, db, T: int, block: int | None = None, *, dtype: str = "float32",
-                 devices=None, scores_out: np.ndarray | None = None, progress: bool = False):
+                 devices=None, scores_out: np.ndarray | None = None, progress: bool = False,
+                 impl: str = "auto"):
   """Exact top-T of every query by dot product.
 
   Args:
@@ -179,6 +184,9 @@ def top_k_search(q_QxC, db, T: int, block: int | None = None, *, dtype: str = "f
     scores_out: optional float32 (Q, N) host array filled with every score as a by-product (for
       the exact evaluator); it may be a writable memmap.
     progress: log the rows done, the rate and an ETA every 5 s.
+    impl: "jax" (blocks scored and merged by XLA on the devices), "host" (float32 only: dots by
+      XLA:CPU on one CPU device, the merge in numpy, ``host_search``) or "auto": "host" for
+      float32 when every device is a local CPU device, else "jax".
 
   Returns:
     (scores_QxT float32, idx_QxT int32) as numpy arrays, rows by descending score, ties by lower
@@ -186,6 +194,9 @@ def top_k_search(q_QxC, db, T: int, block: int | None = None, *, dtype: str = "f
   """
   if dtype not in SCORE_DTYPES:
     raise ValueError(f"top_k_search: dtype must be one of {SCORE_DTYPES}, got {dtype!r}")
+  if impl not in IMPLS or (impl == "host" and dtype != "float32"):
+    raise ValueError(f"top_k_search: impl must be one of {IMPLS} (host: float32 only), got "
+                     f"{impl!r} with dtype {dtype!r}")
   q = np.asarray(q_QxC, np.float32) if not isinstance(q_QxC, jax.Array) else q_QxC
   n, c = db.shape
   nq = q.shape[0]
@@ -203,7 +214,7 @@ def top_k_search(q_QxC, db, T: int, block: int | None = None, *, dtype: str = "f
       if len(p):
         out = None if scores_out is None else scores_out[:, off:off + len(p)]
         v, i = top_k_search(q, p, min(T, len(p)), block, dtype=dtype, devices=devices,
-                            scores_out=out, progress=progress)
+                            scores_out=out, progress=progress, impl=impl)
         vals.append(v)
         idx.append(i + np.int32(off))
     # Parts come in index order and each list is ordered: a stable sort keeps ties by index.
@@ -211,6 +222,14 @@ def top_k_search(q_QxC, db, T: int, block: int | None = None, *, dtype: str = "f
     order = np.argsort(-vals, axis=1, kind="stable")[:, :T]
     return np.take_along_axis(vals, order, 1), np.take_along_axis(idx, order, 1)
   devices = list(devices or jax.devices())
+  if impl == "auto":
+    on_host = all(d.platform == "cpu" and d.process_index == jax.process_index() for d in devices)
+    impl = "host" if on_host and dtype == "float32" else "jax"
+  if impl == "host":
+    # On CPU a jax array's buffer is host memory already: np.asarray views it (one device).
+    rows_of = _Rows(np.asarray(db) if isinstance(db, jax.Array) else db)
+    cpu = devices[0] if devices[0].platform == "cpu" else None  # fake CPU devices share cores
+    return host_search.host_top_k(np.asarray(q), rows_of, n, T, block, scores_out, progress, cpu)
   nd = len(devices)
   if block is None:
     block = max(1, DEFAULT_BLOCK_BYTES // (4 * c))
