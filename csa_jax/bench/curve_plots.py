@@ -90,7 +90,7 @@ def curve_figure(name: str, curve: dict, doc: dict):
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if field == "mem_per_item_bytes":  # the probes differ by backend: say which one this is
-      ax.set_title("measured as " + "; ".join(_memory_methods(curve)), fontsize=7)
+      ax.set_title("measured as\n" + "\n".join(_memory_methods(curve)), fontsize=7)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=7)
   fig.suptitle(f"csa-jax bench {title} (per {item})\n{_subtitle(curve, doc)}", fontsize=9)
