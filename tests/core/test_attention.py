@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from csa_jax import ModelConfig, parallel, init_params, rerank_scores, training_outputs
-from csa_jax.core import attention, chunked_attention as ca
+from csa_jax import ModelConfig, init_params, parallel, rerank_scores, training_outputs
+from csa_jax.core import attention
+from csa_jax.core import chunked_attention as ca
 
 
 def _qkvw(b=2, h=3, n=37, d=8, seed=1):
