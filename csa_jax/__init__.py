@@ -18,7 +18,8 @@ The model:
   (B, H, N, d) with its own VJP, no N x N tensor (``ModelConfig.attention`` picks it or XLA's).
 
 Retrieval and evaluation:
-- ``top_k_search(q_QxC, db, T) -> (scores_QxT, idx_QxT)``: blocked on-device search, memmap ok.
+- ``top_k_search(q_QxC, db, T) -> (scores_QxT, idx_QxT)``: exact blocked search with a running
+  top-T (on accelerators on device; on CPU XLA dots and a numpy merge), memmap ok.
 - ``csa_rerank(params, cfg, q_QxC, db_NxC, top_QxT, K, L) -> top_QxT``: batched, sharded.
 - ``rerank(q_QxC, db, (params, cfg), K, T=None) -> (ids_QxT, scores_QxT)``: a user's retrieval,
   searched and re-ranked (no ground truth).

@@ -1,18 +1,21 @@
 """Flash-style attention in plain JAX: blocks of queries against blocks of keys, online softmax.
 
 Per head and per block of queries the keys are visited a block at a time, keeping the running row
-max m, the running sum l of exp(s - m) and the running output; no N x N tensor is materialised.
+max m, the running sum l of exp(s - m) and the running output; only one head's (query block x key
+block) logits exist at a time, never the (B, H, N, N) tensor. Inputs are (B, N, H, d), the layout
+of ``jax.nn.dot_product_attention`` and of the qkv projection's output.
+
 The VJP (``jax.custom_vjp``) saves only q, k, v, the output and the row log-sum-exp, and
 recomputes each block's probabilities on the way back (the flash-attention-2 backward):
 
   p = exp(q_i k_j^T - lse_i),  dv_j += p^T do_i,  ds = p * (do_i v_j^T - D_i),
   dq_i += ds k_j,  dk_j += ds^T q_i,  with D_i = rowsum(do_i * o_i).
 
-Heads and query blocks are loop iterations and the batch is a dimension of every block, so a
-batch sharded over devices stays sharded (no loop runs over the sharded axis). Attention dropout
-draws each block's keep-mask from ``fold_in(rng, block index)``: the same mask forward and
-backward, drawn with the partitionable threefry like every other mask of the model, but a
-different draw than ``xla_attention``'s (the same distribution).
+Heads (outer) and query blocks (inner) are loop iterations and the batch is a dimension of every
+block, so a batch sharded over devices stays sharded (no loop runs over the sharded axis).
+Attention dropout draws each block's keep-mask from ``fold_in(rng, block index)``: the same mask
+forward and backward, drawn with the partitionable threefry like every other mask of the model,
+but a different draw than ``xla_attention``'s (the same distribution).
 """
 
 from __future__ import annotations
