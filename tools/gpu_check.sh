@@ -73,11 +73,11 @@ JAX_PLATFORMS=cuda,cpu JAX_DEFAULT_MATMUL_PRECISION=highest timeout "${TEST_TIME
   >"$OUT/pytest.log" 2>&1
 log "pytest exit $? ($(tail -n 1 "$OUT/pytest.log"))"
 
-# --- 2. the benchmark: paper model, K=1024 batches 1/8/64, training K=512 at <= 256, XLA's and
+# --- 2. the benchmark: paper model, K=1024 batches 1/64, training K=512 at <= 256, XLA's and
 # cuDNN's attention side by side (csa_jax[xla], csa_jax[cudnn]) -----------------------------
 log "bench"
 timeout "${BENCH_TIMEOUT:-190}" "$PY" -m csa_jax.cli.main bench --out "$OUT/bench_gpu.json" \
-  ${BENCH_ARGS:---repeats 3 --attention xla,cudnn} >"$OUT/bench_gpu.txt" 2>"$OUT/bench_gpu.stderr"
+  ${BENCH_ARGS:---repeats 3 --batches 1,64 --attention xla,cudnn} >"$OUT/bench_gpu.txt" 2>"$OUT/bench_gpu.stderr"
 rc=$?
 log "bench exit $rc"
 cat "$OUT/bench_gpu.txt"
