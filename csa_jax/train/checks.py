@@ -31,7 +31,7 @@ FIXED_ON_RESUME = ("model.anchors", "model.dim", "model.depth", "model.heads", "
                    "model.qkv_bias", "train.global_batch", "train.seed")
 # Keys added after runs were saved without them: an absent value means this default, so such a
 # run resumes with an unchanged config.
-ADDED_DEFAULTS = {"train.microbatches": 1}
+ADDED_DEFAULTS = {"train.microbatches": 1, "model.attention": "auto"}
 LOCK_NAME = ".lock"
 SEED_MAX = 2**32 - 1  # the largest seed every PRNG here (numpy, JAX threefry) accepts as is
 
