@@ -9,13 +9,14 @@ runs one query at a time there (``core.forward.rerank_scores``), so a small fixe
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import jax
 import jax.numpy as jnp
 
 from csa_jax.core.config import ModelConfig
-from csa_jax.core.forward import rerank_scores
+from csa_jax.core.forward import init_params, rerank_scores
 
 CPU_BATCH = 8  # per device
 MAX_BATCH = 512  # per device: beyond this a larger batch no longer raises throughput
@@ -24,12 +25,12 @@ MEMORY_SHARE = 0.5  # of the free device memory: headroom for the allocator and 
 log = logging.getLogger(__name__)
 
 
-def query_bytes(params, cfg: ModelConfig, K: int, C: int, device=None) -> int:
-  """Device bytes one query of a re-ranking batch needs.
+@functools.lru_cache(maxsize=64)
+def query_bytes(cfg: ModelConfig, K: int, C: int, device=None) -> int:
+  """Device bytes one query of a re-ranking batch needs (cached: one compile per shape).
 
   Args:
-    params: the model's parameters (shapes only are used).
-    cfg: the model.
+    cfg: the model (it fixes every parameter's shape; the values play no part).
     K: candidates per query.
     C: descriptor size.
     device: where the model runs (default: the first device).
@@ -40,18 +41,17 @@ def query_bytes(params, cfg: ModelConfig, K: int, C: int, device=None) -> int:
   """
   device = device or jax.devices()[0]
   aff = jax.ShapeDtypeStruct((1, K + 1, cfg.anchors), jnp.float32)
-  p = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
+  p = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
   with jax.default_device(device):
     mem = rerank_scores.lower(p, aff, cfg).compile().memory_analysis()
   temp = int(getattr(mem, "temp_size_in_bytes", 0) or 0) if mem is not None else 0
   return temp + 4 * ((K + 1) * cfg.anchors + max(K, cfg.anchors - 1) * C)
 
 
-def auto_batch_size(params, cfg: ModelConfig, K: int, C: int, devices) -> int:
+def auto_batch_size(cfg: ModelConfig, K: int, C: int, devices) -> int:
   """Queries per re-ranking call for ``devices``, a multiple of their number.
 
   Args:
-    params: the model's parameters.
     cfg: the model.
     K: candidates per query.
     C: descriptor size.
@@ -67,7 +67,7 @@ def auto_batch_size(params, cfg: ModelConfig, K: int, C: int, devices) -> int:
   if not stats or "bytes_limit" not in stats:
     return CPU_BATCH * len(devices)
   free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-  per_query = query_bytes(params, cfg, K, C, dev)
+  per_query = query_bytes(cfg, K, C, dev)
   per_device = max(1, min(MAX_BATCH, int(MEMORY_SHARE * free) // max(1, per_query)))
   log.info("rerank: %d queries per device call (%.1f MiB each, %.1f GiB free on %s)",
            per_device, per_query / 2**20, free / 2**30, dev.device_kind)

@@ -85,7 +85,7 @@ def csa_scores(params, cfg, q_QxC, db_NxC, top_QxT, K: int, L: int,
   nd = 1 if mesh is None else mesh.shape[parallel.DATA_AXIS]
   if batch_size is None:
     devices = jax.devices()[:1] if mesh is None else mesh.devices.ravel()
-    batch_size = auto_batch_size(params, cfg, K, np.shape(q_QxC)[1], devices)
+    batch_size = auto_batch_size(cfg, K, np.shape(q_QxC)[1], devices)
   bs = -(-max(1, min(batch_size, nq)) // nd) * nd
   if mesh is not None:
     params = jax.device_put(params, parallel.replicated(mesh))
