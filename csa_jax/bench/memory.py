@@ -37,8 +37,10 @@ def memory_probe(tdev=None):
     tdev: the ``torch.device`` of the PyTorch contestants, or None without them.
 
   Returns:
-    ``probe(name, fn) -> (bytes or None, method)``: runs ``fn`` once and measures it; contestants
-    whose name starts with "torch" are measured on ``tdev``, the others on JAX's first device.
+    ``probe(name, fn) -> (bytes or None, method)``: runs ``fn`` once and measures it (on CPU a
+    contestant with an ``xla_memory`` attribute is not run: its compiled program's analysis is
+    read); contestants whose name starts with "torch" are measured on ``tdev``, the others on
+    JAX's first device.
   """
   jax_dev = jax.devices()[0]
 
@@ -57,8 +59,7 @@ def memory_probe(tdev=None):
     analysis = getattr(fn, "xla_memory", None)
     if analysis is not None:
       # CPU: the process's resident size cannot see buffers XLA reuses from earlier calls; the
-      # compiled program's own accounting can.
-      fn()
+      # compiled program's own accounting can, without running it again.
       mem = analysis()
       if mem is not None:
         return (int(mem.temp_size_in_bytes) + int(mem.output_size_in_bytes),
