@@ -9,6 +9,7 @@ the test session. ``expect_input_error`` is the contract of every bad input: exi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import pathlib
 import subprocess
@@ -82,3 +83,33 @@ def expect_ok(res: CliResult) -> None:
 def leftover_temp_files(root) -> list[str]:
   """Temporary files of an atomic write (``.<name>.*.tmp``) anywhere under ``root``."""
   return sorted(str(p) for p in pathlib.Path(root).rglob(".*.tmp"))
+
+
+def tree_snapshot(root) -> dict[str, tuple]:
+  """Every entry under ``root`` (relative path -> kind, size, SHA-256 / link target).
+
+  Taken before and after a case: ``assert_tree_unchanged`` then proves that no input file was
+  lost or changed and no stray file was left.
+  """
+  out = {}
+  root = pathlib.Path(root)
+  for p in sorted(root.rglob("*")):
+    rel = str(p.relative_to(root))
+    if p.is_symlink():
+      out[rel] = ("link", os.readlink(p))
+    elif p.is_dir():
+      out[rel] = ("dir",)
+    elif p.is_file():
+      out[rel] = ("file", p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
+    else:
+      out[rel] = ("special",)
+  return out
+
+
+def assert_tree_unchanged(before: dict, root, new_ok=()) -> None:
+  """Asserts ``root`` holds exactly what ``before`` recorded, plus the paths in ``new_ok``."""
+  after = tree_snapshot(root)
+  changed = sorted(k for k in before if k in after and after[k] != before[k])
+  lost = sorted(k for k in before if k not in after)
+  stray = sorted(k for k in after if k not in before and k not in set(map(str, new_ok)))
+  assert not (changed or lost or stray), f"changed {changed}, lost {lost}, stray {stray}"

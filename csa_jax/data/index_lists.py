@@ -7,10 +7,14 @@ rest with one line naming the file and the field.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-from csa_jax.data.containers import describe
+from csa_jax.data.containers import describe, load_container
 from csa_jax.errors import fail
+
+_CONTAINER_HEADS = (b"\x93NUMPY", b"PK", b"\x80")  # .npy, .npz, pickle: read as containers
 
 
 def as_indices(v, source: str, field: str, n: int | None = None) -> np.ndarray:
@@ -80,3 +84,47 @@ def as_names(v, source: str, field: str) -> list[str]:
       raise fail(source, f"{field}[{i}]", "a name (text)", describe(s))
     out.append(str(s))
   return out
+
+
+def load_names(path, n: int, field: str) -> list[str]:
+  """Image names, one per descriptor: a text file (one per line) or a list in a JSON file.
+
+  A dict (e.g. a gnd file) gives its ``field`` entry ('imlist' for the database, 'qimlist' for
+  the queries); .npy / .npz / pickle files are read safely like any other input.
+
+  Args:
+    path: the file.
+    n: how many names there must be.
+    field: 'imlist' or 'qimlist', for dicts and messages.
+
+  Returns:
+    The n names.
+  """
+  path = os.fspath(path)
+  try:
+    with open(path, "rb") as f:
+      raw = f.read()
+  except OSError as e:
+    raise fail(path, "file", "a readable names file", e.strerror or type(e).__name__) from None
+  if raw.startswith(_CONTAINER_HEADS) or raw.lstrip()[:1] in (b"[", b"{"):
+    obj = load_container(path)
+    if isinstance(obj, dict):
+      if field not in obj:
+        raise fail(path, field, f"a list of names (or a dict with '{field}')",
+                   describe(obj))
+      obj = obj[field]
+    names = as_names(obj, path, field)
+  else:
+    try:
+      text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise fail(path, field, "UTF-8 text, one name per line",
+                 f"undecodable byte at offset {e.start}") from None
+    names = [s.strip() for s in text.splitlines()]
+    while names and not names[-1]:
+      names.pop()
+    if "" in names:
+      raise fail(path, f"{field}[{names.index('')}]", "a name on every line", "an empty line")
+  if len(names) != n:
+    raise fail(path, field, f"{n} names (one per descriptor)", f"{len(names)} names")
+  return names

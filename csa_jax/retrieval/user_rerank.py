@@ -4,7 +4,7 @@ What ``csa-jax rerank`` runs: first-round top-T search over the database (blocke
 memmap never read whole), then CSA re-ordering of each query's top-K (docs/method.md section 1),
 batched and sharded over the devices like ``csa_rerank``. ``rerank`` also returns the scores
 the ranking is sorted by, which ``csa_rerank`` does not; ``load_database`` / ``load_queries`` /
-``load_names`` read the user's files with the checks of ``data.readers``.
+``load_names`` (from ``data.index_lists``) read the user's files with the checks of ``data.readers``.
 """
 
 from __future__ import annotations
@@ -18,14 +18,12 @@ import numpy as np
 
 from csa_jax import parallel
 from csa_jax.data import readers as data_io
+from csa_jax.data.index_lists import load_names  # noqa: F401  (public here too)
 from csa_jax.errors import fail
 from csa_jax.retrieval.rerank import csa_scores
 from csa_jax.retrieval.search import top_k_search
 
 logger = logging.getLogger(__name__)
-
-_CONTAINER_HEADS = (b"\x93NUMPY", b"PK", b"\x80")  # .npy, .npz, pickle: read as containers
-
 
 def _entry(obj, path: str, key: str):
   """``obj[key]`` when a dict holds it (a test-set file with 'db' and 'query'), else its one
@@ -64,50 +62,6 @@ def load_queries(path, dim: int | None = None) -> np.ndarray:
   path = os.fspath(path)
   obj = data_io.load_container(path)
   return data_io.as_descriptors(_entry(obj, path, "query"), path, "query", dim=dim)
-
-
-def load_names(path, n: int, field: str) -> list[str]:
-  """Image names, one per descriptor: a text file (one per line) or a list in a JSON file.
-
-  A dict (e.g. a gnd file) gives its ``field`` entry ('imlist' for the database, 'qimlist' for
-  the queries); .npy / .npz / pickle files are read safely like any other input.
-
-  Args:
-    path: the file.
-    n: how many names there must be.
-    field: 'imlist' or 'qimlist', for dicts and messages.
-
-  Returns:
-    The n names.
-  """
-  path = os.fspath(path)
-  try:
-    with open(path, "rb") as f:
-      raw = f.read()
-  except OSError as e:
-    raise fail(path, "file", "a readable names file", e.strerror or type(e).__name__) from None
-  if raw.startswith(_CONTAINER_HEADS) or raw.lstrip()[:1] in (b"[", b"{"):
-    obj = data_io.load_container(path)
-    if isinstance(obj, dict):
-      if field not in obj:
-        raise fail(path, field, f"a list of names (or a dict with '{field}')",
-                   data_io.describe(obj))
-      obj = obj[field]
-    names = data_io.as_names(obj, path, field)
-  else:
-    try:
-      text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-      raise fail(path, field, "UTF-8 text, one name per line",
-                 f"undecodable byte at offset {e.start}") from None
-    names = [s.strip() for s in text.splitlines()]
-    while names and not names[-1]:
-      names.pop()
-    if "" in names:
-      raise fail(path, f"{field}[{names.index('')}]", "a name on every line", "an empty line")
-  if len(names) != n:
-    raise fail(path, field, f"{n} names (one per descriptor)", f"{len(names)} names")
-  return names
 
 
 def rerank(q_QxC, db, model, K: int, T: int | None = None, *, L: int | None = None,
