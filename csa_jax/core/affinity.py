@@ -11,6 +11,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from csa_jax.errors import InputError
+
 
 def _check_sizes(what: str, k: int, l: int, available: int, need_k: int, need_l: int):
   if k < 1 or l < 1:
@@ -36,6 +38,11 @@ def rerank_affinity(q_QxC, db_NxC, top_QxT, K: int, L: int) -> jax.Array:
   tokens = [query, db[top[:, :K]]], anchors = [query, db[top[:, :L-1]]], affinity = tokens @
   anchors^T.
 
+  Contract on the ids: every id in the first max(K, L-1) columns must lie in [0, N). Concrete
+  ids (numpy or jax arrays outside a trace) are checked here and refused otherwise; traced ids
+  (inside the caller's jit) cannot be, and an id outside [0, N) there is clamped to a real row
+  by the gather, silently giving a wrong affinity: check them before tracing.
+
   Args:
     q_QxC: L2-normalised queries.
     db_NxC: L2-normalised database.
@@ -50,9 +57,15 @@ def rerank_affinity(q_QxC, db_NxC, top_QxT, K: int, L: int) -> jax.Array:
   if q_QxC.shape[0] != q:
     raise ValueError(f"rerank_affinity: {q_QxC.shape[0]} queries but {q} ranked lists")
   _check_sizes("rerank_affinity", K, L, t, K, L - 1)
-  if K > db_NxC.shape[0] or L - 1 > db_NxC.shape[0]:
-    raise ValueError(f"rerank_affinity: K={K}, L={L} exceed the database size "
-                     f"{db_NxC.shape[0]}")
+  n = db_NxC.shape[0]
+  if K > n or L - 1 > n:
+    raise ValueError(f"rerank_affinity: K={K}, L={L} exceed the database size {n}")
+  if not isinstance(top_QxT, jax.core.Tracer):
+    used = top_QxT[:, :max(K, L - 1)]
+    lo, hi = int(used.min()), int(used.max())  # one small fetch for a device array
+    if lo < 0 or hi >= n:
+      raise InputError(f"rerank_affinity: top_QxT: expected db ids in [0, N={n}), found "
+                       f"{lo if lo < 0 else hi}")
   return _rerank_affinity(q_QxC, db_NxC, top_QxT, K, L)
 
 

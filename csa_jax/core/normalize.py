@@ -6,6 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 
 EPS = 1e-12  # torch.nn.functional.normalize's default: an all-zero row stays zero
+# A descriptor whose L2 norm is off 1 by more than this is re-normalised (with a warning) by every
+# reader and host driver.
+NORM_TOL = 1e-3
 
 
 def l2_normalize(x, axis: int = -1, eps: float = EPS):

@@ -16,8 +16,10 @@ import time
 import numpy as np
 
 from csa_jax import parallel
+from csa_jax.data.index_lists import as_indices
 from csa_jax.errors import fail
 from csa_jax.evaluation.revisited import PROTOCOLS, percent, revisited_map_from_scores
+from csa_jax.retrieval import validate
 from csa_jax.retrieval.search import top_k_search
 
 logger = logging.getLogger(__name__)
@@ -31,13 +33,16 @@ def evaluate(q_QxC, db, gnd, *, model=None, K: int = 1024, L: int | None = None,
              block: int | None = None, devices=None, progress: bool = False, source: str = "db") -> dict:
   """First-round search and, with a model, CSA re-ranking, both scored exactly over the db.
 
+  A host driver: it checks its arguments as ``csa_rerank`` does (``retrieval.validate``) and
+  the gnd's ids against the database.
+
   Args:
-    q_QxC: (Q, C) L2-normalised query descriptors.
-    db: (N, C) L2-normalised database: a numpy/jax array, a ``.npy`` memmap or ``StackedRows``
-      (a test set followed by R1M distractors).
+    q_QxC: (Q, C) query descriptors; rows that are not unit-norm are re-normalised (warning).
+    db: (N, C) L2-normalised database: a numpy/jax array (re-normalised like the queries if
+      needed), a ``.npy`` memmap or ``StackedRows`` (a test set followed by R1M distractors).
     gnd: Q dicts with 'easy', 'hard' and 'junk' db index lists.
     model: ``(params, cfg)`` to re-rank with CSA; None evaluates the first round only.
-    K: candidates CSA re-ranks per query; more than N re-ranks all N (with a warning).
+    K: candidates CSA re-ranks per query, >= 1; more than N re-ranks all N (with a warning).
     L: anchors; None takes the model's (any other value is refused).
     batch_size: queries per re-ranking call; None sizes it to the
       devices' free memory (8 per device on CPU).
@@ -53,7 +58,10 @@ def evaluate(q_QxC, db, gnd, *, model=None, K: int = 1024, L: int | None = None,
     'search_dtype', 'K', 'L' (with a model), 'seconds': {'search', 'evaluate', 'rerank'}}},
     results being ``revisited_map_from_scores``'s dicts (fractions, per-query APs included).
   """
+  db = validate.check_database(db, "evaluate", source)
   n = len(db)
+  q_QxC = validate.check_queries(q_QxC, db.shape[1], "evaluate")
+  _check_gnd(gnd, len(q_QxC), n)
   info = {"queries": len(q_QxC), "db_images": n, "search_dtype": search_dtype}
   seconds = {}
   if model is not None:
@@ -61,6 +69,8 @@ def evaluate(q_QxC, db, gnd, *, model=None, K: int = 1024, L: int | None = None,
     L = cfg.anchors if L is None else L
     if L != cfg.anchors:
       raise fail("evaluate", "L", f"{cfg.anchors} (the model's anchors)", str(L))
+    if K < 1:
+      raise fail("evaluate", "K", "an integer >= 1 (candidates CSA re-ranks per query)", str(K))
     if L - 1 > n:
       raise fail(source, "db", f"at least L-1 = {L - 1} images (the model's anchors)",
                  f"{n} images")
@@ -74,7 +84,7 @@ def evaluate(q_QxC, db, gnd, *, model=None, K: int = 1024, L: int | None = None,
   scores_QxN = np.empty((len(q_QxC), n), np.float32)
   t0 = time.perf_counter()
   _, top_QxT = top_k_search(q_QxC, db, t, block, dtype=search_dtype, devices=devices,
-                            scores_out=scores_QxN, progress=progress)
+                            scores_out=scores_QxN, progress=progress, source=source)
   seconds["search"] = time.perf_counter() - t0
   t0 = time.perf_counter()
   first = revisited_map_from_scores(scores_QxN, gnd)
@@ -91,6 +101,19 @@ def evaluate(q_QxC, db, gnd, *, model=None, K: int = 1024, L: int | None = None,
     csa = revisited_map_from_scores(scores_QxN, gnd, top_QxK=new_top_QxT[:, :K])
   info["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
   return {"first_round": first, "csa": csa, "info": info}
+
+
+def _check_gnd(gnd, nq: int, n: int) -> None:
+  """One gnd entry per query, each with 'easy', 'hard' and 'junk' ids in [0, N)."""
+  if not isinstance(gnd, (list, tuple)) or len(gnd) != nq:
+    found = f"{len(gnd)} entries" if isinstance(gnd, (list, tuple)) else type(gnd).__name__
+    raise fail("evaluate", "gnd", f"a list of {nq} entries (one per query)", found)
+  for i, e in enumerate(gnd):
+    if not isinstance(e, dict) or not all(k in e for k in ("easy", "hard", "junk")):
+      raise fail("evaluate", f"gnd[{i}]", "a dict with 'easy', 'hard' and 'junk' db ids",
+                 type(e).__name__ if not isinstance(e, dict) else f"keys {sorted(e)}")
+    for k in ("easy", "hard", "junk"):
+      as_indices(e[k], "evaluate", f"gnd[{i}].{k}", n)
 
 
 def mean_ap_percent(results: dict) -> dict:

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from csa_jax.retrieval import validate
+
 NO_INDEX = np.iinfo(np.int32).max  # empty slots of a running top-T sort after every real entry
 DEFAULT_BLOCK_BYTES = 128 << 20  # db bytes per dot: 64-256 MB ran alike, 512 MB slower
 
@@ -106,7 +108,8 @@ class RunningTopT:
 
 
 def host_top_k(q_QxC, rows_of, n: int, T: int, block: int | None = None,
-               scores_out: np.ndarray | None = None, progress: bool = False, device=None):
+               scores_out: np.ndarray | None = None, progress: bool = False, device=None,
+               source: str = "db"):
   """Exact float32 top-T of every query over db rows [0, n): XLA:CPU dots, a numpy merge.
 
   Args:
@@ -119,6 +122,7 @@ def host_top_k(q_QxC, rows_of, n: int, T: int, block: int | None = None,
     scores_out: optional (Q, n) array filled with every score.
     progress: log the rows done, the rate and an ETA every 5 s.
     device: the CPU device that runs the dots (default: the first).
+    source: the database's file, for the error a non-finite row raises.
 
   Returns:
     (scores_QxT float32, idx_QxT int32), rows by descending score, ties by lower db index.
@@ -140,6 +144,9 @@ def host_top_k(q_QxC, rows_of, n: int, T: int, block: int | None = None,
     np.copyto(s_QxB, s_BxQ.T)
     if scores_out is not None and not direct:
       scores_out[:, a:b] = s_QxB
+    if not np.isfinite(s_QxB).all():  # a NaN never enters the top-T: the row would vanish
+      rows = rows_of(a, b)
+      raise validate.nonfinite_db_error(source, validate.first_nonfinite_row(rows, a), a, b)
     top.add(s_QxB, a)
 
   pending = None

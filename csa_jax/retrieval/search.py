@@ -24,6 +24,7 @@ from jax.sharding import PartitionSpec as P
 
 from csa_jax import parallel
 from csa_jax.retrieval import host_search
+from csa_jax.retrieval import validate
 
 SCORE_DTYPES = ("float32", "bfloat16")
 IMPLS = ("auto", "jax", "host")
@@ -44,6 +45,9 @@ def _score_and_merge(vals_1xQxT, idx_1xQxT, q_QxC, x_1xBxC, start, n, dtype, kc)
     s = jnp.einsum("qc,dbc->dqb", q_QxC.astype(jnp.float32), x_1xBxC.astype(jnp.float32),
                    precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
   ids = start + jax.lax.axis_index(parallel.DATA_AXIS) * b + jnp.arange(b, dtype=jnp.int32)
+  # A NaN score would never enter the top-T: the db row would vanish from the ranking unseen.
+  # Counted here (padding rows are zeros), refused by the caller.
+  bad = jnp.sum(~jnp.isfinite(s), dtype=jnp.int32).reshape(1)
   s = jnp.where(ids < n, s, -jnp.inf)  # rows past the db end (padding)
   ids = jnp.broadcast_to(ids, s.shape)
 
@@ -54,7 +58,7 @@ def _score_and_merge(vals_1xQxT, idx_1xQxT, q_QxC, x_1xBxC, start, n, dtype, kc)
     return v, jnp.take_along_axis(jnp.concatenate([idx_1xQxT, cand_i], -1), pos, -1)
 
   if not kc:
-    return (*merge(s, ids), s)
+    return (*merge(s, ids), s, bad)
 
   # Only scores above the running T-th can enter (an equal one has a higher index than all the
   # T kept). Once the list is full, few per block do: when at most kc per query, the block's
@@ -65,7 +69,7 @@ def _score_and_merge(vals_1xQxT, idx_1xQxT, q_QxC, x_1xBxC, start, n, dtype, kc)
     cv, cp = jax.lax.top_k(s, kc)
     return merge(cv, jnp.take_along_axis(ids, cp, -1))
 
-  return (*jax.lax.cond(jnp.max(above) <= kc, few, lambda: merge(s, ids)), s)
+  return (*jax.lax.cond(jnp.max(above) <= kc, few, lambda: merge(s, ids)), s, bad)
 
 
 @functools.lru_cache(maxsize=32)
@@ -76,11 +80,11 @@ def _step_fn(mesh: Mesh, dtype: str, keep_scores: bool, kc: int):
   """
 
   def step(vals, idx, q, x, start, n):
-    v, i, s = _score_and_merge(vals, idx, q, x, start, n, dtype, kc)
-    return (v, i, s) if keep_scores else (v, i)
+    v, i, s, bad = _score_and_merge(vals, idx, q, x, start, n, dtype, kc)
+    return (v, i, bad, s) if keep_scores else (v, i, bad)
 
   spec = P(parallel.DATA_AXIS)
-  out = (spec, spec, spec) if keep_scores else (spec, spec)
+  out = (spec, spec, spec, spec) if keep_scores else (spec, spec, spec)
   return jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(spec, spec, P(), spec, P(), P()),
                                out_specs=out))
 
@@ -169,7 +173,7 @@ class StackedRows:
 
 def top_k_search(q_QxC, db, T: int, block: int | None = None, *, dtype: str = "float32",
                  devices=None, scores_out: np.ndarray | None = None, progress: bool = False,
-                 impl: str = "auto"):
+                 impl: str = "auto", source: str = "db"):
   """Exact top-T of every query by dot product.
 
   Args:
@@ -187,21 +191,24 @@ def top_k_search(q_QxC, db, T: int, block: int | None = None, *, dtype: str = "f
     impl: "jax" (blocks scored and merged by XLA on the devices), "host" (float32 only: dots by
       XLA:CPU on one CPU device, the merge in numpy, ``host_search``) or "auto": "host" for
       float32 when every device is a local CPU device, else "jax".
+    source: the database's file, named in error messages.
 
   Returns:
     (scores_QxT float32, idx_QxT int32) as numpy arrays, rows by descending score, ties by lower
     db index (a stable sort's order).
+
+  Raises:
+    InputError: a query that is not finite (checked first), or a db row whose scores are not
+      finite (found as it is scored): a NaN could never rank, so it would vanish silently.
   """
   if dtype not in SCORE_DTYPES:
     raise ValueError(f"top_k_search: dtype must be one of {SCORE_DTYPES}, got {dtype!r}")
   if impl not in IMPLS or (impl == "host" and dtype != "float32"):
     raise ValueError(f"top_k_search: impl must be one of {IMPLS} (host: float32 only), got "
                      f"{impl!r} with dtype {dtype!r}")
-  q = np.asarray(q_QxC, np.float32) if not isinstance(q_QxC, jax.Array) else q_QxC
   n, c = db.shape
+  q = validate.check_queries(q_QxC, c, "top_k_search", normalise=False)
   nq = q.shape[0]
-  if q.ndim != 2 or q.shape[1] != c:
-    raise ValueError(f"top_k_search: queries {q.shape} and db {db.shape} differ in width")
   if not 1 <= T <= n:
     raise ValueError(f"top_k_search: T={T} must be in [1, N={n}]")
   if n >= _NO_INDEX:
@@ -214,7 +221,7 @@ def top_k_search(q_QxC, db, T: int, block: int | None = None, *, dtype: str = "f
       if len(p):
         out = None if scores_out is None else scores_out[:, off:off + len(p)]
         v, i = top_k_search(q, p, min(T, len(p)), block, dtype=dtype, devices=devices,
-                            scores_out=out, progress=progress, impl=impl)
+                            scores_out=out, progress=progress, impl=impl, source=source)
         vals.append(v)
         idx.append(i + np.int32(off))
     # Parts come in index order and each list is ordered: a stable sort keeps ties by index.
@@ -229,7 +236,8 @@ def top_k_search(q_QxC, db, T: int, block: int | None = None, *, dtype: str = "f
     # On CPU a jax array's buffer is host memory already: np.asarray views it (one device).
     rows_of = _Rows(np.asarray(db) if isinstance(db, jax.Array) else db)
     cpu = devices[0] if devices[0].platform == "cpu" else None  # fake CPU devices share cores
-    return host_search.host_top_k(np.asarray(q), rows_of, n, T, block, scores_out, progress, cpu)
+    return host_search.host_top_k(np.asarray(q), rows_of, n, T, block, scores_out, progress, cpu,
+                                  source)
   nd = len(devices)
   if block is None:
     block = max(1, DEFAULT_BLOCK_BYTES // (4 * c))
@@ -247,7 +255,7 @@ def top_k_search(q_QxC, db, T: int, block: int | None = None, *, dtype: str = "f
   steps = -(-n // rows)
   # Work is dispatched asynchronously: the host prepares block i+1 while the devices score
   # block i; the previous block's scores are fetched and its pages released one step late.
-  pending = None
+  pending, bads = None, []
   t0 = last = time.perf_counter()
   for i in range(steps):
     a, b = i * rows, min(n, (i + 1) * rows)
@@ -257,7 +265,8 @@ def top_k_search(q_QxC, db, T: int, block: int | None = None, *, dtype: str = "f
       pad = ((0, rows - (b - a)), (0, 0))
       x = jnp.pad(x, pad) if isinstance(x, jax.Array) else np.pad(x, pad)
     x = jax.device_put(x.reshape(nd, per_dev, c), shard)
-    vals, idx, *s = step(vals, idx, q_dev, x, np.int32(a), np.int32(n))
+    vals, idx, bad, *s = step(vals, idx, q_dev, x, np.int32(a), np.int32(n))
+    bads.append((a, b, bad))
     if pending is not None:
       _finish(scores_out, rows_of, *pending)
     pending = (a, b, vals, s[0] if s else None)
@@ -267,6 +276,10 @@ def top_k_search(q_QxC, db, T: int, block: int | None = None, *, dtype: str = "f
       log.info("search: %d/%d db rows (%.0f%%), %.0f rows/s, ETA %.0f s", b, n, 100 * b / n,
                b / (now - t0), (now - t0) * (n - b) / b)
   _finish(scores_out, rows_of, *pending)
+  for a, b, bad in bads:
+    if np.asarray(bad).any():
+      rows = rows_of(a, b)
+      raise validate.nonfinite_db_error(source, validate.first_nonfinite_row(rows, a), a, b)
   top_v, top_i = _merge_devices(vals, idx, T)
   return np.asarray(top_v), np.asarray(top_i)
 

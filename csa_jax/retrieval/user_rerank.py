@@ -13,13 +13,13 @@ import logging
 import os
 import time
 
-import jax
 import numpy as np
 
 from csa_jax import parallel
 from csa_jax.data import readers as data_io
 from csa_jax.data.index_lists import load_names  # noqa: F401  (public here too)
 from csa_jax.errors import fail
+from csa_jax.retrieval import validate
 from csa_jax.retrieval.rerank import csa_scores
 from csa_jax.retrieval.search import top_k_search
 
@@ -69,9 +69,13 @@ def rerank(q_QxC, db, model, K: int, T: int | None = None, *, L: int | None = No
            block: int | None = None, devices=None, progress: bool = False, source: str = "db"):
   """First-round top-T search, then CSA re-ranking of the top-K: a user's retrieval, re-ranked.
 
+  A host driver: its arguments are checked as ``csa_rerank``'s (``retrieval.validate``).
+
   Args:
-    q_QxC: (Q, C) L2-normalised query descriptors.
-    db: (N, C) L2-normalised database: array, ``.npy`` memmap (never read whole) or
+    q_QxC: (Q, C) query descriptors; rows that are not unit-norm are re-normalised (with a
+      warning), NaN/inf refused.
+    db: (N, C) L2-normalised database: array (re-normalised like the queries if needed),
+      ``.npy`` memmap (never read whole; rows checked as they are searched and gathered) or
       ``StackedRows``.
     model: ``(params, cfg)`` (``csa_jax.load_model``).
     K: candidates CSA re-ranks per query, 1 <= K <= N.
@@ -106,16 +110,16 @@ def rerank(q_QxC, db, model, K: int, T: int | None = None, *, L: int | None = No
   if L - 1 > n:
     raise fail(source, "db", f"at least L-1 = {L - 1} images (the model's anchors)",
                f"{n} images")
-  q_QxC = np.asarray(q_QxC) if not isinstance(q_QxC, jax.Array) else q_QxC
-  if q_QxC.ndim != 2 or q_QxC.shape[1] != c or not len(q_QxC):
-    raise fail("rerank", "q_QxC", f"(Q >= 1, C={c}) queries (the database's C)",
-               f"shape {tuple(q_QxC.shape)}")
+  db = validate.check_database(db, "rerank", source)
+  q_QxC = validate.check_queries(q_QxC, c, "rerank")
+  validate.check_params(params, "rerank")
   mesh = None if devices is None else parallel.make_mesh(devices)
   t0 = time.perf_counter()
   first_QxT, top_QxT = top_k_search(q_QxC, db, max(T, L - 1), block, dtype=search_dtype,
-                                    devices=devices, progress=progress)
+                                    devices=devices, progress=progress, source=source)
   t1 = time.perf_counter()
-  new_QxK = csa_scores(params, cfg, q_QxC, db, top_QxT, K, L, batch_size, mesh, progress)
+  new_QxK = csa_scores(params, cfg, q_QxC, db, top_QxT, K, L, batch_size, mesh, progress,
+                       source)
   logger.info("rerank: %d queries, %d db images: search %.2f s, CSA top-%d %.2f s", len(q_QxC),
               n, t1 - t0, K, time.perf_counter() - t1)
   order = np.argsort(-new_QxK, axis=1, kind="stable")  # as reorder_top: ties keep first-round
