@@ -1,25 +1,47 @@
-"""Atomic writes: a crashed or failed command never leaves a half-written output behind.
+"""Atomic writes, and the output checks every command makes before any work.
 
-Outputs are written to ``.<name>.<random>.tmp`` beside the target and renamed onto it only when
-complete. A process killed between the two leaves the temporary file; ``remove_stale_temps``
-deletes such leftovers on the next run. Written files get the permissions the umask gives any
-new file (``mkstemp`` alone would make them private, 0600).
+Atomic writes: a crashed or failed command never leaves a half-written output behind. Outputs are
+written to a temporary file beside the target, ``.<name>.csa_jax-<12 hex digits>.tmp``, and
+renamed onto it only when complete. A process killed between the two leaves the temporary file;
+``remove_stale_temps`` deletes such leftovers on the next run, and only those: the ``csa_jax-``
+tag and the exact shape of the name keep a user's ``.notes.tmp`` or ``.draft.docx.tmp`` out of
+its reach. Written files get the permissions the umask gives any new file (a temporary file is
+private, 0600, while it is written).
+
+Output checks: ``check_output_path`` (the path can be written) and ``check_distinct`` (no output
+is an input, or the same file as another output, by resolved path and by inode).
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
-import tempfile
-from typing import Any, Iterator
+import re
+import secrets
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 from csa_jax.errors import fail
 
+TEMP_TAG = ".csa_jax-"
 TEMP_SUFFIX = ".tmp"
+_TEMP_RE = re.compile(r"\..+" + re.escape(TEMP_TAG) + r"[0-9a-f]{12}" + re.escape(TEMP_SUFFIX))
+# Before the csa_jax- tag, temporary files were ``.<name>.<random>.tmp`` (tempfile.mkstemp). A
+# workdir left by such a version is still cleaned, but only of the temporaries of the files a
+# training run writes there: names csa_jax owns in a workdir, never a user's.
+LEGACY_TEMP_TARGETS = frozenset({"state_dict.npz", "state_dict.pth", "config.json", "run.json",
+                                 "metrics.jsonl", "training_curves.png"})
+_LEGACY_TEMP_RE = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{6,}" + re.escape(TEMP_SUFFIX))
+
+
+def is_temp_name(name: str) -> bool:
+  """Whether the file name ``name`` is one of csa_jax's temporary files (see the module doc)."""
+  if _TEMP_RE.fullmatch(name):
+    return True
+  m = _LEGACY_TEMP_RE.fullmatch(name)
+  return bool(m) and m.group("name") in LEGACY_TEMP_TARGETS
 
 
 def _umask() -> int:
@@ -28,15 +50,28 @@ def _umask() -> int:
   return mask
 
 
+def _new_temp(path: str) -> str:
+  """Creates, empty and private, the temporary file for ``path`` (its directory made first)."""
+  d = os.path.dirname(os.path.abspath(path))
+  os.makedirs(d, exist_ok=True)
+  base = "." + os.path.basename(path) + TEMP_TAG
+  for _ in range(100):
+    tmp = os.path.join(d, base + secrets.token_hex(6) + TEMP_SUFFIX)
+    try:
+      # O_EXCL: never opens an existing file or follows a planted symlink.
+      fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+      continue
+    os.close(fd)
+    return tmp
+  raise FileExistsError(f"no free temporary name beside {path}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
   """Yields a temporary path beside ``path``; renames it onto ``path`` only if the body succeeds."""
   path = os.fspath(path)
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".",
-                             suffix=TEMP_SUFFIX)
-  os.close(fd)
+  tmp = _new_temp(path)
   try:
     yield tmp
     if os.path.isfile(tmp):
@@ -59,11 +94,7 @@ def atomic_paths(paths) -> Iterator[list[str]]:
   with contextlib.ExitStack() as stack:
     tmps = []
     for p in paths:
-      d = os.path.dirname(os.path.abspath(p))
-      os.makedirs(d, exist_ok=True)
-      fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(p) + ".",
-                                 suffix=TEMP_SUFFIX)
-      os.close(fd)
+      tmp = _new_temp(p)
       stack.callback(_remove_if_exists, tmp)
       tmps.append(tmp)
     yield tmps
@@ -88,17 +119,28 @@ def _remove_if_exists(path: str) -> None:
 def remove_stale_temps(directory: str | os.PathLike) -> list[str]:
   """Deletes the temporary files that killed atomic writes left in ``directory``.
 
-  Only call it on a directory this process owns (a workdir under its lock): a concurrent
-  writer's temporary file looks the same.
+  Only files named as ``is_temp_name`` says, and only regular files (never a directory or a
+  symlink that happens to carry such a name). Only call it on a directory this process owns (a
+  workdir under its lock): a concurrent writer's temporary file looks the same.
+
+  Args:
+    directory: the directory to clean (not its subdirectories).
 
   Returns:
     The paths removed.
   """
   removed = []
-  for p in glob.glob(os.path.join(glob.escape(os.fspath(directory)), ".*" + TEMP_SUFFIX)):
+  try:
+    entries = list(os.scandir(os.fspath(directory)))
+  except OSError:
+    return removed
+  for e in entries:
+    if not is_temp_name(e.name):
+      continue
     with contextlib.suppress(OSError):
-      os.remove(p)
-      removed.append(p)
+      if e.is_file(follow_symlinks=False):
+        os.remove(e.path)
+        removed.append(e.path)
   return removed
 
 
@@ -124,6 +166,60 @@ def check_output_path(path: str | os.PathLike, field: str = "--out") -> str:
   if not os.access(probe, os.W_OK | os.X_OK):
     raise fail(path, field, "a writable directory", f"{probe} is not writable")
   return path
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+  """(st_dev, st_ino) of an existing file (symlinks followed), else None."""
+  try:
+    st = os.stat(path)
+  except (OSError, ValueError):
+    return None
+  return st.st_dev, st.st_ino
+
+
+def _within(path: str, directory: str) -> bool:
+  return os.path.commonpath([path, directory]) == directory
+
+
+def check_distinct(outputs: Iterable[tuple[str, Any]], inputs: Iterable[tuple[str, Any]]) -> None:
+  """Fails, before any work, if an output would land on an input or on another output.
+
+  Two paths are the same file when their resolved real paths are equal (symlinks, ``..``) or,
+  for existing files, when they share (st_dev, st_ino) (hard links, case-insensitive file
+  systems). An input that is a directory (a training workdir, a TFDS copy) is read whole, so an
+  output inside it is refused too.
+
+  Args:
+    outputs: (flag, path) of every file the command will write.
+    inputs: (flag, path) of every file or directory it reads; a None or empty path is skipped.
+
+  Raises:
+    InputError: naming the output's path and flag and the input's flag and path.
+  """
+  ins = []
+  for flag, p in inputs:
+    if p is None or os.fspath(p) == "":
+      continue
+    p = os.fspath(p)
+    real = os.path.realpath(p)
+    ins.append((flag, p, real, _identity(real), os.path.isdir(real)))
+  seen = []
+  for flag, p in outputs:
+    p = os.fspath(p)
+    real = os.path.realpath(p)
+    ident = _identity(real)
+    for iflag, ip, ireal, iident, isdir in ins:
+      if real == ireal or ident is not None and ident == iident:
+        raise fail(p, flag, "an output path that is none of the inputs",
+                   f"the same file as {iflag} {ip}")
+      if isdir and _within(real, ireal):
+        raise fail(p, flag, f"an output outside the input directory {iflag} {ip}",
+                   "a path inside it")
+    for oflag, op, oreal, oident in seen:
+      if real == oreal or ident is not None and ident == oident:
+        raise fail(p, flag, "a different file from every other output",
+                   f"the same file as {oflag} {op}")
+    seen.append((flag, p, real, ident))
 
 
 def write_json(path, obj: Any) -> None:

@@ -17,7 +17,9 @@ import os
 import sys
 
 from csa_jax.bench import compare
+from csa_jax.bench import curves as curves_lib
 from csa_jax.core.config import ATTENTIONS
+from csa_jax.fileio import check_distinct
 
 
 def _int_list(text: str) -> list[int]:
@@ -167,6 +169,11 @@ def main(argv: list[str]) -> int:
   # Before JAX touches a GPU: do not grab 75% of its memory, PyTorch runs in the same process.
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   settings = parse_args(argv)
+  # It reads no file; its outputs must only differ from each other (--out not a curves file).
+  curves = [] if settings.curves is None else [
+      os.path.join(settings.curves, n) for n in
+      (curves_lib.JSON_NAME, *(f"{s}.png" for s in curves_lib.SWEEPS))]
+  check_distinct([("--out", settings.out)] + [("--curves", p) for p in curves], [])
   res = compare.run(settings, " ".join(["csa-jax", "bench", *argv]))
   print(format_table(res))
   print(f"csa-jax bench: results written to {settings.out}", file=sys.stderr)

@@ -10,6 +10,9 @@ of descriptor arrays .npz, a bare array (R1M) .npy, written as validated (``csa_
 ``--gnd`` / ``--annotations`` cross-check counts. With ``--root`` every pickle of a docs/method.md
 section 6 tree is converted, features checked against their annotations. Everything is validated
 before anything is written: a bad input or a failed write leaves no output and no temporary file.
+No output may be an input (a SRC pickle, --gnd, --annotations: same path, symlink or hard link),
+whatever suffix the content then picks; --out-root may be ROOT (the default) or any directory,
+since only files of the input tree could be overwritten and those are checked one by one.
 
 With ``--to tfds`` (the optional extra: pip install 'csa_jax[tfds]') each descriptor set of the
 tree becomes a versioned TFDS dataset in ArrayRecord format, DATA_DIR/csa_data/<feature>/1.0.0,
@@ -24,6 +27,9 @@ import os
 
 from csa_jax.data import convert
 from csa_jax.errors import fail
+from csa_jax.fileio import check_distinct
+
+_SUFFIXES = (".json", ".npz", ".npy")  # the outputs the content may pick (convert.prepare)
 
 
 def main(argv: list[str]) -> int:
@@ -67,9 +73,29 @@ def main(argv: list[str]) -> int:
                  f"--out {args.out}")
     jobs = convert.tree_jobs(args.root, args.out_root)
     out_field = "--out-root"
+  _check_not_inputs(jobs, out_field, "SRC" if args.src is not None else "--root")
   for dst in convert.convert_all(jobs, out_field):
     print(f"wrote {dst}")
   return 0
+
+
+def _check_not_inputs(jobs, out_field: str, src_field: str) -> None:
+  """Refuses, before anything is read, an output that could land on a file being converted.
+
+  Every suffix a job's content could pick is checked, as the content is not known yet.
+
+  Args:
+    jobs: the conversions (``convert.file_job`` / ``convert.tree_jobs``).
+    out_field: the flag that named the outputs ('--out', '--out-root').
+    src_field: the one that named the pickles ('SRC', '--root').
+  """
+  outputs = []
+  for job in jobs:
+    outs = [job.out] if job.out is not None else [job.base + sfx for sfx in _SUFFIXES]
+    outputs += [(out_field, p) for p in outs]
+  inputs = [(flag, p) for job in jobs for flag, p in
+            ((src_field, job.src), ("--gnd", job.gnd), ("--annotations", job.annotations))]
+  check_distinct(outputs, inputs)
 
 
 def _to_tfds(args) -> int:

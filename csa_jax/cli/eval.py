@@ -12,10 +12,12 @@ the same cross-checks with G apply), G its ground truth (docs/method.md section 
 in the original layout (ROOT/test/<ds>/NAME.*, ROOT/annotations/<ds>/gnd_<ds>.*, and with a bare
 --r1m ROOT/test/r1m/NAME.*), each evaluated in turn and all written to one JSON. R1M distractors
 are used only when asked for; a float32 (n, C) .npy is memory-mapped, never read whole, and every
-row is checked. The output path is checked before anything is loaded. The evaluation is exact
-over the whole database (every positive's rank counts, as with a full sort), printed as the
-reference tools print it (one table per dataset, and per CSA run), written to JSON (with the
-run's provenance under "run") and plotted per query (first round against CSA) to a PNG beside it.
+row is checked. The output path is checked before anything is loaded; neither it nor the PNG
+beside it may be a file the command reads (same path, symlink or hard link), or lie inside a
+TFDS copy or a workdir given as --model. The evaluation is exact over the whole database (every
+positive's rank counts, as with a full sort), printed as the reference tools print it (one table
+per dataset, and per CSA run), written to JSON (with the run's provenance under "run") and
+plotted per query (first round against CSA) to a PNG beside it.
 With --tfds the same test sets (and, with a bare --r1m, the distractors) come from the TFDS copy
 ``csa-jax convert-data --to tfds`` wrote (the tfds extra; read without TensorFlow, checked as the
 files are).
@@ -30,11 +32,11 @@ import sys
 
 from csa_jax.cli.rerank_flags import add_rerank_flags, check_positive
 from csa_jax.data import readers as data_io
-from csa_jax.errors import fail
+from csa_jax.errors import fail, one_line
 from csa_jax.evaluation import data_root
 from csa_jax.evaluation.evaluate import evaluate
 from csa_jax.evaluation.revisited import format_results, results_to_json
-from csa_jax.fileio import check_output_path, write_json
+from csa_jax.fileio import check_distinct, check_output_path, write_json
 from csa_jax.retrieval.search import StackedRows
 from csa_jax.run_info import run_info
 
@@ -171,6 +173,15 @@ def main(argv: list[str]) -> int:
                                    args.features or args.db, args.gnd)]
     default_out = f"eval_{sets[0].name}.json"
   path = check_output_path(args.out or default_out, "--out")  # before model, data, compute
+  png = os.path.splitext(path)[0] + ".png"
+  inputs = [(f"--{k}", getattr(args, k)) for k in ("db", "query", "gnd", "model")] + [
+      ("--r1m", r1m)]
+  if by_name:  # --features is a name; the sets hold the files (a TFDS copy's directory)
+    flag = "--tfds" if args.tfds is not None else "--data"
+    inputs += [(flag, f) for s in sets for f in (s.features, s.gnd)]
+  else:
+    inputs.append(("--features", args.features))
+  check_distinct([("--out", path), ("--out", png)], inputs)
   model = None
   if args.model:  # first: a wrong model or --L fails before any data is read
     from csa_jax.interop.export import load_model  # noqa: PLC0415
@@ -212,13 +223,13 @@ def main(argv: list[str]) -> int:
     write_json(path, out)  # atomic: a failure leaves neither the file nor a temporary
   except OSError as e:
     raise fail(path, "--out", "a writable file", e.strerror or type(e).__name__) from None
-  png = os.path.splitext(path)[0] + ".png"
   try:
     from csa_jax.evaluation.plots import save_ap_plot  # noqa: PLC0415  (matplotlib: optional)
     save_ap_plot(png, plotted)
   except Exception as e:  # pylint: disable=broad-except  (a plot is a by-product, never fatal)
     png = None
-    print(f"csa-jax: warning: no per-query AP plot ({type(e).__name__}: {e})", file=sys.stderr)
+    print(f"csa-jax: warning: no per-query AP plot ({type(e).__name__}: {one_line(str(e))})",
+          file=sys.stderr)
   print(f"csa-jax eval: results in {path}" + (f", per-query AP plot in {png}" if png else ""),
         file=sys.stderr)
   return 0

@@ -18,15 +18,19 @@ section 6 layout instead (base config configs/rsfm120k.py). ``--config FILE`` an
 benchmark, model, schedule and grids to seconds (tests). The library side is
 ``csa_jax.experiments`` (``context.make_context``, ``dispatch.run_study``).
 Training runs live in ``<out>/runs/<hash of config and data>`` and are reused across studies and
-re-invocations (a killed study resumes), so use a fresh ``--out`` for unrelated work.
+re-invocations (a killed study resumes), so use a fresh ``--out`` for unrelated work. Neither
+``<out>/<NAME>.json`` nor its PNG may be an input (--config, or --model: a file, or a workdir
+they would lie in), checked first.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from csa_jax import configs
 from csa_jax.errors import InputError
+from csa_jax.fileio import check_distinct
 from csa_jax.experiments.baseline_study import markdown_table
 from csa_jax.experiments.context import make_context
 from csa_jax.experiments.dispatch import EXPERIMENTS, run_study
@@ -77,6 +81,11 @@ def main(argv: list[str]) -> int:
                  train_on=_csv(a.train_on), k_values=_csv(a.k_values, int, "--k-values"),
                  l_values=_csv(a.l_values, int, "--l-values"), holdout=a.holdout,
                  val_queries=a.val_queries, baseline_k=_csv(a.baseline_k, int, "--baseline-k"))
+  # Before the synthetic data or any run is written: <out>/<NAME>.json and .png must not be a
+  # file the study reads, nor lie inside a workdir given as --model. (A --data root is not
+  # passed whole: results beside the data are fine, and the files it reads have other names.)
+  check_distinct([("--out", os.path.join(a.out, f"{a.name}{ext}")) for ext in (".json", ".png")],
+                 [("--config", config_path), ("--model", a.model)])
   ctx = make_context(a.name, a.out, size=a.size, data=a.data, features=_csv(a.features),
                      datasets=_csv(a.datasets), K=a.K, config_path=config_path,
                      overrides=overrides, progress=a.progress, model_path=a.model)

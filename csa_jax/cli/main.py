@@ -2,7 +2,8 @@
 
 Each command lives in its own module exposing ``main(argv) -> int``; it is imported only when
 run, so ``csa-jax --help`` stays fast and a command's optional dependencies stay optional.
-Bad input (``InputError``) becomes one line on stderr and exit code 2, with no traceback.
+Bad input (``InputError``) becomes one line on stderr and exit code 2, with no traceback; control
+characters and line separators in it are escaped (``errors.one_line``), so it stays one line.
 ``csa-jax --version`` (``-V``) prints csa_jax's and its libraries' versions and the devices.
 """
 
@@ -14,7 +15,7 @@ import logging
 import sys
 
 from csa_jax import log
-from csa_jax.errors import InputError
+from csa_jax.errors import InputError, one_line
 
 COMMANDS = {
     "smoke": ("csa_jax.cli.smoke", "re-rank a generated retrieval set with a fresh model (shapes, "
@@ -63,11 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"csa-jax: unknown command {name!r}\n{_usage()}", file=sys.stderr)
     return 2
   log.setup(level)
+  # orbax/tensorstore report a failed checkpoint write again from their threads, possibly after
+  # the error line: those reports become debug records, so the error stays the last word.
+  from csa_jax.train.orbax_errors import quiet_background_errors  # noqa: PLC0415
+  quiet_background_errors()
   try:
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)
   except InputError as e:
-    print(f"csa-jax {name}: error: {e}", file=sys.stderr)
+    # one_line again: an InputError built without ``fail`` may quote raw user text too.
+    print(f"csa-jax {name}: error: {one_line(str(e))}", file=sys.stderr)
     return 2
   except KeyboardInterrupt:
     print(f"csa-jax {name}: interrupted", file=sys.stderr)

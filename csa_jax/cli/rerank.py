@@ -10,7 +10,11 @@ holds 'ids' (Q, T) int64, best first, 'scores' (Q, T) float32 (the CSA score for
 the first-round score after) and 'run' (JSON text: provenance and settings). With --query-names
 and/or --db-names (a text file, one name per line, or a JSON list; a gnd file's qimlist /
 imlist), ranks.json and ranks.csv (query, rank, db, score; ranks from 1) are written beside it.
-All files are written at the end, atomically, all or none; the output paths are checked first.
+All files are written at the end, atomically, all or none; the output paths are checked first,
+and none of them may be an input (same path, a symlink or a hard link to it, or inside a workdir
+given as --model). ranks.json holds the names exactly; in ranks.csv a name that starts with =, +,
+-, @, a tab or a carriage return gets a leading single quote, so that a spreadsheet opening it
+shows the name instead of running it as a formula (OWASP's advice against CSV injection).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 
 from csa_jax.cli.rerank_flags import add_rerank_flags, check_positive
 from csa_jax.errors import fail
-from csa_jax.fileio import atomic_paths, check_output_path
+from csa_jax.fileio import atomic_paths, check_distinct, check_output_path
 from csa_jax.retrieval import user_rerank
 from csa_jax.run_info import run_info
 
@@ -52,6 +56,15 @@ def output_paths(out: str, names: bool) -> list[str]:
   """ranks.npz, and with names ranks.json and ranks.csv beside it."""
   stem = os.path.splitext(out)[0]
   return [out] + ([stem + ".json", stem + ".csv"] if names else [])
+
+
+# A cell starting with one of these is a formula to a spreadsheet (OWASP, CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(name: str) -> str:
+  """``name`` as a CSV cell no spreadsheet runs: a leading formula character gets a quote."""
+  return "'" + name if name.startswith(_FORMULA_START) else name
 
 
 def _table(ids_QxT, scores_QxT, qnames, dbnames):
@@ -81,7 +94,7 @@ def write_outputs(paths, ids, scores, run, qnames=None, dbnames=None) -> None:
     with open(tmps[2], "w", encoding="utf-8", newline="") as f:
       w = csv.writer(f)
       w.writerow(["query", "rank", "db", "score"])
-      w.writerows(rows)
+      w.writerows((csv_cell(qn), r, csv_cell(d), sc) for qn, r, d, sc in rows)
 
 
 def main(argv: list[str]) -> int:
@@ -96,6 +109,9 @@ def main(argv: list[str]) -> int:
   paths = output_paths(args.out, names)
   for p in paths:
     check_output_path(p, "--out")  # before any model, data or compute
+  check_distinct([("--out", p) for p in paths],
+                 [(f"--{k.replace('_', '-')}", getattr(args, k))
+                  for k in ("query", "db", "model", "query_names", "db_names")])
 
   from csa_jax.interop.export import load_model  # noqa: PLC0415  (the model stack, when run)
   model = load_model(args.model, args.heads)

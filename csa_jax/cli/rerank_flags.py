@@ -10,7 +10,9 @@ from csa_jax.retrieval.search import SCORE_DTYPES
 
 def add_rerank_flags(p: argparse.ArgumentParser) -> None:
   """--heads, --L, --batch-size, --search-dtype and --block: how a model re-ranks a search."""
-  p.add_argument("--heads", type=int, default=None, help="attention heads of a .pth (def. 12)")
+  p.add_argument("--heads", type=int, default=None,
+                 help="attention heads of a .pth that does not record them (default: the "
+                 "recorded count, else 12 with a warning)")
   p.add_argument("--L", type=int, default=None, help="anchors (default: the model's)")
   p.add_argument("--batch-size", type=int, default=None,
                  help="queries per re-ranking call (default: sized to the device's free memory; "
