@@ -2,8 +2,10 @@
 
 A file is a .npy, .npz, pickle or JSON document (docs/method.md section 6); ``load_container``
 returns its content unvalidated but safely read: pickles through ``safe_pickle`` (data only,
-never code), numpy files through ``npyio`` (checked before they allocate). ``pick`` takes one
-entry out of it, with the error line a user can act on.
+never code), numpy files through ``npyio`` (checked before they allocate), JSON documents of at
+most ``MAX_TEXT_FILE_BYTES`` (refused from their size, before a byte is read). Every file is
+opened through ``regular_file.open_regular``: a FIFO, a device or a directory is refused at once.
+``pick`` takes one entry out of it, with the error line a user can act on.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from csa_jax.data import npyio
+from csa_jax.data.regular_file import MAX_TEXT_FILE_BYTES, open_regular, read_regular
 from csa_jax.data.safe_pickle import load_data
 from csa_jax.errors import fail
 
@@ -29,8 +32,9 @@ def file_format(path) -> str:
     'npy', 'npz', 'pickle' or 'json'.
   """
   path = os.fspath(path)
+  f, _ = open_regular(path)
   try:
-    with open(path, "rb") as f:
+    with f:
       head = f.read(8)
   except OSError as e:
     raise fail(path, "file", "a readable file", e.strerror or type(e).__name__) from None
@@ -63,17 +67,30 @@ def load_container(path, mmap: bool = False) -> Any:
   if fmt == "pickle":
     return load_data(path)
   if fmt == "json":
-    try:
-      with open(path, encoding="utf-8") as f:
-        return json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-      raise fail(path, "file", "a complete JSON document", f"invalid JSON ({e})") from None
-    except RecursionError:
-      raise fail(path, "file", "a JSON document of reasonable nesting depth",
-                 "nesting too deep to parse") from None
+    return load_json(path)
   if fmt == "npy":
     return npyio.load_npy(path, mmap=mmap)
   return npyio.load_npz(path)
+
+
+def load_json(path) -> Any:
+  """A JSON document (UTF-8) of at most ``MAX_TEXT_FILE_BYTES``, refused before it is read.
+
+  Args:
+    path: the file.
+
+  Returns:
+    The document's builtin containers.
+  """
+  path = os.fspath(path)
+  raw = read_regular(path, "a readable JSON file", MAX_TEXT_FILE_BYTES)
+  try:
+    return json.loads(raw.decode("utf-8"))
+  except (ValueError, UnicodeDecodeError) as e:
+    raise fail(path, "file", "a complete JSON document", f"invalid JSON ({e})") from None
+  except RecursionError:
+    raise fail(path, "file", "a JSON document of reasonable nesting depth",
+               "nesting too deep to parse") from None
 
 
 def describe(obj) -> str:

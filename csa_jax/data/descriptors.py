@@ -14,13 +14,14 @@ import os
 
 import numpy as np
 
-from csa_jax.core.normalize import l2_normalize
+from csa_jax.core.normalize import NORM_TOL, l2_normalize
+from csa_jax.data import npyio
 from csa_jax.data.containers import describe, file_format, load_container, pick
+from csa_jax.data.regular_file import format_size, open_regular
 from csa_jax.errors import fail
 
 log = logging.getLogger(__name__)
 
-NORM_TOL = 1e-3  # |norm - 1| above this re-normalises (with a warning)
 _BLOCK_BYTES = 32 << 20  # float64 working set per block of rows: bounded whatever n is
 # Zero rows are refused before normalising; the smallest float64 keeps a subnormal float32 row's
 # norm (>= 1.4e-45) as the divisor where l2_normalize's default 1e-12 floor would not.
@@ -60,6 +61,8 @@ def as_descriptors(arr, source: str, field: str, n: int | None = None,
     feats_NxC: float32, finite, unit rows; ``arr`` itself when it already is all that.
   """
   arr = _float_matrix(arr, source, field)
+  if dim is not None and dim not in arr.shape:  # no orientation can give C=dim: say so
+    raise _width_error(source, field, arr.shape, dim, n)
   with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values: reported below
     x = arr.astype(np.float32, copy=False)  # R1M is 8 GB: no copy unless needed
   bad_rows, bad_cols, n_bad = _nonfinite(x)
@@ -82,9 +85,8 @@ def as_descriptors(arr, source: str, field: str, n: int | None = None,
   if n is not None and x.shape[0] != n:
     raise fail(source, field, f"{n} descriptors (one per annotated image) on either axis",
                f"shape {arr.shape}")
-  if dim is not None and x.shape[1] != dim:
-    raise fail(source, field, f"descriptor size C={dim} (as the other descriptors)",
-               f"C={x.shape[1]} (shape {arr.shape})")
+  if dim is not None and x.shape[1] != dim:  # the count took the axis of size dim (n == dim)
+    raise _width_error(source, field, arr.shape, dim, n)
   if not rows_unit:
     zero = row_norms == 0  # any other norm is a direction (float64: no underflow)
     if zero.any():
@@ -97,6 +99,18 @@ def as_descriptors(arr, source: str, field: str, n: int | None = None,
                 source, field, row_norms.min(), row_norms.max())
     x = _normalised(x, source, field)  # never in place: x may be the caller's
   return x
+
+
+def _width_error(source: str, field: str, shape, dim: int, n: int | None):
+  """The one message for descriptors of the wrong size C, whatever the stored orientation."""
+  count = str(n) if n is not None else ("Q" if field == "query" else "N")
+  whose = "the database's" if field == "query" else "as the other descriptors"
+  a, b = shape
+  found = f"shape {tuple(shape)}"
+  if n is not None and (a == n) != (b == n):  # the count tells which axis is C
+    found = f"C={b if a == n else a} ({found})"
+  return fail(source, field, f"descriptor size C={dim} ({whose}): ({count}, {dim}) or "
+              f"({dim}, {count}) descriptors", found)
 
 
 def _float_matrix(arr, source: str, field: str) -> np.ndarray:
@@ -190,9 +204,10 @@ def load_large(path, dim: int | None = None, field: str = "r1m", key: str | None
   """A large descriptor set (n, C) (R1M, a user's database), every row checked.
 
   A native float32 (n, C) .npy is memory-mapped, never read whole into RAM: it is scanned a block
-  of rows at a time through one reused buffer (finite and unit-norm rows), then returned as a
-  read-only memmap. Anything else (a pickle, (C, n), float64, rows to re-normalise) is read and
-  validated in RAM like any descriptors.
+  of rows at a time through one reused buffer (finite, non-zero and unit-norm rows; the first bad
+  block ends it), then returned as a read-only memmap. Rows to re-normalise are copied, normalised
+  a block at a time, into one new array (refused when it would not fit in the memory left).
+  Anything else (a pickle, (C, n), float64) is read and validated in RAM like any descriptors.
 
   Args:
     path: the file.
@@ -207,8 +222,7 @@ def load_large(path, dim: int | None = None, field: str = "r1m", key: str | None
   if file_format(path) == "npy":
     mm = load_container(path, mmap=True)
     if mm.ndim == 2 and dim is not None and dim not in mm.shape:  # from the header alone
-      raise fail(path, field, f"descriptor size C={dim} (as the other descriptors)",
-                 f"shape {mm.shape}")
+      raise _width_error(path, field, mm.shape, dim, None)
     if (isinstance(mm, np.memmap) and mm.dtype == np.dtype(np.float32) and mm.ndim == 2
         and mm.shape[0] > mm.shape[1] > 0 and mm.flags.c_contiguous
         and (dim is None or mm.shape[1] == dim)):
@@ -216,8 +230,11 @@ def load_large(path, dim: int | None = None, field: str = "r1m", key: str | None
         log.info("%s: %s: found (n, C) = %s; memory-mapped, every row checked", path, field,
                  mm.shape)
         return mm
-      log.info("%s: %s: rows are not unit-norm; reading the whole file to re-normalise", path,
-               field)
+      log.info("%s: %s: found (n, C) = %s; rows are not unit-norm: reading a re-normalised "
+               "copy into memory", path, field, mm.shape)
+      offset, shape = int(mm.offset), mm.shape
+      del mm  # its address space counts against the memory left for the copy
+      return _renormalised(path, offset, shape, field)
     else:
       log.info("%s: %s: not a float32 (n, C) array (shape %s, %s); reading it into memory "
                "(convert it to a float32 (n, C) .npy to memory-map it)", path, field, mm.shape,
@@ -233,7 +250,8 @@ def scan_rows(path: str, offset: int, shape: tuple[int, int], field: str,
   """Checks every row of a native float32 C-order (n, C) array stored at ``offset`` in ``path``.
 
   Reads ``block_rows`` rows at a time into one buffer, so memory stays bounded whatever the
-  file's size, and the page cache, not the process, holds what a later memory map needs.
+  file's size, and the page cache, not the process, holds what a later memory map needs. The
+  first block holding a bad row ends the scan: an 8 GB file of zeros costs one block.
 
   Args:
     path: the file.
@@ -246,13 +264,24 @@ def scan_rows(path: str, offset: int, shape: tuple[int, int], field: str,
     Whether every row has unit L2 norm (within ``NORM_TOL``).
 
   Raises:
-    InputError: naming the first row holding a NaN or inf.
+    InputError: naming the first row holding a NaN or inf, or the first all-zero row.
+  """
+  return _scan(path, offset, shape, field, block_rows)[0]
+
+
+def _scan(path: str, offset: int, shape: tuple[int, int], field: str,
+          block_rows: int | None = None, out: np.ndarray | None = None):
+  """``scan_rows``; with ``out`` (n, C) float32, also writes the L2-normalised rows there.
+
+  Returns:
+    (all rows unit, smallest norm, largest norm).
   """
   n, c = shape
   step = block_rows or max(1, _BLOCK_BYTES // (8 * c))
   buf = np.empty((min(step, n), c), np.float32)
-  unit = True
-  with open(path, "rb") as f:
+  unit, lo, hi = True, np.inf, 0.0
+  f, _ = open_regular(path, "a readable .npy file")
+  with f:
     f.seek(offset)
     for a in range(0, n, step):
       blk = buf[:min(step, n - a)]
@@ -268,7 +297,37 @@ def scan_rows(path: str, offset: int, shape: tuple[int, int], field: str,
       if not ok.all():
         raise fail(path, field, "finite values",
                    f"NaN/inf in row {a + int(np.argmin(ok))} (of {n})")
-      if unit:
-        norms = np.sqrt(np.einsum("ij,ij->i", blk, blk, dtype=np.float64))
-        unit = bool(np.all(np.abs(norms - 1) <= NORM_TOL))
-  return unit
+      norms = np.sqrt(np.einsum("ij,ij->i", blk, blk, dtype=np.float64))
+      zero = norms == 0  # any other norm is a direction (float64: no underflow)
+      if zero.any():
+        raise fail(path, field, "non-zero descriptors",
+                   f"an all-zero row {a + int(np.argmax(zero))} (of {n})")
+      unit = unit and bool(np.all(np.abs(norms - 1) <= NORM_TOL))
+      lo, hi = min(lo, float(norms.min())), max(hi, float(norms.max()))
+      if out is not None:
+        out[a:a + len(blk)] = (blk / np.maximum(norms, _NORM_FLOOR)[:, None]).astype(np.float32)
+  return unit, lo, hi
+
+
+def _renormalised(path: str, offset: int, shape: tuple[int, int], field: str) -> np.ndarray:
+  """A fresh float32 copy of a checked (n, C) .npy, rows L2-normalised, read a block at a time.
+
+  One output array is the only full-size allocation (reading the file whole first would double
+  it), and it is refused before allocation when it would not fit in the memory left.
+  """
+  nbytes = shape[0] * shape[1] * 4
+  left = npyio._memory_left()  # pylint: disable=protected-access
+  if left is not None and nbytes > left:
+    raise fail(path, field, "unit-norm rows, or a re-normalised copy that fits in the memory "
+               f"left, {format_size(max(left, 0))}", f"rows to re-normalise needing "
+               f"{format_size(nbytes)} (L2-normalise the file to memory-map it instead)")
+  try:
+    out = np.empty(shape, np.float32)
+  except MemoryError:
+    raise fail(path, field, "a re-normalised copy that fits in memory",
+               f"{format_size(nbytes)} (L2-normalise the file to memory-map it instead)") \
+        from None
+  _, lo, hi = _scan(path, offset, shape, field, out=out)
+  log.warning("%s: %s: descriptors are not L2-normalised (norms %.4g..%.4g); re-normalising",
+              path, field, lo, hi)
+  return out

@@ -8,10 +8,12 @@ rest with one line naming the file and the field.
 from __future__ import annotations
 
 import os
+import unicodedata
 
 import numpy as np
 
 from csa_jax.data.containers import describe, load_container
+from csa_jax.data.regular_file import MAX_TEXT_FILE_BYTES, read_regular
 from csa_jax.errors import fail
 
 _CONTAINER_HEADS = (b"\x93NUMPY", b"PK", b"\x80")  # .npy, .npz, pickle: read as containers
@@ -60,6 +62,12 @@ def as_indices(v, source: str, field: str, n: int | None = None) -> np.ndarray:
 def as_names(v, source: str, field: str) -> list[str]:
   """A flat list of image names or ids ('imlist', 'qimlist', 'cids') as strings.
 
+  A name must be text that can be written out (UTF-8 encodable: no lone surrogate such as
+  JSON's "\\ud800") and hold no control character (Unicode category Cc: C0, DEL and C1, tab
+  included): names end up in CSV and JSON files and in terminal messages, where such a character
+  would break a row, a line or the terminal, and no image name needs one. Other characters,
+  U+2028 / U+2029 included, are kept as they are.
+
   Args:
     v: the list as read: text, bytes (decoded as UTF-8) or integer ids.
     source: the file, for messages.
@@ -82,8 +90,23 @@ def as_names(v, source: str, field: str) -> list[str]:
       s = str(int(s))  # numeric ids (cids) are names too
     elif not isinstance(s, str):
       raise fail(source, f"{field}[{i}]", "a name (text)", describe(s))
-    out.append(str(s))
+    s = str(s)
+    _check_name(s, source, f"{field}[{i}]")
+    out.append(s)
   return out
+
+
+def _check_name(s: str, source: str, field: str) -> None:
+  """Refuses a name that cannot be encoded as UTF-8 or that holds a control character."""
+  try:
+    s.encode("utf-8")
+  except UnicodeEncodeError as e:
+    raise fail(source, field, "a name in valid Unicode (UTF-8 encodable)",
+               f"a lone surrogate U+{ord(s[e.start]):04X} at character {e.start}") from None
+  for k, ch in enumerate(s):
+    if unicodedata.category(ch) == "Cc":
+      raise fail(source, field, "a name without control characters",
+                 f"U+{ord(ch):04X} at character {k}")
 
 
 def load_names(path, n: int, field: str) -> list[str]:
@@ -101,11 +124,7 @@ def load_names(path, n: int, field: str) -> list[str]:
     The n names.
   """
   path = os.fspath(path)
-  try:
-    with open(path, "rb") as f:
-      raw = f.read()
-  except OSError as e:
-    raise fail(path, "file", "a readable names file", e.strerror or type(e).__name__) from None
+  raw = read_regular(path, "a readable names file", MAX_TEXT_FILE_BYTES)
   if raw.startswith(_CONTAINER_HEADS) or raw.lstrip()[:1] in (b"[", b"{"):
     obj = load_container(path)
     if isinstance(obj, dict):
@@ -116,15 +135,19 @@ def load_names(path, n: int, field: str) -> list[str]:
     names = as_names(obj, path, field)
   else:
     try:
-      text = raw.decode("utf-8")
+      text = raw.decode("utf-8-sig")  # a byte-order mark (Windows editors) is no name
     except UnicodeDecodeError as e:
       raise fail(path, field, "UTF-8 text, one name per line",
                  f"undecodable byte at offset {e.start}") from None
-    names = [s.strip() for s in text.splitlines()]
+    # "\n" only: str.splitlines() also splits at U+2028, U+0085, "\f", ..., which would shift
+    # every later name by one. Only ASCII blanks are trimmed ("\r\n" line ends, padding); any
+    # other character is the name's.
+    names = [s.strip(" \t\r") for s in text.split("\n")]
     while names and not names[-1]:
       names.pop()
     if "" in names:
       raise fail(path, f"{field}[{names.index('')}]", "a name on every line", "an empty line")
+    names = as_names(names, path, field)
   if len(names) != n:
     raise fail(path, field, f"{n} names (one per descriptor)", f"{len(names)} names")
   return names

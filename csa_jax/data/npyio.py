@@ -11,7 +11,9 @@ deflate bomb inflates 1000-fold). An .npz holds at most ``MAX_MEMBERS`` members 
 '<key>.npy', stored or deflated. A problem is one ``InputError`` line naming the file and the
 member (field 'file' for a .npy or the archive as a whole).
 
-``export.load_export`` is meant to read through ``load_npz`` too.
+Files are opened through ``regular_file.open_regular`` (a FIFO or device is refused at once) and
+a memory map is made from that open file, so what was checked is what gets mapped.
+``export.load_export`` reads through ``load_npz`` too.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import zlib
 import numpy as np
 from numpy.lib import format as npformat
 
+from csa_jax.data.regular_file import format_size, open_regular
 from csa_jax.errors import InputError, fail
 
 MAX_MEMBERS = 4096  # an export has a few hundred; more is not a file we wrote or expect
@@ -53,22 +56,23 @@ def load_npy(path, mmap: bool = False) -> np.ndarray:
     The array (an ``np.memmap`` with ``mmap`` when it holds any data).
   """
   path = os.fspath(path)
-  try:
-    with open(path, "rb") as f:
-      size = os.fstat(f.fileno()).st_size
+  f, size = open_regular(path, "a readable .npy file")
+  with f:
+    try:
       shape, fortran, dtype, offset = _read_header(f, path, "file")
       nbytes = _check(shape, dtype, path, "file")
       _check_present(nbytes, size - offset, path, "file", "the file")
       if not (mmap and nbytes):  # an empty memmap cannot be made
         return _read_exact(f, shape, fortran, dtype, nbytes, path, "file")
-  except OSError as e:
-    raise fail(path, "file", "a readable .npy file", e.strerror or type(e).__name__) from None
-  try:
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
-                     order="F" if fortran else "C")
-  except (OSError, ValueError) as e:
-    raise fail(path, "file", "a .npy file that can be memory-mapped",
-               f"{type(e).__name__}: {e}") from None
+    except OSError as e:
+      raise fail(path, "file", "a readable .npy file", e.strerror or type(e).__name__) from None
+    try:
+      # The open file, not the path: what was checked is what gets mapped.
+      return np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape,
+                       order="F" if fortran else "C")
+    except (OSError, ValueError) as e:
+      raise fail(path, "file", "a .npy file that can be memory-mapped",
+                 f"{type(e).__name__}: {e}") from None
 
 
 def load_npz(path) -> dict[str, np.ndarray]:
@@ -81,8 +85,9 @@ def load_npz(path) -> dict[str, np.ndarray]:
     {key: array}, keys as ``np.load`` names them (the member name without '.npy').
   """
   path = os.fspath(path)
+  f, _ = open_regular(path, "a readable .npz file")
   try:
-    with zipfile.ZipFile(path) as zf:
+    with f, zipfile.ZipFile(f) as zf:
       infos = _members(zf, path)
       return {key: _read_member(zf, info, path, key) for key, info in infos.items()}
   except InputError:
@@ -188,15 +193,15 @@ def _check(shape, dtype: np.dtype, path: str, field: str) -> int:
   nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
   if dtype.kind in _TEXT_KINDS and nbytes > MAX_TEXT_BYTES:
     raise fail(path, field, f"text of at most {MAX_TEXT_BYTES >> 20} MiB",
-               f"{_size(nbytes)} (shape {shape}, {dtype})")
+               f"{format_size(nbytes)} (shape {shape}, {dtype})")
   return nbytes
 
 
 def _check_present(nbytes: int, present: int, path: str, field: str, where: str) -> None:
   if nbytes != present:
     what = "a truncated file or a header that lies" if nbytes > present else "extra bytes"
-    raise fail(path, field, f"a complete .npy file: {_size(nbytes)} of array data as the header "
-               "claims", f"{max(present, 0)} bytes in {where} ({what})")
+    raise fail(path, field, f"a complete .npy file: {format_size(nbytes)} of array data as the "
+               "header claims", f"{max(present, 0)} bytes in {where} ({what})")
 
 
 def _read_exact(f, shape, fortran: bool, dtype: np.dtype, nbytes: int, path: str,
@@ -204,19 +209,21 @@ def _read_exact(f, shape, fortran: bool, dtype: np.dtype, nbytes: int, path: str
   """Reads exactly ``nbytes`` (checked against the file beforehand) into a fresh array."""
   left = _memory_left()
   if left is not None and nbytes > left:
-    raise fail(path, field, f"an array that fits in the memory left, {_size(max(left, 0))}",
-               f"{_size(nbytes)} for shape {shape} {dtype}")
+    raise fail(path, field,
+               f"an array that fits in the memory left, {format_size(max(left, 0))}",
+               f"{format_size(nbytes)} for shape {shape} {dtype}")
   try:
     buf = np.empty(nbytes, np.uint8)
   except MemoryError:
     raise fail(path, field, "an array that fits in memory",
-               f"{_size(nbytes)} for shape {shape} {dtype}") from None
+               f"{format_size(nbytes)} for shape {shape} {dtype}") from None
   view = memoryview(buf)
   pos = 0
   while pos < nbytes:
     got = f.readinto(view[pos:pos + _CHUNK])
     if not got:
-      raise fail(path, field, f"{_size(nbytes)} of array data", f"only {pos} bytes (truncated)")
+      raise fail(path, field, f"{format_size(nbytes)} of array data",
+                 f"only {pos} bytes (truncated)")
     pos += got
   arr = buf.view(dtype)
   if fortran:
@@ -247,10 +254,3 @@ def _memory_left() -> int | None:
   except (OSError, ValueError, KeyError, IndexError):
     pass
   return min(left) if left else None
-
-
-def _size(nbytes: int) -> str:
-  for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-    if nbytes >= 1 << shift:
-      return f"{nbytes / (1 << shift):.4g} {unit} ({nbytes} bytes)"
-  return f"{nbytes} bytes"

@@ -7,7 +7,9 @@ A facade over the modules that hold them, so callers import one place:
   ``scan_rows``;
 - ``ground_truth``: gnd files and test sets (``load_gnd``, ``load_test_set``, ...);
 - ``annotations``: the rSfM120k training annotations;
-- ``index_lists``: index and name lists (``as_indices``, ``as_names``).
+- ``index_lists``: index and name lists (``as_indices``, ``as_names``, ``load_names``);
+- ``regular_file``: the one way a user's file is opened (regular files only, never blocking,
+  text and JSON files at most ``MAX_TEXT_FILE_BYTES``).
 
 Every reader accepts the original pickles (through ``safe_pickle``: data only, never code) and
 the same content as ``.npy`` / ``.npz`` / ``.json``. Everything a reader returns has been checked,

@@ -16,13 +16,13 @@ Any failure (truncation, numpy's own checks, ``MemoryError``, ``RecursionError``
 from __future__ import annotations
 
 import io
-import os
 from typing import Any, Callable, Mapping
 
 from csa_jax.data.pickle_globals import NUMPY_GLOBALS
 from csa_jax.data.pickle_limits import (BUDGET_BASE, BUDGET_PER_BYTE, MAX_DEPTH, MAX_NDIM,
                                         Budget, check_graph)
 from csa_jax.data.pickle_markers import Global, Marker, brief
+from csa_jax.data.regular_file import open_regular
 from csa_jax.data.restricted_unpickler import RestrictedUnpickler
 from csa_jax.errors import InputError, fail
 
@@ -93,9 +93,6 @@ def load_data(path) -> Any:
   Returns:
     The object tree, as ``unpickle``.
   """
-  try:
-    f = open(path, "rb")
-  except OSError as e:
-    raise fail(str(path), "file", "a readable pickle", e.strerror or type(e).__name__) from None
+  f, size = open_regular(path, "a readable pickle")
   with f:
-    return unpickle(f, os.fstat(f.fileno()).st_size, str(path))
+    return unpickle(f, size, str(path))

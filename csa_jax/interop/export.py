@@ -3,7 +3,8 @@
 An export is an ``.npz`` holding ``param/<original PyTorch name>`` arrays (the layout
 of docs/method.md section 3, so any PyTorch user can ``load_state_dict`` it after
 ``torch.from_numpy``) and
-``model_config``, the ``ModelConfig`` as JSON text (heads are not recoverable from shapes).
+``model_config``, the ``ModelConfig`` as JSON text (heads are not recoverable from shapes, so
+every export records them and ``load_model`` uses the recorded count).
 No pickles: ``np.load(..., allow_pickle=False)`` reads it; csa_jax reads it through ``npyio``,
 which checks every member's size against the bytes present first.
 """
@@ -19,8 +20,10 @@ import numpy as np
 from csa_jax.core.config import ModelConfig
 from csa_jax.errors import InputError
 from csa_jax.fileio import save_npz
-from csa_jax.interop.state_dict import params_from_torch_state_dict, params_to_torch_state_dict
 from csa_jax.data.npyio import load_npz
+from csa_jax.data.regular_file import check_regular
+from csa_jax.interop.pth import load_torch_checkpoint, resolve_heads
+from csa_jax.interop.state_dict import params_from_torch_state_dict, params_to_torch_state_dict
 
 EXPORT_NAME = "state_dict.npz"
 
@@ -31,8 +34,17 @@ def save_export(path, params, cfg: ModelConfig) -> None:
   save_npz(path, model_config=np.array(json.dumps(dataclasses.asdict(cfg))), **arrays)
 
 
-def load_export(path):
-  """(params, ModelConfig) from an ``.npz`` written by ``save_export``."""
+def load_export(path, heads: int | None = None):
+  """(params, ModelConfig) from an ``.npz`` written by ``save_export``.
+
+  Args:
+    path: the export.
+    heads: attention heads, if the caller knows them: must match the recorded count (every
+      export records it); used, with a warning when None, only for a config that lacks it.
+
+  Returns:
+    (params, cfg).
+  """
   z = load_npz(path)  # sizes checked against the bytes present before anything is allocated
   if "model_config" not in z:
     raise InputError(f"{path}: model_config: expected the model's config as JSON text, "
@@ -57,8 +69,12 @@ def load_export(path):
                      "unknown key")
   shape_keys = ("anchors", "dim", "depth", "mlp_ratio", "qkv_bias")
   overrides = {k: v for k, v in cfg_dict.items() if k not in shape_keys + ("heads",)}
-  params, cfg = params_from_torch_state_dict(sd, heads=cfg_dict.get("heads", 12),
-                                             source=str(path), **overrides)
+  recorded = cfg_dict.get("heads")
+  if recorded is not None and (type(recorded) is not int or recorded < 1):
+    raise InputError(f"{path}: model_config.heads: expected a positive int, found "
+                     f"{str(recorded)[:40]!r}")
+  heads = resolve_heads(recorded, heads, str(path), "the export")
+  params, cfg = params_from_torch_state_dict(sd, heads=heads, source=str(path), **overrides)
   for k in shape_keys:
     if k in cfg_dict and cfg_dict[k] != getattr(cfg, k):
       raise InputError(f"{path}: model_config.{k}: expected {getattr(cfg, k)} (from the arrays), "
@@ -69,9 +85,15 @@ def load_export(path):
 def load_model(path, heads: int | None = None):
   """Any trained model -> (params, ModelConfig).
 
-  path: a csa_jax export (.npz), a training workdir holding ``state_dict.npz``, or an original
-  CSA ``.pth``. heads: needed only for ``.pth`` files (default 12, the paper model); for an export
-  it must match what the export says if given.
+  Args:
+    path: a csa_jax export (.npz), a training workdir holding ``state_dict.npz``, or an original
+      CSA ``.pth``; a regular file (a FIFO or device is refused before it is read).
+    heads: attention heads. A count the file records wins (a different ``heads`` is refused);
+      a file that records none (an original ``.pth``) uses ``heads``, else 12, the paper
+      model's, with one logged warning.
+
+  Returns:
+    (params, cfg).
   """
   path = os.fspath(path)
   if os.path.isdir(path):
@@ -83,11 +105,7 @@ def load_model(path, heads: int | None = None):
   if not os.path.exists(path):
     raise InputError(f"{path}: file: expected a model (.npz export, workdir or .pth), found no "
                      "such file")
+  check_regular(path, "a readable model file")  # before any format is probed
   if path.endswith(".npz"):
-    params, cfg = load_export(path)
-    if heads is not None and heads != cfg.heads:
-      raise InputError(f"{path}: heads: expected {cfg.heads} (recorded in the export), found "
-                       f"--heads {heads}")
-    return params, cfg
-  from csa_jax.interop.pth import load_torch_checkpoint
-  return load_torch_checkpoint(path, heads=12 if heads is None else heads)
+    return load_export(path, heads)
+  return load_torch_checkpoint(path, heads=heads)

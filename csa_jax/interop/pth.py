@@ -13,19 +13,27 @@ count. The byte order is 'little' or 'big'.
 
 from __future__ import annotations
 
+import logging
 import os
 import zipfile
 
 import ml_dtypes
 import numpy as np
 
+from csa_jax.data.regular_file import open_regular
 from csa_jax.data.safe_pickle import Budget, brief, unpickle
 from csa_jax.errors import InputError, fail
 from csa_jax.interop.pth_globals import (STORAGE_TYPES, TORCH_GLOBALS, Storage, StorageType,
                                          check_view)
 
-__all__ = ["STORAGE_TYPES", "TORCH_GLOBALS", "check_view", "load_torch_checkpoint",
-           "read_torch_file"]
+__all__ = ["DEFAULT_HEADS", "STORAGE_TYPES", "TORCH_GLOBALS", "check_view",
+           "load_torch_checkpoint", "read_torch_file", "recorded_heads", "resolve_heads"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HEADS = 12  # the paper model's; the weights' shapes do not tell
+_HEADS_KEYS = ("heads", "num_heads")
+_CONFIG_KEYS = ("model_config", "config", "cfg", "args")
 
 _DEFLATE_MAX_RATIO = 1032  # deflate cannot expand more than this: a header claiming more lies
 _BYTEORDER_MAX = 16
@@ -35,8 +43,8 @@ _CHUNK = 1 << 24
 class _Archive:
   """One opened checkpoint: member checks, storages, and the unpickling of ``data.pkl``."""
 
-  def __init__(self, zf: zipfile.ZipFile, path: str):
-    self.zf, self.path, self.size = zf, path, os.path.getsize(path)
+  def __init__(self, zf: zipfile.ZipFile, path: str, size: int):
+    self.zf, self.path, self.size = zf, path, size
     self.infos: dict[str, zipfile.ZipInfo] = {}
     for info in zf.infolist():
       if info.filename in self.infos:
@@ -183,12 +191,15 @@ def read_torch_file(path) -> object:
   path = os.fspath(path)
   if not os.path.exists(path):
     raise InputError(f"{path}: file: expected a torch checkpoint, found no such file")
-  if not zipfile.is_zipfile(path):
-    raise InputError(f"{path}: format: expected a zip-format torch.save file (torch >= 1.6), "
-                     "found something else (re-save legacy checkpoints with a recent torch)")
+  f, size = open_regular(path, "a readable torch checkpoint")  # a FIFO would block is_zipfile
   try:
-    with zipfile.ZipFile(path) as zf:
-      return _Archive(zf, path).load()
+    with f:
+      if not zipfile.is_zipfile(f):
+        raise InputError(f"{path}: format: expected a zip-format torch.save file (torch >= 1.6)"
+                         ", found something else (re-save legacy checkpoints with a recent "
+                         "torch)")
+      with zipfile.ZipFile(f) as zf:
+        return _Archive(zf, path, size).load()
   except InputError:
     raise
   except MemoryError:
@@ -199,12 +210,18 @@ def read_torch_file(path) -> object:
                f"{type(e).__name__}: {' '.join(str(e).split())[:300]}") from None
 
 
-def load_torch_checkpoint(path, heads: int = 12, **cfg_overrides):
+def load_torch_checkpoint(path, heads: int | None = None, **cfg_overrides):
   """An original CSA ``.pth`` -> (params, ModelConfig), torch not needed.
+
+  The weights' shapes do not tell the number of attention heads. A checkpoint that records it
+  (an int under 'heads' / 'num_heads', at the top level or in a 'model_config', 'config', 'cfg'
+  or 'args' dict) is loaded with that count, and a contradicting ``heads`` is refused; one that
+  does not is loaded with ``heads``, else with ``DEFAULT_HEADS`` (the paper model's) and one
+  logged warning saying so.
 
   Args:
     path: ``{'epoch', 'state_dict'}`` (what the original training saves) or a bare state_dict.
-    heads: attention heads, not recorded in the weights' shapes; the paper model has 12.
+    heads: attention heads; None takes the recorded count, else ``DEFAULT_HEADS``.
     **cfg_overrides: further ``ModelConfig`` fields the weights do not determine.
 
   Returns:
@@ -212,8 +229,49 @@ def load_torch_checkpoint(path, heads: int = 12, **cfg_overrides):
   """
   from csa_jax.interop.state_dict import params_from_torch_state_dict
 
+  path = os.fspath(path)
   obj = read_torch_file(path)
   sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
   if not isinstance(sd, dict):
     raise InputError(f"{path}: state_dict: expected a dict of tensors, found {type(obj).__name__}")
-  return params_from_torch_state_dict(sd, heads=heads, source=str(path), **cfg_overrides)
+  heads = resolve_heads(recorded_heads(obj, path) if sd is not obj else None, heads, path,
+                        "the checkpoint")
+  return params_from_torch_state_dict(sd, heads=heads, source=path, **cfg_overrides)
+
+
+def recorded_heads(obj: dict, path: str) -> int | None:
+  """The head count a checkpoint dict records next to its state_dict, if any (checked)."""
+  places = [(obj, "")] + [(obj[k], f"{k}.") for k in _CONFIG_KEYS if isinstance(obj.get(k), dict)]
+  for d, prefix in places:
+    for k in _HEADS_KEYS:
+      if k in d:
+        v = d[k]
+        if type(v) is not int or v < 1:
+          raise fail(path, prefix + k, "a positive int (the attention heads)", brief(v))
+        return v
+  return None
+
+
+def resolve_heads(recorded: int | None, heads: int | None, path: str, where: str) -> int:
+  """The head count to build the model with: the recorded one, the caller's, or the default.
+
+  Args:
+    recorded: what the file records (None: nothing).
+    heads: what the caller asked for (None: nothing).
+    path: the file, for messages.
+    where: the file's kind, for messages ("the checkpoint", "the export").
+
+  Returns:
+    ``recorded`` when present (``heads`` must then agree), else ``heads``, else
+    ``DEFAULT_HEADS`` with one logged warning.
+  """
+  if recorded is not None:
+    if heads is not None and heads != recorded:
+      raise fail(path, "heads", f"{recorded} (recorded in {where})", f"--heads {heads}")
+    return recorded
+  if heads is not None:
+    return heads
+  log.warning("%s: %s does not record its attention heads; assuming %d (the paper model's): "
+              "pass --heads (heads= in Python) if it has another count", path, where,
+              DEFAULT_HEADS)
+  return DEFAULT_HEADS
