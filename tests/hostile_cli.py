@@ -32,23 +32,38 @@ class CliResult:
 
 
 # Sets the limits, then becomes the real command: no preexec_fn, whose fork() in a test process
-# that has JAX's threads running is unsafe (and warned about).
-_TRAMPOLINE = ("import os, resource, sys; lim = int(sys.argv[1]) * 2**20; "
+# that has JAX's threads running is unsafe (and warned about). argv: memory MiB, file-size limit
+# in bytes (0: none), 1 to drop root's permission overrides (0: keep), then the command.
+_TRAMPOLINE = ("import ctypes, os, resource, sys; lim = int(sys.argv[1]) * 2**20; "
                "resource.setrlimit(resource.RLIMIT_AS, (lim, lim)); "
                "resource.setrlimit(resource.RLIMIT_CORE, (0, 0)); "
-               "os.execv(sys.executable, [sys.executable] + sys.argv[2:])")
+               "fs = int(sys.argv[2]); "
+               "fs and resource.setrlimit(resource.RLIMIT_FSIZE, (fs, fs)); "
+               # prctl(PR_CAPBSET_DROP, CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH): root then meets
+               # file modes like any user after the exec.
+               "[ctypes.CDLL(None).prctl(24, c, 0, 0, 0) for c in (1, 2) "
+               " if sys.argv[3] == '1' and os.geteuid() == 0]; "
+               "os.execv(sys.executable, [sys.executable] + sys.argv[4:])")
 
 
 def run_cli(args, cwd, *, mem_mb: int = MEM_LIMIT_MB, timeout: float = TIMEOUT_S,
-            env: dict | None = None) -> CliResult:
-  """``python -m csa_jax.cli.main *args`` in ``cwd`` under a memory limit and a timeout."""
+            env: dict | None = None, fsize_bytes: int = 0,
+            honour_modes: bool = False) -> CliResult:
+  """``python -m csa_jax.cli.main *args`` in ``cwd`` under a memory limit and a timeout.
+
+  fsize_bytes: the largest file the command may write (``RLIMIT_FSIZE``: a write past it fails
+    with EFBIG, as on a full disk); 0 for no limit.
+  honour_modes: make a read-only file or directory read-only even when the tests run as root
+    (the command runs without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH).
+  """
   e = dict(os.environ)
   e.pop("XLA_FLAGS", None)  # one CPU device: the cases test input handling, not sharding
   e.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **(env or {}))
   args = [str(a) for a in args]
   try:
-    p = subprocess.run([sys.executable, "-c", _TRAMPOLINE, str(mem_mb), "-m", "csa_jax.cli.main",
-                        *args], cwd=str(cwd), env=e, capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-c", _TRAMPOLINE, str(mem_mb), str(int(fsize_bytes)),
+                        "1" if honour_modes else "0", "-m", "csa_jax.cli.main", *args],
+                       cwd=str(cwd), env=e, capture_output=True, text=True,
                        timeout=timeout, stdin=subprocess.DEVNULL)
   except subprocess.TimeoutExpired as ex:
     raise AssertionError(f"csa-jax {' '.join(args)}: still running after {timeout} s\n"
@@ -81,7 +96,11 @@ def expect_ok(res: CliResult) -> None:
 
 
 def leftover_temp_files(root) -> list[str]:
-  """Temporary files of an atomic write (``.<name>.*.tmp``) anywhere under ``root``."""
+  """Temporary files of an atomic write anywhere under ``root``.
+
+  Matches every ``.<name>.*.tmp``: csa_jax's own ``.<name>.csa_jax-<hex>.tmp`` (``fileio``) and
+  anything else so named, so a case that plants a user's ``.notes.tmp`` must not call this.
+  """
   return sorted(str(p) for p in pathlib.Path(root).rglob(".*.tmp"))
 
 

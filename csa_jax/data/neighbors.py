@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from csa_jax.data.npyio import load_npz
+from csa_jax.errors import fail
 from csa_jax.fileio import save_npz
 from csa_jax.retrieval.search import top_k_search
 
@@ -139,7 +140,7 @@ def load_or_compute(feats_NxC: np.ndarray, K: int, L: int, cache_dir=None, name:
 
   Returns:
     (nbrs int32 (N, max(K, L)), cache_hit). A missing or invalid entry is computed and stored
-    atomically.
+    atomically; a cache that cannot be written is an ``InputError`` naming the path and errno.
   """
   m = max(K, L)
   if cache_dir is None:
@@ -154,6 +155,11 @@ def load_or_compute(feats_NxC: np.ndarray, K: int, L: int, cache_dir=None, name:
       return nbrs, True
   log.info("neighbours%s: computing top-%d of %d images", of, m, len(feats_NxC))
   nbrs = top_neighbors(feats_NxC, m, **kw)
-  save_npz(path, nbrs=nbrs, hash=np.array(digest), K=np.array(K), L=np.array(L),
-           version=np.array(CACHE_VERSION))
+  try:
+    save_npz(path, nbrs=nbrs, hash=np.array(digest), K=np.array(K), L=np.array(L),
+             version=np.array(CACHE_VERSION))
+  except OSError as e:  # a read-only or full cache directory: one line, before any training
+    raise fail(os.path.dirname(os.path.abspath(path)), "data.cache_dir",
+               "a writable neighbour cache directory (or --config.data.cache_dir=DIR)",
+               f"[Errno {e.errno}] {e.strerror}" if e.errno else type(e).__name__) from None
   return nbrs, False

@@ -74,11 +74,13 @@ def _read(sources: dict, where: str, split: str) -> dict:
          "name": [""] * n, "bbx": [None] * n, **{k: [None] * n for k in SEQUENCES}}
   seen = np.zeros(n, bool)
   for a in range(0, n, _CHUNK):
+    rows = range(a, min(n, a + _CHUNK))
     try:
-      chunk = src.__getitems__(list(range(a, min(n, a + _CHUNK))))
+      chunk = src.__getitems__(list(rows))
+      if any(ex is None for ex in chunk):  # a record ArrayRecord could not find (truncated)
+        raise ValueError("a record missing from the file")
     except Exception as e:  # noqa: BLE001  (a truncated or corrupt record file)
-      raise fail(where, field, f"{n} readable examples",
-                 f"rows {a}..: {type(e).__name__}: {_first_line(e)}") from None
+      raise _damaged_shard(src, where, split, rows, e) from None
     for ex in chunk:
       i = int(ex["index"])
       if not 0 <= i < n or seen[i]:
@@ -92,6 +94,47 @@ def _read(sources: dict, where: str, split: str) -> dict:
       for k in (*SEQUENCES, "bbx"):
         out[k][i] = ex[k]
   return out
+
+
+def _shards(src, split: str) -> list[tuple[str, int, int]]:
+  """(file, first row, row count) of each shard of ``split``, as dataset_info.json lists them."""
+  try:
+    info = src.dataset_info.splits[split]
+    paths, lengths = [os.fspath(p) for p in info.filepaths], [int(x) for x in info.shard_lengths]
+  except Exception:  # noqa: BLE001  (an info without shard lists: the caller names the split)
+    return []
+  if len(paths) != len(lengths):
+    return []
+  starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int).tolist()
+  return list(zip(paths, starts, lengths))
+
+
+def _damaged_shard(src, where: str, split: str, rows: range, e: Exception):
+  """The one line for a shard that cannot be read: which file, what dataset_info.json says it
+  holds, its size, and the reader's complaint (found by reading each shard of the failed rows
+  alone)."""
+  reason = f"{type(e).__name__}: {_first_line(e)}"
+  for path, start, count in _shards(src, split):
+    if start + count <= rows.start or start >= rows.stop:
+      continue
+    try:
+      got = src.__getitems__(list(range(start, start + count)))
+      if all(ex is not None for ex in got):
+        continue
+      why = "records missing"
+    except Exception as ee:  # noqa: BLE001  (this shard is the damaged one)
+      # A record the index lists but the file no longer holds reaches TFDS's decoder as None.
+      why = ("records missing" if "NoneType" in str(ee) else
+             f"{type(ee).__name__}: {_first_line(ee)}")
+    try:
+      size = f"{os.path.getsize(path)} bytes"
+    except OSError as oe:
+      size = oe.strerror or "unreadable"
+    return fail(path, f"{split} shard", f"a complete ArrayRecord shard of {count} examples (as "
+                "dataset_info.json records; rebuild the TFDS copy with convert-data --to tfds)",
+                f"{size} ({why})")
+  return fail(where, split, f"{len(src)} readable examples (rebuild the TFDS copy with "
+              "convert-data --to tfds)", f"rows {rows.start}..{rows.stop - 1}: {reason}")
 
 
 def _names(names: list):

@@ -74,7 +74,8 @@ def train(ctx: Context, overrides: dict | None = None, feature: str | None = Non
   key = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
   workdir = ctx.path("runs", key)
   done = os.path.join(workdir, export.EXPORT_NAME)
-  record = os.path.join(workdir, "run.json")
+  # Not run.json: that is the training loop's record of every start, kept beside this one.
+  record = os.path.join(workdir, "experiment_run.json")
   if os.path.exists(done) and os.path.exists(record):
     params, cfg = export.load_model(done)
     with open(record) as f:

@@ -12,7 +12,16 @@ Beside the checkpoints, ``<checkpoints>_digests/<step>.json`` records a SHA-256 
 each step. A restore first compares the files with that record (so a damaged file never reaches
 orbax), then recomputes the state checksum from what it read: a checkpoint that fails either
 check or fails to read is reported in one warning line and the next older kept checkpoint is
-used; only when none is intact is it an error.
+used; only when none is intact is it an error. A step without a record (saved by an older
+csa_jax) is verified by the state checksum alone; so is a step whose record is unreadable or
+malformed (not JSON, not an object of file name -> SHA-256 hex, or empty), after one warning: a
+damaged record never sets an intact checkpoint aside, and is never ignored without a word.
+
+A save that fails (a read-only or full disk) is one ``InputError`` line naming the path and the
+errno; orbax's half-written ``<step>.orbax-checkpoint-tmp`` is removed and the older checkpoints
+stay as they were. orbax and tensorstore also report such a failure from their background
+threads, after the error has reached the caller: ``csa-jax`` routes those reports to debug
+records (``orbax_errors.quiet_background_errors``); a library user's process keeps its hooks.
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+import shutil
 import time
 from typing import Any
 
@@ -29,11 +40,16 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from csa_jax.errors import InputError
+from csa_jax.errors import InputError, fail
 from csa_jax.fileio import write_json
+from csa_jax.train.checks import errno_text
+from csa_jax.train.orbax_errors import os_error_of, short_reason
 
 log = logging.getLogger(__name__)
 DIGESTS_SUFFIX = "_digests"  # <checkpoints>_digests/<step>.json: SHA-256 of each file of a step
+# orbax's temporary directory of a step being saved (older versions add "-<timestamp>").
+_ORBAX_TMP = re.compile(r"[0-9]+\.orbax-checkpoint-tmp(-[0-9]+)?")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def _host_copy(x):
@@ -62,11 +78,33 @@ class Checkpointer:
     if keep < 1:
       raise InputError(f"config: checkpoint.keep: expected >= 1, found {keep}")
     self.directory = os.path.abspath(os.fspath(directory))
+    self._failed = False
+    # orbax's own clean-up of a killed save's temporary directory runs on a thread that close()
+    # does not wait for; at exit it then fails ("cannot schedule new futures after interpreter
+    # shutdown"). Done here, synchronously, instead.
+    self._remove_temps()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=False,
-        cleanup_tmp_directories=True)
-    self._mgr = ocp.CheckpointManager(self.directory, options=options,
-                                      item_names=("state", "meta"))
+        cleanup_tmp_directories=False)
+    try:
+      self._mgr = ocp.CheckpointManager(self.directory, options=options,
+                                        item_names=("state", "meta"))
+    except OSError as e:
+      raise fail(e.filename or self.directory, "checkpoints", "a directory it can create",
+                 errno_text(e.errno) if e.errno else str(e)) from None
+
+  def _remove_temps(self) -> None:
+    """Removes orbax's temporary directories of unfinished saves (process 0; only those)."""
+    if jax.process_index() != 0 or not os.path.isdir(self.directory):
+      return
+    for name in os.listdir(self.directory):
+      path = os.path.join(self.directory, name)
+      if _ORBAX_TMP.fullmatch(name) and os.path.isdir(path) and not os.path.islink(path):
+        try:
+          shutil.rmtree(path)
+        except OSError as e:
+          log.warning("%s: cannot remove an unfinished save (%s)", path,
+                      e.strerror or type(e).__name__)
 
   def latest_step(self) -> int | None:
     self._mgr.reload()
@@ -86,10 +124,38 @@ class Checkpointer:
     meta = dict(meta, rng_key_data=key_data.tolist(), rng_impl=str(jax.random.key_impl(rng)),
                 checksum=state_checksum(host, key_data))
     args = ocp.args.Composite(state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta))
-    self._mgr.save(int(step), args=args, force=True)
-    self._mgr.wait_until_finished()
-    if jax.process_index() == 0:
-      self._write_digest(int(step))
+    try:
+      self._mgr.save(int(step), args=args, force=True)
+      self._mgr.wait_until_finished()
+      if jax.process_index() == 0:
+        self._write_digest(int(step))
+    except Exception as e:  # noqa: BLE001  (orbax/tensorstore wrap OS errors in many types)
+      self._failed = True
+      found = os_error_of(e)
+      if found is None:
+        raise
+      code, path = found
+      self._remove_temps()
+      kept = [s for s in self._steps_on_disk() if s != int(step)]
+      keep = (f"checkpoint {kept[-1]} is kept, --resume continues from it" if kept else
+              "no checkpoint was kept")
+      # The file that failed was in orbax's temporary directory, removed now: named relative
+      # to the checkpoints, which the line names.
+      where = ""
+      if path:
+        rel = os.path.relpath(path, self.directory)
+        where = f" writing {path if rel.startswith(os.pardir) else rel}"
+      raise fail(self.directory, "checkpoints", f"to save step {int(step)} ({keep})",
+                 errno_text(code) + where) from None
+
+  def _steps_on_disk(self) -> list[int]:
+    """The finished steps in the directory, read without orbax (which may be what failed)."""
+    try:
+      names = os.listdir(self.directory)
+    except OSError:
+      return []
+    return sorted(int(n) for n in names if n.isdigit()
+                  and os.path.isdir(os.path.join(self.directory, n)))
 
   def read_meta(self, step: int) -> dict:
     """The JSON metadata of ``step`` alone (cheap: no arrays are read)."""
@@ -122,14 +188,33 @@ class Checkpointer:
         with contextlib.suppress(OSError):
           os.remove(os.path.join(self.directory + DIGESTS_SUFFIX, f))
 
+  def _read_record(self, step: int) -> dict[str, str] | None:
+    """The file record of ``step``; None when there is none, or when it is unreadable or
+    malformed (one warning: the state checksum alone then verifies the step)."""
+    path = self._digest_path(step)
+    try:
+      with open(path, "rb") as f:
+        raw = f.read(1 << 20)
+    except FileNotFoundError:
+      log.debug("%s: no file record; checkpoint %d is verified by its state checksum", path,
+                step)
+      return None
+    except OSError as e:
+      problem = f"unreadable: {e.strerror or type(e).__name__}"
+    else:
+      problem = _record_problem(raw)
+      if problem is None:
+        return json.loads(raw)
+    log.warning("%s: file record of checkpoint %d is %s; verifying the checkpoint by its state "
+                "checksum alone", path, step, problem)
+    return None
+
   def _check_files(self, step: int) -> None:
     """Raises if a file of ``step`` changed since it was saved. Done before orbax reads
     anything: a damaged file is then never handed to tensorstore, whose background threads
-    print tracebacks when a read fails. Steps saved without a record go straight to orbax."""
-    try:
-      with open(self._digest_path(step)) as f:
-        want = json.load(f)
-    except (OSError, ValueError):
+    report failed reads. Steps without a usable record go straight to orbax."""
+    want = self._read_record(step)
+    if want is None:
       return
     got = self._file_digests(step)
     for name in sorted(set(want) | set(got)):
@@ -174,7 +259,7 @@ class Checkpointer:
       try:
         out = self._restore_one(like_state, s)
       except Exception as e:  # orbax/tensorstore raise many types for damaged files
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        reason = short_reason(e)
         damaged.append((s, reason))
         nxt = [t for t in steps if t < s]
         log.warning("%s: checkpoint %d is damaged (%s)%s", self.directory, s,
@@ -202,4 +287,30 @@ class Checkpointer:
     self._mgr.reload()
 
   def close(self) -> None:
-    self._mgr.close()
+    """Waits for orbax's outstanding work and stops its threads; after a failed save also
+    removes what that save left."""
+    try:
+      self._mgr.close()
+    except Exception as e:  # noqa: BLE001
+      if not self._failed:
+        raise
+      # The failure was already reported; orbax re-raises it from the save it could not finish.
+      log.debug("closing the checkpointer after a failed save: %s", short_reason(e))
+    if self._failed:
+      self._remove_temps()
+
+
+def _record_problem(raw: bytes) -> str | None:
+  """What is wrong with a file record's bytes (None: a usable record)."""
+  try:
+    rec = json.loads(raw)
+  except ValueError:
+    return "not JSON"
+  if not isinstance(rec, dict):
+    return f"a JSON {type(rec).__name__}, not an object of file name -> SHA-256"
+  if not rec:
+    return "empty"
+  bad = [k for k, v in rec.items() if not (isinstance(v, str) and _SHA256_HEX.fullmatch(v))]
+  if bad:
+    return f"not a SHA-256 hex digest for {bad[0]!r}"
+  return None

@@ -14,12 +14,15 @@ import json
 import logging
 import math
 import os
+import re
+import stat
 from typing import Any
 
 import jax
 import numpy as np
 
 from csa_jax import configs
+from csa_jax.data.regular_file import kind_of
 from csa_jax.errors import InputError, fail
 from csa_jax.fileio import check_output_path
 
@@ -33,6 +36,8 @@ FIXED_ON_RESUME = ("model.anchors", "model.dim", "model.depth", "model.heads", "
 # run resumes with an unchanged config.
 ADDED_DEFAULTS = {"train.microbatches": 1, "model.attention": "auto"}
 LOCK_NAME = ".lock"
+_LOCK_MAX_BYTES = 32  # a pid and a newline; anything longer is not a lock csa_jax wrote
+_LOCK_TRIES = 20  # times a lock is retaken when its file was replaced meanwhile
 SEED_MAX = 2**32 - 1  # the largest seed every PRNG here (numpy, JAX threefry) accepts as is
 
 log = logging.getLogger(__name__)
@@ -118,11 +123,59 @@ def _check_data_paths(d) -> None:
     raise fail(d.root, "data.root", "a directory holding the data layout", "no such directory")
 
 
+def errno_text(code: int) -> str:
+  """An errno as an error line says it: ``[Errno 28] No space left on device (ENOSPC)``."""
+  name = errno.errorcode.get(code)
+  return f"[Errno {code}] {os.strerror(code)}" + (f" ({name})" if name else "")
+
+
+@contextlib.contextmanager
+def io_path(path: str):
+  """Gives an ``OSError`` raised in the body without a file name (a failed ``write`` to an open
+  file) the name ``path``, so the one error line can say which file failed."""
+  try:
+    yield
+  except OSError as e:
+    if e.filename is None and e.errno:
+      raise OSError(e.errno, e.strerror or os.strerror(e.errno), os.fspath(path)) from None
+    raise
+
+
+def missing_dirs(path: str) -> list[str]:
+  """The directories ``os.makedirs(path)`` would create, deepest first (what a failed start may
+  remove again: only those, and only while empty)."""
+  out, p = [], os.path.abspath(os.fspath(path))
+  while not os.path.lexists(p) and os.path.dirname(p) != p:
+    out.append(p)
+    p = os.path.dirname(p)
+  return out
+
+
+def remove_if_empty(dirs) -> None:
+  """``rmdir`` each of ``dirs`` in order, stopping at the first that is not empty or gone: never
+  anything but an empty directory."""
+  for d in dirs:
+    try:
+      os.rmdir(d)
+    except OSError:
+      return
+
+
 def check_workdir(workdir: str) -> str:
-  """The workdir, absolute and created; one line if it cannot be one (a file, not writable)."""
-  workdir = os.path.abspath(os.fspath(workdir))
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise fail(workdir, "--workdir", "a directory", "a file")
+  """The workdir, absolute and created; one line if it cannot be one.
+
+  Refused: an empty or blank path (an unset shell variable must not make the current directory a
+  workdir), anything but a directory, a directory that cannot be created or written.
+  """
+  raw = os.fspath(workdir)
+  if not raw.strip():
+    raise fail("command line", "--workdir", "a directory path",
+               f"the blank string {raw!r}" if raw else "an empty string")
+  workdir = os.path.abspath(raw)
+  if os.path.lexists(workdir) and not os.path.isdir(workdir):
+    kind = ("a broken symbolic link" if not os.path.exists(workdir) else
+            "a file" if os.path.isfile(workdir) else kind_of(os.stat(workdir).st_mode))
+    raise fail(workdir, "--workdir", "a directory", kind)
   check_output_path(os.path.join(workdir, "config.json"), "--workdir")
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -132,32 +185,120 @@ def check_workdir(workdir: str) -> str:
   return workdir
 
 
+class WorkdirLock:
+  """What ``workdir_lock`` holds: the lock file's path and whether this start created it."""
+
+  def __init__(self, path: str | None, created: bool):
+    self.path, self.created = path, created
+
+
+def _lock_error(path: str, found: str) -> InputError:
+  return fail(path, "--workdir", f"{LOCK_NAME} to be a lock file csa_jax wrote (a regular file "
+              "of this user holding a pid; remove it if no run uses this workdir)", found)
+
+
+def _open_lock(path: str) -> tuple[int, bool]:
+  """(fd, created) of the lock file, opened without following a symlink or blocking on a FIFO,
+  and refused unless it is what csa_jax writes there: a regular file of this user, not linked
+  elsewhere, empty or holding a pid. It is overwritten with this run's pid: anything else would
+  be a file csa_jax did not create."""
+  flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+  while True:
+    try:
+      return _checked_lock_fd(path, os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666)), True
+    except FileExistsError:
+      pass
+    except OSError as e:
+      raise fail(path, "--workdir", f"a writable directory for {LOCK_NAME}",
+                 f"[Errno {e.errno}] {e.strerror}") from None
+    try:
+      return _checked_lock_fd(path, os.open(path, flags)), False
+    except FileNotFoundError:
+      continue  # removed between the two opens (a failed start cleaning up): create it
+    except OSError as e:
+      if e.errno == errno.ELOOP:
+        raise _lock_error(path, "a symbolic link") from None
+      if e.errno == errno.EISDIR:
+        raise _lock_error(path, "a directory") from None
+      raise fail(path, "--workdir", f"a readable and writable {LOCK_NAME}",
+                 f"[Errno {e.errno}] {e.strerror}") from None
+
+
+def _checked_lock_fd(path: str, fd: int) -> int:
+  try:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+      raise _lock_error(path, kind_of(st.st_mode))
+    if st.st_uid != os.geteuid():
+      raise _lock_error(path, f"a file of user id {st.st_uid}")
+    if st.st_nlink != 1:
+      raise _lock_error(path, f"a file with {st.st_nlink} hard links")
+    head = os.pread(fd, _LOCK_MAX_BYTES + 1, 0)
+    if len(head) > _LOCK_MAX_BYTES or not re.fullmatch(rb"[0-9]*\n?", head):
+      raise _lock_error(path, "other content")
+    return fd
+  except BaseException:
+    os.close(fd)
+    raise
+
+
 @contextlib.contextmanager
 def workdir_lock(workdir: str, enabled: bool = True):
   """Holds ``<workdir>/.lock`` (an exclusive ``flock``) for the body; a second run fails.
 
-  The kernel drops the lock when the process dies, so a killed run never leaves it stale.
-  enabled: False on all but one process of a multi-process run (they share the workdir).
+  The kernel drops the lock when the process dies, so a killed run never leaves it stale. When
+  the body fails and this start created the lock file, it is removed again, while still locked;
+  a run that locks it checks that the file it locked is still the one at the path (else it
+  locked a file already unlinked, and tries again).
+
+  Args:
+    workdir: the run's directory (``check_workdir``).
+    enabled: False on all but one process of a multi-process run (they share the workdir).
+
+  Yields:
+    A ``WorkdirLock``.
   """
   if not enabled:
-    yield
+    yield WorkdirLock(None, False)
     return
   path = os.path.join(workdir, LOCK_NAME)
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-  try:
+  for _ in range(_LOCK_TRIES):
+    fd, created = _open_lock(path)
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
-      if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-        raise
       holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+      os.close(fd)
+      if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+        raise fail(path, "--workdir", f"a lockable {LOCK_NAME}",
+                   f"[Errno {e.errno}] {e.strerror}") from None
       raise InputError(f"{workdir}: --workdir: expected no other run in this workdir, found "
                        f"one running (pid {holder})") from None
+    if _same_file(fd, path):
+      break
+    os.close(fd)
+  else:
+    raise fail(path, "--workdir", f"a stable {LOCK_NAME}",
+               f"it replaced {_LOCK_TRIES} times while locking")
+  try:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    yield
+    yield WorkdirLock(path, created)
+  except BaseException:
+    if created:
+      with contextlib.suppress(OSError):
+        os.unlink(path)  # still locked: no other run can hold this file now
+    raise
   finally:
     os.close(fd)
+
+
+def _same_file(fd: int, path: str) -> bool:
+  try:
+    a, b = os.fstat(fd), os.stat(path, follow_symlinks=False)
+  except OSError:
+    return False
+  return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _config_changes(saved: dict, now: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:

@@ -24,7 +24,7 @@ from csa_jax import configs
 from csa_jax import parallel
 from csa_jax.core.config import ModelConfig
 from csa_jax.data import train_set as pipeline
-from csa_jax.errors import InputError
+from csa_jax.errors import InputError, fail
 from csa_jax.fileio import atomic_path, remove_stale_temps, write_json
 from csa_jax.interop import export
 from csa_jax.run_info import run_info
@@ -33,9 +33,11 @@ from csa_jax.train import step as ts
 from csa_jax.train import telemetry as metrics
 from csa_jax.train.checkpoint import Checkpointer
 from csa_jax.train.checks import (check_outcome, check_resume_config, check_workdir,
+                                  errno_text, io_path, missing_dirs, remove_if_empty,
                                   saved_config, validate_config, workdir_lock)
 
 CONFIG_NAME = "config.json"
+CHECKPOINTS_NAME = "checkpoints"
 RUN_NAME = "run.json"
 PLOT_EVERY_S = 60.0  # redraw the curves at checkpoints at most this often (and at the end)
 
@@ -100,6 +102,39 @@ def load_train_data(config, workdir: str) -> pipeline.TrainSet:
                                  K=d.K, L=config.model.anchors, cache_dir=cache, split=d.split)
 
 
+def record_start(path: str, record: dict) -> None:
+  """Adds a start of the run to ``run.json``, keeping every earlier one.
+
+  ``run.json`` is ``{**latest start, "starts": [every start, oldest first]}``: its top level
+  reads as the single record earlier versions wrote (the latest start's versions, devices,
+  command, config and ``started_at_step``), and such a single-record file becomes the first
+  entry of ``starts``. A file that is not a JSON object cannot be kept: one warning, and the
+  record starts anew.
+
+  Args:
+    path: ``<workdir>/run.json``.
+    record: this start (``run_info`` plus ``started_at_step``).
+  """
+  starts = []
+  try:
+    with open(path) as f:
+      old = json.load(f)
+  except FileNotFoundError:
+    old = {}
+  except (OSError, ValueError) as e:
+    log.warning("%s: unreadable (%s); its earlier starts are not kept", path, type(e).__name__)
+    old = {}
+  if isinstance(old, dict) and isinstance(old.get("starts"), list):
+    starts = [s for s in old["starts"] if isinstance(s, dict)]
+  elif isinstance(old, dict) and old:
+    starts = [old]  # the single record of an earlier version
+  elif not isinstance(old, dict):
+    log.warning("%s: not a JSON object; its earlier starts are not kept", path)
+  record = {k: v for k, v in record.items() if k != "starts"}
+  with io_path(path):
+    write_json(path, {**record, "starts": [*starts, record]})
+
+
 def _save_pth(path: str, params, epoch: int) -> bool:
   try:
     import torch
@@ -128,30 +163,65 @@ def train(config, workdir: str, resume: bool = False, train_set=None, progress: 
     allow_config_change: let ``resume`` go on with hyper-parameters other than the saved run's
       (never the model's shape, the batch or the seed).
     command_argv: the command line, recorded in ``<workdir>/run.json`` with the versions and
-      devices of each start (``csa_jax.run_info``).
+      devices of each start (``csa_jax.run_info``; ``record_start``).
 
   Returns:
     A ``TrainResult``. A run that never applied an update, whose last epoch skipped every step
-    (diverged), or whose parameters are not finite raises ``InputError`` and exports nothing.
+    (diverged), or whose parameters are not finite raises ``InputError`` and exports nothing;
+    so does a resume whose ``train.epochs`` ends before the step it resumes at. A failed read or
+    write of the workdir (a full disk, a read-only directory) is one ``InputError`` line naming
+    the path and the errno; the checkpoints saved before it stay intact and resumable. A start
+    that fails removes the ``.lock``, ``checkpoints/`` and directories it created while they
+    are still empty, and nothing else.
   """
   validate_config(config, check_data=train_set is None)
   model_cfg = model_config(config)
+  # What this start creates, to be removed again (only while empty) when it fails: a failed
+  # start leaves the workdir as it found it.
+  new_dirs = missing_dirs(workdir) if os.fspath(workdir).strip() else []
   workdir = check_workdir(workdir)
   lead = jax.process_index() == 0
-  mesh = parallel.make_mesh()
-  ts.check_microbatches(config.train.global_batch, microbatches(config), mesh)
-  if config.train.global_batch % jax.process_count():
-    raise InputError(f"config: train.global_batch: expected a multiple of the "
-                     f"{jax.process_count()} processes, found {config.train.global_batch}")
-  with workdir_lock(workdir, enabled=lead):
+  try:
+    mesh = parallel.make_mesh()
+    ts.check_microbatches(config.train.global_batch, microbatches(config), mesh)
+    if config.train.global_batch % jax.process_count():
+      raise InputError(f"config: train.global_batch: expected a multiple of the "
+                       f"{jax.process_count()} processes, found {config.train.global_batch}")
+    with workdir_lock(workdir, enabled=lead):
+      if lead:
+        remove_stale_temps(workdir)  # left by a run killed while writing its outputs
+      ckpt_dir = os.path.join(workdir, CHECKPOINTS_NAME)
+      new_ckpt_dirs = missing_dirs(ckpt_dir)
+      try:
+        ckpt = Checkpointer(ckpt_dir, keep=config.checkpoint.keep)
+        try:
+          return _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
+                        allow_config_change, command_argv)
+        except OSError as e:  # a write of the run's files (metrics, exports, ...) failed
+          raise _io_failure(e, workdir, ckpt) from None
+        finally:
+          ckpt.close()  # before any error reaches the CLI: orbax threads must not outlive it
+      except BaseException:
+        if lead:
+          remove_if_empty(new_ckpt_dirs)
+        raise
+  except BaseException:
     if lead:
-      remove_stale_temps(workdir)  # left by a run killed while writing its outputs
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
-    try:
-      return _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
-                    allow_config_change, command_argv)
-    finally:
-      ckpt.close()  # before any error reaches the CLI: orbax threads must not outlive it
+      remove_if_empty(new_dirs)
+    raise
+
+
+def _io_failure(e: OSError, workdir: str, ckpt: Checkpointer) -> InputError:
+  """One line for a failed read or write of the run's files: the path, the errno, and where a
+  ``--resume`` would continue."""
+  try:
+    latest = ckpt.latest_step()
+  except Exception:  # noqa: BLE001  (the same fault may hide the checkpoints too)
+    latest = None
+  resumable = f" (--resume continues from step {latest})" if latest is not None else ""
+  return fail(os.fspath(e.filename or workdir), "--workdir",
+              f"a readable and writable file{resumable}",
+              errno_text(e.errno) if e.errno else str(e) or type(e).__name__)
 
 
 def _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
@@ -190,11 +260,18 @@ def _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
                        f"{meta.get('num_samples')} training samples, found {n} (the data "
                        "changed; start a new workdir)")
     epoch_start_skipped = meta.get("skipped_at_epoch_start", 0)
-  if lead and not (resume and os.path.exists(cfg_path) and not allow_config_change):
-    write_json(cfg_path, configs.as_plain(config))
   start = int(jax.device_get(state.step))
+  if start > total:
+    # Training cannot run backwards: the resumed state has taken more steps than the run would
+    # now have, and exporting it as a shorter run's model would misreport it.
+    raise fail(ckpt.directory, "train.epochs",
+               f"at least the {-(-start // spe)} epochs the resumed run has reached (step "
+               f"{start}, {spe} steps per epoch)", f"{tc.epochs} ({total} steps)")
+  if lead and not (resume and os.path.exists(cfg_path) and not allow_config_change):
+    with io_path(cfg_path):
+      write_json(cfg_path, configs.as_plain(config))
   if lead:  # config.json is what a resume compares against; run.json is the provenance
-    write_json(os.path.join(workdir, RUN_NAME), {
+    record_start(os.path.join(workdir, RUN_NAME), {
         **run_info(command_argv, config=configs.as_plain(config), seed=tc.seed),
         "started_at_step": start})
 
@@ -274,8 +351,10 @@ def _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
     metrics.plot_curves(metrics_log.path, os.path.join(workdir, metrics.PLOT_NAME))
   check_outcome(params, skipped, skipped - epoch_start_skipped, total, spe)
   if lead:
-    export.save_export(os.path.join(workdir, export.EXPORT_NAME), params, model_cfg)
-    has_pth = _save_pth(os.path.join(workdir, "state_dict.pth"), params, tc.epochs)
+    with io_path(os.path.join(workdir, export.EXPORT_NAME)):
+      export.save_export(os.path.join(workdir, export.EXPORT_NAME), params, model_cfg)
+    with io_path(os.path.join(workdir, "state_dict.pth")):
+      has_pth = _save_pth(os.path.join(workdir, "state_dict.pth"), params, tc.epochs)
     _say(lead, f"train: done at step {total} ({skipped} skipped); wrote "
             f"{os.path.join(workdir, export.EXPORT_NAME)}" + (" and state_dict.pth" if has_pth
                                                                else ""))

@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from csa_jax.fileio import atomic_path
+from csa_jax.train.checks import io_path
 
 METRICS_NAME = "metrics.jsonl"
 PLOT_NAME = "training_curves.png"
@@ -102,15 +103,16 @@ class MetricsLog:
     """Drops records of steps > ``step`` (written by a run killed after its last checkpoint)."""
     if not self.enabled or not os.path.exists(self.path):
       return
-    keep = [line for line in read_jsonl(self.path, raw=True)
-            if json.loads(line).get("step", 0) <= step]
-    with atomic_path(self.path) as tmp, open(tmp, "w") as f:
-      f.writelines(line + "\n" for line in keep)
+    with io_path(self.path):
+      keep = [line for line in read_jsonl(self.path, raw=True)
+              if json.loads(line).get("step", 0) <= step]
+      with atomic_path(self.path) as tmp, open(tmp, "w") as f:
+        f.writelines(line + "\n" for line in keep)
 
   def write(self, record: dict) -> None:
     if not self.enabled:
       return
-    with open(self.path, "a") as f:
+    with io_path(self.path), open(self.path, "a") as f:
       f.write(json.dumps(record, allow_nan=True) + "\n")
 
 
@@ -156,7 +158,9 @@ def plot_curves(metrics_path: str, png_path: str) -> bool:
   for ax in axes:
     ax.grid(alpha=0.3)
   fig.tight_layout()
-  with atomic_path(png_path) as tmp:
-    fig.savefig(tmp, format="png", dpi=100)
-  plt.close(fig)
+  try:
+    with io_path(png_path), atomic_path(png_path) as tmp:
+      fig.savefig(tmp, format="png", dpi=100)
+  finally:
+    plt.close(fig)
   return True
