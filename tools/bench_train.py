@@ -33,10 +33,9 @@ import numpy as np
 from csa_jax import parallel
 from csa_jax.bench.flops import train_flops
 from csa_jax.core.config import ModelConfig
-from csa_jax.data.train_set import random_train_set
 from csa_jax.errors import InputError
-from csa_jax.train import optim
-from csa_jax.train import step as ts
+from csa_jax.train import optim, step as ts
+from csa_jax.train.train_set import random_train_set
 
 
 def _cpu_name() -> str:

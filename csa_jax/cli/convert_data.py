@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from csa_jax.data import convert
+from csa_jax.data import convert, layout
 from csa_jax.errors import fail
 from csa_jax.fileio import check_distinct
 
@@ -111,7 +111,7 @@ def _to_tfds(args) -> int:
   if args.out_root is None:
     raise fail("command line", "--out-root", "the TFDS data_dir to write (with --to tfds)",
                "none")
-  features = args.feature or tfds_builder.find_features(args.root)
+  features = args.feature or layout.feature_names(args.root)
   if not features:
     raise fail(args.root, "train", "descriptor files train/<feature>.pkl or .npz", "none")
   datasets = None if args.datasets is None else [d for d in args.datasets.split(",") if d]

@@ -31,9 +31,8 @@ import re
 import sys
 
 from csa_jax.cli.rerank_flags import add_rerank_flags, check_positive
-from csa_jax.data import readers as data_io
+from csa_jax.data import descriptors, ground_truth, layout
 from csa_jax.errors import fail, one_line
-from csa_jax.evaluation import data_root
 from csa_jax.evaluation.evaluate import evaluate
 from csa_jax.evaluation.revisited import format_results, results_to_json
 from csa_jax.fileio import check_distinct, check_output_path, write_json
@@ -91,7 +90,7 @@ def _check_flags(args) -> None:
     if args.features is None or args.datasets is None:
       raise fail("command line", flag, "--features NAME and --datasets D1,D2",
                  f"--features {args.features}, --datasets {args.datasets}")
-    data_root.check_name(args.features, "--features")
+    layout.check_name(args.features, "--features")
     if args.tfds is not None and args.r1m not in (None, _R1M_FROM_ROOT):
       raise fail("command line", "--r1m", "a bare --r1m with --tfds (its r1m split)",
                  f"--r1m {args.r1m}")
@@ -116,14 +115,14 @@ def _tfds_sets(data_dir: str, features: str, names: list[str], r1m: bool):
   where = tfds_reader.dataset_dir(data_dir, features)
   sources = tfds_reader.open_tfds(data_dir, features)
   for ds in names:
-    data_root.check_name(ds, "--datasets")
+    layout.check_name(ds, "--datasets")
     if f"{ds}_db" not in sources or f"{ds}_query" not in sources:
       raise fail(where, "--datasets", f"test set '{ds}' in the TFDS copy",
                  f"test sets {tfds_reader.tfds_test_sets(data_dir, features)}")
   if r1m and "r1m" not in sources:
     raise fail(where, "--r1m", "an r1m split (convert-data --to tfds --r1m)",
                f"splits {sorted(sources)}")
-  sets = [data_root.TestSetFiles(ds, where, f"{where}: {ds}_query") for ds in names]
+  sets = [layout.TestSetFiles(ds, where, f"{where}: {ds}_query") for ds in names]
   return sets, (f"{where}: r1m" if r1m else None)
 
 
@@ -163,13 +162,13 @@ def main(argv: list[str]) -> int:
     if args.tfds is not None:
       sets, r1m = _tfds_sets(args.tfds, args.features, names, args.r1m is not None)
     else:
-      sets = data_root.test_set_files(args.data, args.features, names)
-      r1m = args.r1m or (data_root.r1m_file(args.data, args.features)
+      sets = layout.test_set_files(args.data, args.features, names)
+      r1m = args.r1m or (layout.r1m_file(args.data, args.features)
                          if args.r1m is not None else None)
     default_out = f"eval_{args.features}{'+1m' if r1m else ''}.json"
   else:
     r1m = args.r1m
-    sets = [data_root.TestSetFiles(args.dataset or _dataset_name(args.gnd, bool(r1m)),
+    sets = [layout.TestSetFiles(args.dataset or _dataset_name(args.gnd, bool(r1m)),
                                    args.features or args.db, args.gnd)]
     default_out = f"eval_{sets[0].name}.json"
   path = check_output_path(args.out or default_out, "--out")  # before model, data, compute
@@ -195,15 +194,15 @@ def main(argv: list[str]) -> int:
       from csa_jax.data import tfds_reader  # noqa: PLC0415  (the optional tfds extra)
       q, db, gnd = tfds_reader.load_test_set_from_tfds(args.tfds, args.features, s.name)
     elif args.data is None and args.db is not None:  # the same cross-checks as one features file
-      q, db, gnd = data_io.load_test_files(args.db, args.query, args.gnd)
+      q, db, gnd = ground_truth.load_test_files(args.db, args.query, args.gnd)
     else:
-      q, db, gnd = data_io.load_test_set(s.features, s.gnd)
+      q, db, gnd = ground_truth.load_test_set(s.features, s.gnd)
     name, n_db = s.name + ("+1m" if r1m and by_name else ""), len(db)
     if r1m:  # read once, shared by every dataset (all must have its C)
       if distractors is None and args.tfds is not None:
         distractors = tfds_reader.load_r1m_from_tfds(args.tfds, args.features, dim=db.shape[1])
       elif distractors is None:
-        distractors = data_io.load_r1m(r1m, dim=db.shape[1])
+        distractors = descriptors.load_r1m(r1m, dim=db.shape[1])
       elif distractors.shape[1] != db.shape[1]:
         raise fail(s.features, "db", f"descriptor size C={distractors.shape[1]} (as the R1M "
                    "distractors)", f"C={db.shape[1]}")

@@ -7,9 +7,9 @@ import os
 
 import numpy as np
 
-from csa_jax.data.containers import describe, load_container
 from csa_jax.data.index_lists import as_indices, as_names
 from csa_jax.errors import fail
+from csa_jax.formats.containers import describe, load_container
 
 
 def _as_clusters(v, source: str, field: str) -> np.ndarray:

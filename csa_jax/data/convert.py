@@ -22,12 +22,13 @@ from typing import Callable
 
 import numpy as np
 
+from csa_jax.data import layout
 from csa_jax.data.annotations import load_annotations
-from csa_jax.data.containers import describe, load_container
 from csa_jax.data.descriptors import as_descriptors
 from csa_jax.data.ground_truth import gnd_names, load_test_set, parse_gnd
 from csa_jax.errors import fail
 from csa_jax.fileio import atomic_path, check_output_path, save_npy, save_npz, write_json
+from csa_jax.formats.containers import describe, load_container
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def file_job(src: str, out: str | None = None, gnd: str | None = None,
 
 
 def tree_jobs(root: str, out_root: str | None = None) -> list[Job]:
-  """A job for every pickle of a docs/method.md section 6 tree under ``root``.
+  """A job for every pickle of a data root (the layout of ``data.layout``) under ``root``.
 
   Args:
     root: the tree (annotations/, train/, test/<dataset>/).
@@ -89,18 +90,23 @@ def tree_jobs(root: str, out_root: str | None = None) -> list[Job]:
   Returns:
     The jobs, annotations first; features carry their annotations / gnd file when it exists.
   """
-  ann = os.path.join(root, "annotations", "retrieval-SfM-120k.pkl")
-  found: list[tuple[str, dict]] = []
-  if os.path.exists(ann):
-    found.append((ann, {}))
-  for g in sorted(glob.glob(os.path.join(root, "annotations", "*", "gnd_*.pkl"))):
-    found.append((g, {}))
-  for f in sorted(glob.glob(os.path.join(root, "train", "*.pkl"))):
-    found.append((f, {"annotations": ann} if os.path.exists(ann) else {}))
-  for f in sorted(glob.glob(os.path.join(root, "test", "*", "*.pkl"))):
-    ds = os.path.basename(os.path.dirname(f))
-    g = os.path.join(root, "annotations", ds, f"gnd_{ds}.pkl")
-    found.append((f, {"gnd": g} if os.path.exists(g) else {}))
+  pickles = lambda base: [base + e for e in layout.PICKLE_EXTS if os.path.isfile(base + e)]
+  anns = pickles(layout.annotations_base(root))
+  found: list[tuple[str, dict]] = [(a, {}) for a in anns]
+  datasets = sorted({os.path.basename(os.path.dirname(d)) for d in
+                     glob.glob(os.path.join(glob.escape(root), "annotations", "*", "")) +
+                     glob.glob(os.path.join(glob.escape(root), "test", "*", ""))})
+  gnds = {ds: [g for b in layout.gnd_bases(root, ds) for g in pickles(b)] for ds in datasets}
+  found += [(g, {}) for ds in datasets for g in gnds[ds]]
+  for e in layout.PICKLE_EXTS:
+    for f in sorted(glob.glob(os.path.join(glob.escape(root), "train", "*" + e))):
+      found.append((f, {"annotations": anns[0]} if anns else {}))
+  for ds in datasets:
+    for e in layout.PICKLE_EXTS:
+      for f in sorted(glob.glob(os.path.join(glob.escape(root), "test", glob.escape(ds),
+                                             "*" + e))):
+        if f not in gnds[ds]:  # a gnd file kept beside the features is a job of its own
+          found.append((f, {"gnd": gnds[ds][0]} if gnds[ds] else {}))
   if not found:
     raise fail(root, "root", "a data tree with annotations/, train/ or test/ pickles",
                "no pickles")

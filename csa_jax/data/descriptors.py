@@ -15,10 +15,10 @@ import os
 import numpy as np
 
 from csa_jax.core.normalize import NORM_TOL, l2_normalize
-from csa_jax.data import npyio
-from csa_jax.data.containers import describe, file_format, load_container, pick
-from csa_jax.data.regular_file import format_size, open_regular
 from csa_jax.errors import fail
+from csa_jax.formats import npyio
+from csa_jax.formats.containers import describe, file_format, load_container, pick
+from csa_jax.formats.regular_file import format_size, open_regular
 
 log = logging.getLogger(__name__)
 

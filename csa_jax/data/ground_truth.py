@@ -12,10 +12,10 @@ import os
 
 import numpy as np
 
-from csa_jax.data.containers import describe, load_container, pick
 from csa_jax.data.descriptors import as_descriptors
 from csa_jax.data.index_lists import as_indices, as_names
 from csa_jax.errors import fail
+from csa_jax.formats.containers import describe, load_container, pick
 
 
 def _as_bbx(v, source: str, field: str) -> np.ndarray:

@@ -12,9 +12,9 @@ import unicodedata
 
 import numpy as np
 
-from csa_jax.data.containers import describe, load_container
-from csa_jax.data.regular_file import MAX_TEXT_FILE_BYTES, read_regular
 from csa_jax.errors import fail
+from csa_jax.formats.containers import describe, load_container
+from csa_jax.formats.regular_file import MAX_TEXT_FILE_BYTES, read_regular
 
 _CONTAINER_HEADS = (b"\x93NUMPY", b"PK", b"\x80")  # .npy, .npz, pickle: read as containers
 

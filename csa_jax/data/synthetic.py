@@ -9,7 +9,7 @@ a direction common to all photos and per-photo noise complete the model. The tra
 landmarks (one cluster each) and single unrelated photos (a cluster each), as rSfM120k's clusters
 are its 3D models; the test db adds unrelated "minor" landmarks and occluded photos (3x noise).
 
-Files follow docs/method.md section 6 in its .npz/.json form, so ``data.readers`` reads them like
+Files follow docs/method.md section 6 in its .npz/.json form, so the file readers read them like
 real data:
 
   <root>/annotations/retrieval-SfM-120k.json  {'train'|'val': {'cids','cluster','qidxs','pidxs'}}

@@ -1,7 +1,7 @@
 """A data root packed into a versioned TFDS dataset in ArrayRecord format (optional extra "tfds").
 
 ``build_tfds(root, feature, out_dir)`` reads a docs/method.md section 6 root through
-``data.readers`` (restricted unpickling, size checks, every descriptor checked) and writes
+the file readers (restricted unpickling, size checks, every descriptor checked) and writes
 ``<out_dir>/csa_data/<feature>/1.0.0``: one TFDS config per descriptor set, records in
 ArrayRecord files (random access, read by ``data.tfds_reader`` through ``tfds.data_source``).
 tensorflow-datasets (4.9.10 tested) builds and reads these without TensorFlow: it is never
@@ -29,7 +29,6 @@ Nothing is written unless everything but R1M has been read and validated; TFDS w
 from __future__ import annotations
 
 import functools
-import glob
 import logging
 import os
 import re
@@ -41,20 +40,17 @@ from typing import ClassVar
 
 import numpy as np
 
-from csa_jax.data import readers as data_io
+from csa_jax.data import annotations, descriptors, ground_truth, layout
 from csa_jax.errors import InputError, fail
 from csa_jax.fileio import check_output_path
+from csa_jax.formats import containers
 
 log = logging.getLogger(__name__)
 
 NAME = "csa_data"  # the TFDS dataset name (from the builder class CsaData)
 VERSION = "1.0.0"
 INSTALL = "pip install 'csa_jax[tfds]'"
-R1M = "r1m"
-# Which file of a name is read, in order (as csa_jax.evaluation.data_root resolves a data root):
-_EXTS = (".pkl", ".pickle", ".npz", ".npy", ".json")
-_GND_EXTS = (".pkl", ".pickle", ".json", ".npz", ".npy")
-_R1M_EXTS = (".npy", ".pkl", ".pickle", ".npz", ".json")  # .npy first: it is memory-mapped
+R1M = layout.R1M_DIR
 _FEATURE_RE = re.compile(r"[A-Za-z0-9][\w+.-]*", re.ASCII)  # a TFDS config name
 _DATASET_RE = re.compile(r"[A-Za-z0-9][\w-]*", re.ASCII)  # '<ds>_db' must be a TFDS split name
 SEQUENCES = ("query_in_pairs", "positive_in_pairs", "easy", "hard", "junk")
@@ -89,43 +85,16 @@ def check_feature(feature: str, source: str = "<arguments>", field: str = "featu
   return feature
 
 
-def find_file(root: str, *rels: str, exts: tuple[str, ...] = _EXTS) -> str:
-  """The first ``root/rel + ext`` that is a file, each rel (in order) with every ext (in order)."""
-  for rel in rels:
-    for ext in exts:
-      if os.path.isfile(os.path.join(root, rel) + ext):
-        return os.path.join(root, rel) + ext
-  raise fail(" or ".join(os.path.join(root, r) + ".*" for r in rels), "file",
-             f"one of {', '.join(exts)} (docs/method.md section 6 layout)", "no such file")
-
-
-def _gnd_rels(ds: str) -> tuple[str, str]:
-  # cnnimageretrieval-pytorch keeps the gnd file beside the test set's features: read it there too
-  return f"annotations/{ds}/gnd_{ds}", f"test/{ds}/gnd_{ds}"
-
-
-def find_features(root: str) -> list[str]:
-  """The descriptor sets under ``root``: the names of train/<feature>.{pkl,pickle,npz}, sorted."""
-  names = set()
-  for ext in (".pkl", ".pickle", ".npz"):
-    for p in glob.glob(os.path.join(glob.escape(root), "train", "*" + ext)):
-      names.add(os.path.basename(p)[:-len(ext)])
-  return sorted(names)
-
-
 def find_test_sets(root: str, feature: str) -> list[str]:
-  """The test sets under ``root`` with ``feature`` descriptors and a gnd file, sorted."""
+  """The test sets under ``root`` with ``feature`` descriptors and a gnd file that TFDS can
+  name (letters, digits, _ and -: '<ds>_db' becomes a split name), sorted."""
   found = []
-  for d in sorted(glob.glob(os.path.join(glob.escape(root), "test", "*", ""))):
-    ds = os.path.basename(os.path.dirname(d))
-    if ds == R1M or not any(os.path.isfile(os.path.join(d, feature + e)) for e in _EXTS):
-      continue
-    if not _DATASET_RE.fullmatch(ds):
-      log.warning("%s: not a test set name TFDS can hold (letters, digits, _ and -): skipped", d)
-      continue
-    if any(os.path.isfile(os.path.join(root, rel) + e) for rel in _gnd_rels(ds)
-           for e in _GND_EXTS):
+  for ds in layout.test_set_names(root, feature):
+    if _DATASET_RE.fullmatch(ds):
       found.append(ds)
+    else:
+      log.warning("%s: not a test set name TFDS can hold (letters, digits, _ and -): skipped",
+                  os.path.join(root, "test", ds))
   return found
 
 
@@ -166,7 +135,7 @@ def _query_examples(q, gnd, names):
 
 
 def _r1m_examples(path: str, dim: int):
-  x = data_io.load_r1m(path, dim=dim)  # validated when its split is written, after the others
+  x = descriptors.load_r1m(path, dim=dim)  # validated when its split is written, after the others
   for i in range(len(x)):
     yield i, _example(i, np.asarray(x[i]))
 
@@ -242,15 +211,15 @@ def build_tfds(root, feature: str, out_dir, datasets: Sequence[str] | None = Non
   if not os.path.isdir(root):
     raise fail(root, "root", "a data root (docs/method.md section 6)", "no such directory")
   splits, dim = {}, None
-  ann_path = find_file(root, "annotations/retrieval-SfM-120k")
-  ann = data_io.load_annotations(ann_path)
-  train_path = find_file(root, f"train/{feature}")
-  obj = data_io.load_container(train_path)
+  ann_path = layout.annotations_file(root)
+  ann = annotations.load_annotations(ann_path)
+  train_path = layout.train_file(root, feature)
+  obj = containers.load_container(train_path)
   for split, a in ann.items():
     if split != "train" and (not isinstance(obj, dict) or split not in obj):
       log.warning("%s: no '%s' descriptors: the '%s' split is left out", train_path, split, split)
       continue
-    x = data_io.as_descriptors(data_io.pick(obj, train_path, split, "descriptors"), train_path,
+    x = descriptors.as_descriptors(containers.pick(obj, train_path, split, "descriptors"), train_path,
                                split, n=len(a["cluster"]), dim=dim)
     dim = x.shape[1]
     splits[split] = _train_examples(x, a)
@@ -262,17 +231,17 @@ def build_tfds(root, feature: str, out_dir, datasets: Sequence[str] | None = Non
         or f"{ds}_db" in splits:
       raise fail("<arguments>", "datasets", "distinct test set names of letters, digits, _ "
                  f"and - (not '{R1M}')", repr(ds))
-    gnd_path = find_file(root, *_gnd_rels(ds), exts=_GND_EXTS)
-    feats_path = find_file(root, f"test/{ds}/{feature}")
-    q, db, gnd = data_io.load_test_set(feats_path, gnd_path)
+    gnd_path = layout.gnd_file(root, ds)
+    feats_path = layout.test_features_file(root, ds, feature)
+    q, db, gnd = ground_truth.load_test_set(feats_path, gnd_path)
     if db.shape[1] != dim:
       raise fail(feats_path, "db",
                  f"descriptor size C={dim} (as the training descriptors)", f"C={db.shape[1]}")
-    names = data_io.gnd_names(data_io.load_container(gnd_path), gnd_path)
+    names = ground_truth.gnd_names(containers.load_container(gnd_path), gnd_path)
     splits[f"{ds}_db"] = _db_examples(db, names.get("imlist"))
     splits[f"{ds}_query"] = _query_examples(q, gnd, names.get("qimlist"))
   if r1m:
-    splits[R1M] = _r1m_examples(find_file(root, f"test/{R1M}/{feature}", exts=_R1M_EXTS), dim)
+    splits[R1M] = _r1m_examples(layout.r1m_file(root, feature), dim)
   log.info("%s: packing %s into %s (splits %s)", root, feature, dst, ", ".join(splits))
   builder = _builder(tfds, feature, out_dir, dim, splits)
   tmp = tempfile.mkdtemp(prefix="csa_tfds_")  # TFDS's download dir: nothing is downloaded

@@ -2,13 +2,12 @@
 
 Every reader opens ``<data_dir>/csa_data/<feature>/1.0.0`` through ``tfds.data_source`` (random
 access to the ArrayRecord files; tensorflow_datasets imported on first use) and returns exactly
-what the matching ``data.readers`` function returns for the files the dataset was packed from:
+what the matching file reader (``data.descriptors``, ``data.ground_truth``, ``data.annotations``) returns for the files the dataset was packed from:
 
   load_train_from_tfds        (feats_NxC, clusters_N)  = load_descriptors + load_annotations
   load_annotations_from_tfds  load_annotations' dict
   load_test_set_from_tfds     (q_QxC, db_NxC, gnd)     = load_test_set
   load_r1m_from_tfds          distractors_NxC          = load_r1m
-  load_train_set_from_tfds    a ``train_set.TrainSet`` = load_train_set
 
 What is read is checked as the file readers check it (finite float32 unit descriptors of one size,
 every index 0..n-1 present once, cluster ids and pairs, gnd indices inside the database, counts
@@ -18,14 +17,10 @@ cross-checked); any problem, a missing dataset or split included, is one ``Input
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 import numpy as np
 
-from csa_jax.data import neighbors
-from csa_jax.data import readers as data_io
-from csa_jax.data import train_set as pipeline
-from csa_jax.data.train_set import feature_name
+from csa_jax.data import descriptors, ground_truth, index_lists
 from csa_jax.data.tfds_builder import (NAME, R1M, SEQUENCES, VERSION, check_feature, dataset_dir,
                                        import_tfds)
 from csa_jax.errors import fail
@@ -153,11 +148,11 @@ def _from_positions(per_image: list, n: int, where: str, field: str):
       if not 0 <= p < total or out[p] >= 0:
         raise fail(where, field, f"each pair number 0..{total - 1} once", f"{p}")
       out[p] = j
-  return data_io.as_indices(out, where, field, n)
+  return index_lists.as_indices(out, where, field, n)
 
 
 def _clusters(c: np.ndarray, where: str, field: str) -> np.ndarray:
-  a = data_io.as_indices(c, where, field)
+  a = index_lists.as_indices(c, where, field)
   if a.size == 0:
     raise fail(where, field, "one cluster id per image", "an empty split")
   if a.max() > np.iinfo(np.int32).max:
@@ -178,7 +173,7 @@ def _annotation(ex: dict, where: str, split: str) -> dict:
 
 
 def load_annotations_from_tfds(data_dir, feature: str) -> dict:
-  """``readers.load_annotations``' dict: {'train' (and 'val' when packed): {'cluster', 'cids',
+  """``annotations.load_annotations``' dict: {'train' (and 'val' when packed): {'cluster', 'cids',
   'qidxs', 'pidxs'}}."""
   sources, where = open_tfds(data_dir, feature), dataset_dir(data_dir, feature)
   return {s: _annotation(_read(sources, where, s), where, s)
@@ -186,10 +181,10 @@ def load_annotations_from_tfds(data_dir, feature: str) -> dict:
 
 
 def load_descriptors_from_tfds(data_dir, feature: str, split: str) -> np.ndarray:
-  """One split's descriptors, float32 (n, C), checked as ``readers.as_descriptors`` checks."""
+  """One split's descriptors, float32 (n, C), checked as ``descriptors.as_descriptors`` checks."""
   sources, where = open_tfds(data_dir, feature), dataset_dir(data_dir, feature)
   x = _read(sources, where, split)["descriptor"]
-  return data_io.as_descriptors(x, where, f"{split}.descriptor", n=len(x))
+  return descriptors.as_descriptors(x, where, f"{split}.descriptor", n=len(x))
 
 
 def load_train_from_tfds(data_dir, feature: str, split: str = "train",
@@ -211,7 +206,7 @@ def load_train_from_tfds(data_dir, feature: str, split: str = "train",
     raise fail(where, "split", "'train' or 'val' (a training split)", repr(split))
   ex = _read(sources, where, split)
   clusters = _annotation(ex, where, split)["cluster"]
-  feats = data_io.as_descriptors(ex["descriptor"], where, f"{split}.descriptor",
+  feats = descriptors.as_descriptors(ex["descriptor"], where, f"{split}.descriptor",
                                  n=len(clusters), dim=dim)
   return feats, clusters
 
@@ -223,7 +218,7 @@ def tfds_test_sets(data_dir, feature: str) -> list[str]:
 
 
 def load_test_set_from_tfds(data_dir, feature: str, dataset: str):
-  """One test set: what ``readers.load_test_set`` returns for the packed files.
+  """One test set: what ``ground_truth.load_test_set`` returns for the packed files.
 
   Args:
     data_dir: the TFDS data_dir.
@@ -253,59 +248,16 @@ def load_test_set_from_tfds(data_dir, feature: str, dataset: str):
       doc[key] = names
   # The gnd as a gnd file holds it, through the file readers' own checks (indices in the db,
   # one name per image, a bbx of 4 finite numbers).
-  gnd = data_io.parse_gnd(doc, f"{where}: {dataset}_query", n_db=len(db_ex["cluster"]))
-  db = data_io.as_descriptors(db_ex["descriptor"], where, f"{dataset}_db.descriptor",
+  gnd = ground_truth.parse_gnd(doc, f"{where}: {dataset}_query", n_db=len(db_ex["cluster"]))
+  db = descriptors.as_descriptors(db_ex["descriptor"], where, f"{dataset}_db.descriptor",
                               n=len(db_ex["cluster"]))
-  q = data_io.as_descriptors(q_ex["descriptor"], where, f"{dataset}_query.descriptor",
+  q = descriptors.as_descriptors(q_ex["descriptor"], where, f"{dataset}_query.descriptor",
                              n=len(gnd), dim=db.shape[1])
   return q, db, gnd
 
 
 def load_r1m_from_tfds(data_dir, feature: str, dim: int | None = None) -> np.ndarray:
-  """The R1M distractors (n, C) float32, checked as ``readers.load_r1m`` checks them."""
+  """The R1M distractors (n, C) float32, checked as ``descriptors.load_r1m`` checks them."""
   sources, where = open_tfds(data_dir, feature), dataset_dir(data_dir, feature)
   x = _read(sources, where, R1M)["descriptor"]
-  return data_io.as_descriptors(x, where, f"{R1M}.descriptor", n=len(x), dim=dim)
-
-
-def load_train_set_from_tfds(data_dir, features: Sequence[str], K: int, L: int,
-                             cache_dir=None, split: str = "train") -> pipeline.TrainSet:
-  """``train_set.load_train_set`` from a TFDS copy: one descriptor set per feature, stacked.
-
-  The neighbour cache is keyed by content and named by the feature, as for the files, so a run
-  from the files and one from their TFDS copy share it.
-
-  Args:
-    data_dir: the TFDS data_dir.
-    features: descriptor sets (config names, or their train/ files: ``feature_name``); several
-      stack several sets, all with the first one's cluster labels, which every other repeats.
-    K: tokens per sample.
-    L: anchors per sample.
-    cache_dir: the neighbour cache; None: no cache.
-    split: the training split.
-
-  Returns:
-    A ``TrainSet``.
-  """
-  if not features:
-    raise fail("<arguments>", "features", "at least one descriptor set", "none")
-  features = [feature_name(f) for f in features]
-  feats, nbrs, sets, dim, clusters = [], [], [], None, None
-  for feature in features:
-    f, c = load_train_from_tfds(data_dir, feature, split, dim=dim)
-    where = dataset_dir(data_dir, feature)
-    if clusters is None:
-      clusters = c
-      if max(K, L) > len(c):
-        raise fail(where, f"{split}.cluster", f"at least max(K, L) = {max(K, L)} images",
-                   f"{len(c)}")
-    elif not np.array_equal(c, clusters):
-      raise fail(where, f"{split}.cluster", f"the cluster ids of '{features[0]}'", "others")
-    dim, start = f.shape[1], sum(len(x) for x in feats)
-    nb, _ = neighbors.load_or_compute(f, K, L, cache_dir=cache_dir, name=feature)
-    feats.append(f)
-    nbrs.append(nb + np.int32(start))
-    sets.append((feature, start, start + len(f)))
-  return pipeline.TrainSet(feats_NxC=np.concatenate(feats),
-                           clusters_N=np.tile(clusters, len(feats)),
-                           nbrs_NxM=np.concatenate(nbrs), sets=sets)
+  return descriptors.as_descriptors(x, where, f"{R1M}.descriptor", n=len(x), dim=dim)

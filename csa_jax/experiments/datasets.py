@@ -1,6 +1,6 @@
 """The studies' data: descriptor sets and test sets of one data root (``Bench``).
 
-The docs/method.md section 6 layout under a root is read through ``data.readers`` whether it is
+The docs/method.md section 6 layout under a root is read through the file readers whether it is
 real data or the synthetic benchmark written there (one code path). On the synthetic benchmark,
 extra descriptor sets ("backbones") are derived from the generator's output for cross-feature
 testing: each one is a fixed function of the same images (a random projection plus noise, a
@@ -16,15 +16,12 @@ import os
 import numpy as np
 
 from csa_jax.core.normalize import l2_normalize
-from csa_jax.data import neighbors
-from csa_jax.data import readers as data_io
-from csa_jax.data import synthetic
-from csa_jax.data import train_set as pipeline
-from csa_jax.data.npyio import load_npz
+from csa_jax.data import annotations, descriptors, ground_truth, layout, synthetic
 from csa_jax.errors import fail
 from csa_jax.fileio import save_npz
-
-_EXTS = (".pkl", ".pickle", ".npz", ".npy", ".json")
+from csa_jax.formats.npyio import load_npz
+from csa_jax.retrieval import neighbors
+from csa_jax.train import train_set as pipeline
 
 # Derived synthetic descriptor sets: name -> (output size as a fraction of C, noise, power).
 SYNTH_BACKBONES = {
@@ -42,24 +39,6 @@ class TestSet:
   q_QxC: np.ndarray
   db_NxC: np.ndarray
   gnd: list
-
-
-def find_file(root: str, rel: str) -> str:
-  """``root/rel`` with whichever extension exists.
-
-  Args:
-    root: the data root.
-    rel: a path under it without extension (e.g. ``train/<feature>``).
-
-  Returns:
-    The first of ``root/rel`` + .pkl, .pickle, .npz, .npy, .json that exists.
-  """
-  base = os.path.join(root, rel)
-  for ext in _EXTS:
-    if os.path.exists(base + ext):
-      return base + ext
-  raise fail(base + ".*", "file", f"one of {', '.join(_EXTS)} (docs/method.md section 6 layout)",
-             "no such file")
 
 
 class Bench:
@@ -87,23 +66,22 @@ class Bench:
   def clusters(self) -> np.ndarray:
     """(n,) cluster id (landmark) of every training image."""
     if self._ann is None:
-      self._ann = data_io.load_annotations(find_file(self.root,
-                                                     "annotations/retrieval-SfM-120k"))
+      self._ann = annotations.load_annotations(layout.annotations_file(self.root))
     return self._ann["train"]["cluster"]
 
   def train_feats(self, feature: str) -> np.ndarray:
     """(n, C) training descriptors of one set."""
     if feature not in self._train:
       n = len(self.clusters())
-      self._train[feature] = data_io.load_descriptors(
-          find_file(self.root, f"train/{feature}"), key="train", n=n)
+      self._train[feature] = descriptors.load_descriptors(
+          layout.train_file(self.root, feature), key="train", n=n)
     return self._train[feature]
 
   def test_set(self, feature: str, ds: str) -> TestSet:
     """One test dataset with one descriptor set."""
     if (feature, ds) not in self._tests:
-      q, db, gnd = data_io.load_test_set(find_file(self.root, f"test/{ds}/{feature}"),
-                                         find_file(self.root, f"annotations/{ds}/gnd_{ds}"))
+      q, db, gnd = ground_truth.load_test_set(layout.test_features_file(self.root, ds, feature),
+                                              layout.gnd_file(self.root, ds))
       self._tests[feature, ds] = TestSet(q, db, gnd)
     return self._tests[feature, ds]
 

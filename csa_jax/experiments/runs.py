@@ -19,10 +19,10 @@ import time
 import numpy as np
 
 from csa_jax import configs
-from csa_jax.data import neighbors
 from csa_jax.experiments.context import Context, set_value
 from csa_jax.fileio import write_json
 from csa_jax.interop import export
+from csa_jax.retrieval import neighbors
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import numpy as np
 from csa_jax.core.config import ModelConfig
 from csa_jax.errors import InputError
 from csa_jax.fileio import save_npz
-from csa_jax.data.npyio import load_npz
-from csa_jax.data.regular_file import check_regular
+from csa_jax.formats.npyio import load_npz
+from csa_jax.formats.regular_file import check_regular
 from csa_jax.interop.pth import load_torch_checkpoint, resolve_heads
 from csa_jax.interop.state_dict import params_from_torch_state_dict, params_to_torch_state_dict
 

@@ -4,7 +4,7 @@ What ``csa-jax rerank`` runs: first-round top-T search over the database (blocke
 memmap never read whole), then CSA re-ordering of each query's top-K (docs/method.md section 1),
 batched and sharded over the devices like ``csa_rerank``. ``rerank`` also returns the scores
 the ranking is sorted by, which ``csa_rerank`` does not; ``load_database`` / ``load_queries`` /
-``load_names`` (from ``data.index_lists``) read the user's files with the checks of ``data.readers``.
+``load_names`` (from ``data.index_lists``) read the user's files with the checks of ``data.descriptors``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import time
 import numpy as np
 
 from csa_jax import parallel
-from csa_jax.data import readers as data_io
+from csa_jax.data import descriptors
 from csa_jax.data.index_lists import load_names  # noqa: F401  (public here too)
 from csa_jax.errors import fail
+from csa_jax.formats import containers
 from csa_jax.retrieval import validate
 from csa_jax.retrieval.rerank import csa_scores
 from csa_jax.retrieval.search import top_k_search
@@ -30,7 +31,7 @@ def _entry(obj, path: str, key: str):
   entry or the bare array."""
   if isinstance(obj, dict) and key in obj:
     return obj[key]
-  return data_io.pick(obj, path, None, f"{key} descriptors")
+  return containers.pick(obj, path, None, f"{key} descriptors")
 
 
 def load_database(path) -> np.ndarray:
@@ -44,9 +45,9 @@ def load_database(path) -> np.ndarray:
     path: the file.
 
   Returns:
-    db_NxC: a read-only memmap or an array (``readers.as_descriptors``).
+    db_NxC: a read-only memmap or an array (``descriptors.as_descriptors``).
   """
-  return data_io.load_large(path, field="db", key="db")
+  return descriptors.load_large(path, field="db", key="db")
 
 
 def load_queries(path, dim: int | None = None) -> np.ndarray:
@@ -57,11 +58,11 @@ def load_queries(path, dim: int | None = None) -> np.ndarray:
     dim: the database's C, which the queries must share (also decides their orientation).
 
   Returns:
-    q_QxC (``readers.as_descriptors``).
+    q_QxC (``descriptors.as_descriptors``).
   """
   path = os.fspath(path)
-  obj = data_io.load_container(path)
-  return data_io.as_descriptors(_entry(obj, path, "query"), path, "query", dim=dim)
+  obj = containers.load_container(path)
+  return descriptors.as_descriptors(_entry(obj, path, "query"), path, "query", dim=dim)
 
 
 def rerank(q_QxC, db, model, K: int, T: int | None = None, *, L: int | None = None,

@@ -22,9 +22,9 @@ import jax
 import numpy as np
 
 from csa_jax import configs
-from csa_jax.data.regular_file import kind_of
 from csa_jax.errors import InputError, fail
 from csa_jax.fileio import check_output_path
+from csa_jax.formats.regular_file import kind_of
 
 # Keys that may change between a run and its resume without changing what is computed.
 RESUMABLE_CHANGES = ("checkpoint.", "log.", "eval.", "data.root", "data.cache_dir")

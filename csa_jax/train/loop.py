@@ -20,21 +20,17 @@ import time
 import jax
 import numpy as np
 
-from csa_jax import configs
-from csa_jax import parallel
+from csa_jax import configs, parallel
 from csa_jax.core.config import ModelConfig
-from csa_jax.data import train_set as pipeline
 from csa_jax.errors import InputError, fail
 from csa_jax.fileio import atomic_path, remove_stale_temps, write_json
 from csa_jax.interop import export
 from csa_jax.run_info import run_info
-from csa_jax.train import optim
-from csa_jax.train import step as ts
-from csa_jax.train import telemetry as metrics
+from csa_jax.train import optim, step as ts, telemetry as metrics, train_set as pipeline
 from csa_jax.train.checkpoint import Checkpointer
-from csa_jax.train.checks import (check_outcome, check_resume_config, check_workdir,
-                                  errno_text, io_path, missing_dirs, remove_if_empty,
-                                  saved_config, validate_config, workdir_lock)
+from csa_jax.train.checks import (check_outcome, check_resume_config, check_workdir, errno_text,
+                                  io_path, missing_dirs, remove_if_empty, saved_config,
+                                  validate_config, workdir_lock)
 
 CONFIG_NAME = "config.json"
 CHECKPOINTS_NAME = "checkpoints"
@@ -87,10 +83,9 @@ def load_train_data(config, workdir: str) -> pipeline.TrainSet:
                                      config.train.seed)
   cache = d.cache_dir or os.path.join(workdir, "neighbors")
   if d.source == "tfds":
-    from csa_jax.data import tfds_reader  # noqa: PLC0415  (the optional tfds extra)
-    return tfds_reader.load_train_set_from_tfds(d.root, list(d.descriptors), K=d.K,
-                                                L=config.model.anchors, cache_dir=cache,
-                                                split=d.split)
+    return pipeline.load_train_set_from_tfds(d.root, list(d.descriptors), K=d.K,
+                                             L=config.model.anchors, cache_dir=cache,
+                                             split=d.split)
   if d.source != "files":
     raise InputError(f"config: data.source: expected 'files', 'tfds' or 'random', found "
                      f"{d.source!r}")

@@ -15,7 +15,7 @@ import os
 import jax
 
 from csa_jax.core.config import ModelConfig
-from csa_jax.data import readers as data_io
+from csa_jax.data import ground_truth
 from csa_jax.evaluation.evaluate import evaluate, mean_ap_percent
 
 
@@ -36,7 +36,7 @@ class Evaluator:
 
   def _load(self, name: str):
     if name not in self._loaded:
-      self._loaded[name] = data_io.load_test_set(*self.sets[name])
+      self._loaded[name] = ground_truth.load_test_set(*self.sets[name])
     return self._loaded[name]
 
   def __call__(self, params, model_cfg: ModelConfig) -> dict:

@@ -6,10 +6,9 @@ import math
 
 import pytest
 
-from csa_jax.cli import demo as demo_cli
-from csa_jax.cli import main as cli
-from csa_jax.experiments import demo
+from csa_jax.cli import demo as demo_cli, main as cli
 from csa_jax.errors import InputError
+from csa_jax.experiments import demo
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +35,11 @@ def test_results_json(tiny_run):
 def test_results_are_the_evaluation_routines(tiny_run):
   # The demo's table is ``evaluate`` with the trained model, rounded once. (Runs before the
   # re-run test below, which replaces the directory.)
-  from csa_jax.data import readers
+  from csa_jax.data import ground_truth
   from csa_jax.evaluation.evaluate import evaluate, mean_ap_percent
   from csa_jax.interop.export import load_model
   out, _ = tiny_run
-  q, db, gnd = readers.load_test_set(out / "data" / "test" / "synth5k" / "synth-gem.npz",
+  q, db, gnd = ground_truth.load_test_set(out / "data" / "test" / "synth5k" / "synth-gem.npz",
                                      out / "data" / "annotations" / "synth5k" / "gnd_synth5k.json")
   res = evaluate(q, db, gnd, model=load_model(str(out / "train")), K=demo.SIZES["tiny"][2],
                  batch_size=demo.RERANK_BATCH)

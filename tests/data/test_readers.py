@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 
 from csa_jax import log
-from csa_jax.data import descriptors
-from csa_jax.data import readers as data_io
-from csa_jax.data import npyio
+from csa_jax.data import annotations, descriptors, ground_truth
 from csa_jax.errors import InputError
+from csa_jax.formats import containers, npyio
 from npy_craft import deflate_bomb, npy_bytes, npz_member, zip_bytes  # hand-made bytes
 
 
@@ -77,7 +76,7 @@ class TestRealLayouts:
     db, q = _feats(40, 8), _feats(3, 8, seed=1)
     g = _dump(tmp_path / "gnd_x.pkl", _gnd_obj())
     f = _dump(tmp_path / "feat.pkl", {"db": db, "query": q})
-    q2, db2, gnd = data_io.load_test_set(f, g)
+    q2, db2, gnd = ground_truth.load_test_set(f, g)
     np.testing.assert_array_equal(db2, db)
     np.testing.assert_array_equal(q2, q)
     assert len(gnd) == 3
@@ -87,27 +86,27 @@ class TestRealLayouts:
     np.testing.assert_array_equal(gnd[2]["bbx"], [1.0, 2.0, 30.5, 40.0])
 
   def test_annotations_and_train_features_pickles(self, tmp_path):
-    a = data_io.load_annotations(_dump(tmp_path / "ann.pkl", _annotations_obj()))
+    a = annotations.load_annotations(_dump(tmp_path / "ann.pkl", _annotations_obj()))
     assert a["train"]["cluster"].dtype == np.int32
     np.testing.assert_array_equal(a["train"]["cluster"], np.arange(30) // 3)
     np.testing.assert_array_equal(a["val"]["pidxs"], [1, 4, 7])
     assert a["train"]["cids"][5] == "train5"
     tr, va = _feats(30, 16), _feats(12, 16, seed=2)
     f = _dump(tmp_path / "gem.pkl", {"train": tr, "val": va})
-    np.testing.assert_array_equal(data_io.load_descriptors(f, "train", n=30), tr)
-    np.testing.assert_array_equal(data_io.load_descriptors(f, "val"), va)
+    np.testing.assert_array_equal(descriptors.load_descriptors(f, "train", n=30), tr)
+    np.testing.assert_array_equal(descriptors.load_descriptors(f, "val"), va)
 
   def test_r1m_pickle_and_memmap(self, tmp_path):
     x = _feats(200, 8)
-    got = data_io.load_r1m(_dump(tmp_path / "r1m.pkl", x))
+    got = descriptors.load_r1m(_dump(tmp_path / "r1m.pkl", x))
     np.testing.assert_array_equal(got, x)
     np.save(tmp_path / "r1m.npy", x)
-    mm = data_io.load_r1m(tmp_path / "r1m.npy")
+    mm = descriptors.load_r1m(tmp_path / "r1m.npy")
     assert isinstance(mm, np.memmap)
     np.testing.assert_array_equal(mm, x)
     # (C, n) on disk cannot be row-memory-mapped: read and transposed instead.
     np.save(tmp_path / "r1m_t.npy", x.T)
-    got = data_io.load_r1m(tmp_path / "r1m_t.npy")
+    got = descriptors.load_r1m(tmp_path / "r1m_t.npy")
     assert not isinstance(got, np.memmap)
     np.testing.assert_array_equal(got, x)
 
@@ -117,22 +116,22 @@ class TestRealLayouts:
     _dump(tmp_path / "f.pkl", {"db": db, "query": q})
     (tmp_path / "g.json").write_text(json.dumps(_gnd_obj()))
     np.savez(tmp_path / "f.npz", db=db, query=q)
-    a = data_io.load_test_set(tmp_path / "f.pkl", tmp_path / "g.pkl")
-    b = data_io.load_test_set(tmp_path / "f.npz", tmp_path / "g.json")
+    a = ground_truth.load_test_set(tmp_path / "f.pkl", tmp_path / "g.pkl")
+    b = ground_truth.load_test_set(tmp_path / "f.npz", tmp_path / "g.json")
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
     for ga, gb in zip(a[2], b[2]):
       for k in ("easy", "hard", "junk"):
         np.testing.assert_array_equal(ga[k], gb[k])
     (tmp_path / "ann.json").write_text(json.dumps(_annotations_obj()))
-    ann = data_io.load_annotations(tmp_path / "ann.json")
+    ann = annotations.load_annotations(tmp_path / "ann.json")
     np.testing.assert_array_equal(ann["train"]["cluster"], np.arange(30) // 3)
 
   def test_format_told_by_content_not_name(self, tmp_path):
     x = _feats(20, 4)
     with open(tmp_path / "feat.dat", "wb") as f:  # an .npy under a foreign name
       np.save(f, x)
-    np.testing.assert_array_equal(data_io.load_descriptors(tmp_path / "feat.dat"), x)
+    np.testing.assert_array_equal(descriptors.load_descriptors(tmp_path / "feat.dat"), x)
 
 
 class TestCraftedPickles:
@@ -158,10 +157,10 @@ class TestCraftedPickles:
     payload = {"os_system": OsSystem(), "eval": Eval(), "import": Import(),
                "nested": {"db": np.zeros((2, 2)), "query": [OsSystem()]}}[how]
     path = _dump(tmp_path / "evil.pkl", payload if how == "nested" else {"db": payload})
-    for load in (lambda: data_io.load_descriptors(path, "db"),
-                 lambda: data_io.load_gnd(path),
-                 lambda: data_io.load_annotations(path),
-                 lambda: data_io.load_test_set(path, path)):
+    for load in (lambda: descriptors.load_descriptors(path, "db"),
+                 lambda: ground_truth.load_gnd(path),
+                 lambda: annotations.load_annotations(path),
+                 lambda: ground_truth.load_test_set(path, path)):
       with pytest.raises(InputError, match="refused without running it"):
         load()
     assert not marker.exists()
@@ -179,21 +178,21 @@ class TestDescriptors:
   def test_orientation_by_count_size_norm_and_axis(self, tmp_path, notes):
     x = _feats(6, 10)  # n < C: "smaller axis is C" alone would get this wrong
     np.save(tmp_path / "t.npy", x.T)
-    np.testing.assert_array_equal(data_io.load_descriptors(tmp_path / "t.npy", n=6), x)
+    np.testing.assert_array_equal(descriptors.load_descriptors(tmp_path / "t.npy", n=6), x)
     assert "found (C, n)" in notes.read()
-    np.testing.assert_array_equal(data_io.load_descriptors(tmp_path / "t.npy", dim=10), x)
+    np.testing.assert_array_equal(descriptors.load_descriptors(tmp_path / "t.npy", dim=10), x)
     # Unknown n and C: the axis whose vectors have unit norm holds the descriptors.
-    np.testing.assert_array_equal(data_io.load_descriptors(tmp_path / "t.npy"), x)
+    np.testing.assert_array_equal(descriptors.load_descriptors(tmp_path / "t.npy"), x)
     assert "unit norm" in notes.read()
     np.save(tmp_path / "r.npy", x)
-    np.testing.assert_array_equal(data_io.load_descriptors(tmp_path / "r.npy"), x)
+    np.testing.assert_array_equal(descriptors.load_descriptors(tmp_path / "r.npy"), x)
     assert "found (n, C)" in notes.read()
 
   def test_renormalises_with_warning(self, tmp_path, notes):
     x = _feats(50, 8)
     scaled = (x * np.linspace(0.5, 3, 50)[:, None]).astype(np.float64)
     np.save(tmp_path / "s.npy", scaled)
-    got = data_io.load_descriptors(tmp_path / "s.npy")
+    got = descriptors.load_descriptors(tmp_path / "s.npy")
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, x, atol=1e-6)
     assert "csa-jax: warning: " in notes.read()
@@ -203,7 +202,7 @@ class TestDescriptors:
     db, q = _feats(40, 8), _feats(3, 8, seed=1) * 2
     g = _dump(tmp_path / "g.pkl", _gnd_obj())
     f = _dump(tmp_path / "f.pkl", {"db": db.T, "query": q.T})
-    q2, db2, _ = data_io.load_test_set(f, g)
+    q2, db2, _ = ground_truth.load_test_set(f, g)
     assert q2.shape == (3, 8) and db2.shape == (40, 8)
     np.testing.assert_allclose(q2, _unit(q), atol=1e-6)
 
@@ -235,10 +234,10 @@ def test_errors_are_one_line_naming_file_field_expected_found(tmp_path, desc, co
   del desc
   path = str(tmp_path / "bad.pkl")
   _dump(path, content)
-  call = {"desc": lambda: data_io.load_descriptors(path),
-          "desc_n": lambda: data_io.load_descriptors(path, "train", n=5),
-          "gnd": lambda: data_io.load_gnd(path, n_db=50),
-          "ann": lambda: data_io.load_annotations(path)}[reader]
+  call = {"desc": lambda: descriptors.load_descriptors(path),
+          "desc_n": lambda: descriptors.load_descriptors(path, "train", n=5),
+          "gnd": lambda: ground_truth.load_gnd(path, n_db=50),
+          "ann": lambda: annotations.load_annotations(path)}[reader]
   with pytest.raises(InputError) as e:
     call()
   msg = str(e.value)
@@ -258,9 +257,9 @@ def test_truncated_and_empty_files(tmp_path):
   (tmp_path / "t.json").write_text('{"gnd": [{"easy": [1')
   for name in ("t.npy", "t.pkl", "e.pkl", "t.json"):
     with pytest.raises(InputError, match=r"(file|pickle): expected .*found"):
-      data_io.load_container(tmp_path / name)
+      containers.load_container(tmp_path / name)
   with pytest.raises(InputError, match="readable file"):
-    data_io.load_container(tmp_path / "missing.npy")
+    containers.load_container(tmp_path / "missing.npy")
 
 
 def test_mismatched_test_set_counts(tmp_path):
@@ -272,10 +271,10 @@ def test_mismatched_test_set_counts(tmp_path):
   for field, obj in cases.items():
     f = _dump(tmp_path / f"{field}.pkl", obj)
     with pytest.raises(InputError, match=f": {field}: expected"):
-      data_io.load_test_set(f, g)
+      ground_truth.load_test_set(f, g)
   f = _dump(tmp_path / "dim.pkl", {"db": _feats(40, 8), "query": _feats(3, 6)})
   with pytest.raises(InputError, match="descriptor size C=8"):
-    data_io.load_test_set(f, g)
+    ground_truth.load_test_set(f, g)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -400,7 +399,7 @@ class TestNpyio:
     (tmp_path / "f.npz").write_bytes(zip_bytes([npz_member("db.npy",
                                                            npy_bytes((100_000, 1_000_000)))]))
     with pytest.raises(InputError, match="f.npz: db: expected a complete .npy file: 372.5 GiB"):
-      data_io.load_descriptors(tmp_path / "f.npz", "db")
+      descriptors.load_descriptors(tmp_path / "f.npz", "db")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -413,7 +412,7 @@ class TestFiniteAsUsed:
     x = _feats(20, 6).astype(np.float64)
     x[13, 2] = 1e300
     with pytest.raises(InputError) as e:
-      data_io.as_descriptors(x, "f.npz", "db")
+      descriptors.as_descriptors(x, "f.npz", "db")
     assert str(e.value) == ("f.npz: db: expected finite values (as float32), found 1 NaN/inf "
                             "values in 1 row (first: row 13: 1e+300 is beyond the float32 range "
                             "+-3.4e38)")
@@ -424,38 +423,38 @@ class TestFiniteAsUsed:
     x[15, 0] = np.inf
     with pytest.raises(InputError, match=r"found 2 NaN/inf values in 2 rows \(first: row 11: "
                                          r"NaN\)"):
-      data_io.as_descriptors(x.T.copy(), "f", "db", n=20)  # stored (C, n)
+      descriptors.as_descriptors(x.T.copy(), "f", "db", n=20)  # stored (C, n)
 
   def test_float32_near_max_normalises_in_float64(self, notes):
     x = _feats(30, 8).astype(np.float64)
     big = (x * (3e38 / np.abs(x).max(1, keepdims=True))).astype(np.float32)
-    got = data_io.as_descriptors(big, "f", "db")
+    got = descriptors.as_descriptors(big, "f", "db")
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, x, atol=1e-6)  # the old float32 norm gave inf, rows of 0
     assert "re-normalising" in notes.read()
 
   def test_tiny_rows_are_directions_zero_rows_are_not(self):
     x = _feats(10, 4).astype(np.float64)
-    got = data_io.as_descriptors((x * 1e-40).astype(np.float32), "f", "db")  # subnormal float32
+    got = descriptors.as_descriptors((x * 1e-40).astype(np.float32), "f", "db")  # subnormal float32
     np.testing.assert_allclose(got, x, atol=1e-3)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
     x[7] = 0
     with pytest.raises(InputError, match=r"1 all-zero rows \(first: row 7\)"):
-      data_io.as_descriptors(x, "f", "db")
+      descriptors.as_descriptors(x, "f", "db")
 
   def test_normalises_in_blocks(self, monkeypatch):
     monkeypatch.setattr(descriptors, "_BLOCK_BYTES", 8 * 4 * 3)  # 3 rows per block
     x = _feats(10, 4).astype(np.float64) * np.arange(1, 11)[:, None]
-    np.testing.assert_allclose(data_io.as_descriptors(x, "f", "db"), _unit(x), atol=1e-6)
+    np.testing.assert_allclose(descriptors.as_descriptors(x, "f", "db"), _unit(x), atol=1e-6)
     x[8, 1] = np.nan
     with pytest.raises(InputError, match=r"row 8: NaN"):
-      data_io.as_descriptors(x, "f", "db")
+      descriptors.as_descriptors(x, "f", "db")
 
   def test_non_array_descriptors(self):
     for v, found in (({"a": 1}, "found a dict"), (5, "found an int"),
                      ([[1.0, 2.0], [3.0]], "found a list of 2 items that is not a rectangular")):
       with pytest.raises(InputError, match=f"f: db: expected a 2-D array of descriptors, {found}"):
-        data_io.as_descriptors(v, "f", "db")
+        descriptors.as_descriptors(v, "f", "db")
 
 
 class TestR1M:
@@ -468,34 +467,34 @@ class TestR1M:
     mm = npyio.load_npy(tmp_path / "r.npy", mmap=True)
     with pytest.raises(InputError, match=r"r\.npy: r1m: expected finite values, found NaN/inf "
                                          r"in row 537 \(of 1000\)"):
-      data_io.scan_rows(str(tmp_path / "r.npy"), mm.offset, mm.shape, "r1m", block_rows=100)
+      descriptors.scan_rows(str(tmp_path / "r.npy"), mm.offset, mm.shape, "r1m", block_rows=100)
 
   def test_scan_unit_flag(self, tmp_path):
     x = _feats(300, 8)
     np.save(tmp_path / "r.npy", x)
     mm = npyio.load_npy(tmp_path / "r.npy", mmap=True)
-    assert data_io.scan_rows(str(tmp_path / "r.npy"), mm.offset, mm.shape, "r1m", block_rows=7)
+    assert descriptors.scan_rows(str(tmp_path / "r.npy"), mm.offset, mm.shape, "r1m", block_rows=7)
     x[299] *= 2  # the very last row, in the last (partial) block
     np.save(tmp_path / "r.npy", x)
-    assert not data_io.scan_rows(str(tmp_path / "r.npy"), mm.offset, mm.shape, "r1m",
+    assert not descriptors.scan_rows(str(tmp_path / "r.npy"), mm.offset, mm.shape, "r1m",
                                  block_rows=7)
 
   def test_load_r1m_checks_every_row_and_keeps_the_memmap(self, tmp_path, monkeypatch, notes):
     monkeypatch.setattr(descriptors, "_BLOCK_BYTES", 8 * 8 * 64)  # 64 rows per block
     x = _feats(20000, 8)
     np.save(tmp_path / "r.npy", x)
-    mm = data_io.load_r1m(tmp_path / "r.npy", dim=8)
+    mm = descriptors.load_r1m(tmp_path / "r.npy", dim=8)
     assert isinstance(mm, np.memmap) and mm.shape == (20000, 8)
     assert "every row checked" in notes.read()
     x[12345, 7] = np.nan  # far from both ends: the old spot check could miss it
     np.save(tmp_path / "r.npy", x)
     with pytest.raises(InputError, match="r1m: expected finite values, found NaN/inf in row 12345"):
-      data_io.load_r1m(tmp_path / "r.npy", dim=8)
+      descriptors.load_r1m(tmp_path / "r.npy", dim=8)
 
   def test_load_r1m_non_unit_rows_are_renormalised(self, tmp_path):
     x = _feats(500, 8)
     np.save(tmp_path / "r.npy", x * 3)
-    got = data_io.load_r1m(tmp_path / "r.npy")
+    got = descriptors.load_r1m(tmp_path / "r.npy")
     assert not isinstance(got, np.memmap)
     np.testing.assert_allclose(got, x, atol=1e-6)
 
@@ -503,10 +502,10 @@ class TestR1M:
     np.save(tmp_path / "r.npy", _feats(300, 9))
     with pytest.raises(InputError, match=r"r\.npy: r1m: expected descriptor size C=8 .*found "
                                          r"shape \(300, 9\)"):
-      data_io.load_r1m(tmp_path / "r.npy", dim=8)
+      descriptors.load_r1m(tmp_path / "r.npy", dim=8)
     _dump(tmp_path / "r.pkl", _feats(300, 9))
     with pytest.raises(InputError, match=r"r\.pkl: r1m: expected descriptor size C=8"):
-      data_io.load_r1m(tmp_path / "r.pkl", dim=8)
+      descriptors.load_r1m(tmp_path / "r.pkl", dim=8)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -525,7 +524,7 @@ class TestStructure:
   def test_name_lists(self, tmp_path, field, value, needle):
     g = _dump(tmp_path / "g.pkl", dict(_gnd_obj(), **{field: value}))
     with pytest.raises(InputError, match=re.escape(f"g.pkl: {needle}")):
-      data_io.load_gnd(g)
+      ground_truth.load_gnd(g)
 
   @pytest.mark.parametrize("bbx,needle", [
       ("1,2,3,4", "found a str"), ([[1, 2], [3]], "not a flat list of numbers"),
@@ -537,13 +536,13 @@ class TestStructure:
     obj["gnd"][2]["bbx"] = bbx
     with pytest.raises(InputError, match=re.escape("gnd[2].bbx: expected a bounding box of 4 "
                                                    "finite numbers")) as e:
-      data_io.parse_gnd(obj, "g.pkl")
+      ground_truth.parse_gnd(obj, "g.pkl")
     assert needle in str(e.value)
 
   def test_bbx_kept_as_float64(self):
     obj = _gnd_obj()
     obj["gnd"][0]["bbx"] = np.array([[1, 2, 3, 4]], np.int32)  # MATLAB-converted (1, 4)
-    np.testing.assert_array_equal(data_io.parse_gnd(obj, "g")[0]["bbx"], [1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_array_equal(ground_truth.parse_gnd(obj, "g")[0]["bbx"], [1.0, 2.0, 3.0, 4.0])
 
   @pytest.mark.parametrize("value,needle", [
       ("0,1", "a flat list of integer indices, found a str"),
@@ -557,22 +556,22 @@ class TestStructure:
     obj = _gnd_obj()
     obj["gnd"][1]["junk"] = value
     with pytest.raises(InputError, match=re.escape("g: gnd[1].junk: expected ")) as e:
-      data_io.parse_gnd(obj, "g")
+      ground_truth.parse_gnd(obj, "g")
     assert needle in str(e.value)
 
   def test_cids(self, tmp_path):
     ann = _annotations_obj()
     ann["train"]["cids"] = 7
     with pytest.raises(InputError, match="train.cids: expected a list of names, found an int"):
-      data_io.load_annotations(_dump(tmp_path / "a.pkl", ann))
+      annotations.load_annotations(_dump(tmp_path / "a.pkl", ann))
     ann["train"]["cids"] = list(range(30))  # numeric ids are ids too
-    assert data_io.load_annotations(_dump(tmp_path / "a.pkl", ann))["train"]["cids"][3] == "3"
+    assert annotations.load_annotations(_dump(tmp_path / "a.pkl", ann))["train"]["cids"][3] == "3"
 
   def test_deep_json(self, tmp_path):
     (tmp_path / "d.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(InputError, match="d.json: file: expected a JSON document of reasonable "
                                          "nesting depth"):
-      data_io.load_gnd(tmp_path / "d.json")
+      ground_truth.load_gnd(tmp_path / "d.json")
 
 
 class TestTestFiles:
@@ -584,8 +583,8 @@ class TestTestFiles:
     np.save(tmp_path / "db.npy", db.T)
     np.save(tmp_path / "q.npy", q)
     np.savez(tmp_path / "f.npz", db=db, query=q)
-    a = data_io.load_test_files(tmp_path / "db.npy", tmp_path / "q.npy", g)
-    b = data_io.load_test_set(tmp_path / "f.npz", g)
+    a = ground_truth.load_test_files(tmp_path / "db.npy", tmp_path / "q.npy", g)
+    b = ground_truth.load_test_set(tmp_path / "f.npz", g)
     for x, y in zip(a[:2], b[:2]):
       np.testing.assert_array_equal(x, y)
 
@@ -599,4 +598,4 @@ class TestTestFiles:
         ("db_c6", _feats(40, 6), g, "q.npy: query: expected descriptor size C=6")):
       np.save(tmp_path / f"{name}.npy", arr)
       with pytest.raises(InputError, match=re.escape(needle)):
-        data_io.load_test_files(tmp_path / f"{name}.npy", q, gnd)
+        ground_truth.load_test_files(tmp_path / f"{name}.npy", q, gnd)

@@ -4,8 +4,7 @@ CSA: shared neighbours find true matches that direct similarity misses."""
 import numpy as np
 import pytest
 
-from csa_jax.data import readers as data_io
-from csa_jax.data import synthetic
+from csa_jax.data import annotations, descriptors, ground_truth, synthetic
 
 SMALL = synthetic.SynthConfig(dim=32, parts=6, styles=3, train_landmarks=5, train_photos=6,
                               train_singles=20, val_landmarks=2, val_singles=4, test_landmarks=3,
@@ -32,16 +31,16 @@ def _map_hard(ranks, gnd):
 
 def test_written_layout_reads_back(tmp_path):
   paths = synthetic.write_benchmark(tmp_path, SMALL)
-  ann = data_io.load_annotations(paths["annotations"])
+  ann = annotations.load_annotations(paths["annotations"])
   n_train = 5 * 6 + 20
   assert len(ann["train"]["cluster"]) == n_train
   assert len(ann["val"]["cluster"]) == 2 * 6 + 4
   # A landmark is one cluster; every single photo is a cluster of its own.
   _, counts = np.unique(ann["train"]["cluster"], return_counts=True)
   assert sorted(counts.tolist()) == [1] * 20 + [6] * 5
-  tr = data_io.load_descriptors(paths["train_features"], "train", n=n_train)
+  tr = descriptors.load_descriptors(paths["train_features"], "train", n=n_train)
   assert tr.shape == (n_train, 32) and tr.dtype == np.float32
-  q, db, gnd = data_io.load_test_set(paths["test_features"], paths["gnd"])
+  q, db, gnd = ground_truth.load_test_set(paths["test_features"], paths["gnd"])
   assert q.shape == (6, 32) and len(gnd) == 6
   assert len(db) == 3 * 9 + 2 * 3 + 30
   for g in gnd:

@@ -12,12 +12,19 @@ tfds = pytest.importorskip("tensorflow_datasets")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from csa_jax.data import readers as data_io  # noqa: E402
-from csa_jax.data import synthetic, tfds_builder, tfds_reader  # noqa: E402
-from csa_jax.data import train_set as pipeline  # noqa: E402
+from csa_jax.data import (  # noqa: E402  # noqa: E402
+  annotations,
+  descriptors,
+  ground_truth,
+  layout,
+  synthetic,
+  tfds_builder,
+  tfds_reader,
+)
 from csa_jax.errors import InputError  # noqa: E402
 from csa_jax.evaluation.evaluate import evaluate, mean_ap_percent  # noqa: E402
 from csa_jax.experiments import demo  # noqa: E402
+from csa_jax.train import train_set as pipeline  # noqa: E402
 
 FEATURE, DS = synthetic.FEATURES, synthetic.DATASET
 BENCH, OVERRIDES, TEST_K = demo.SIZES["tiny"]
@@ -53,7 +60,7 @@ def _same(a, b, path="") -> None:
 
 def test_layout_and_splits(packed):
   root, _, out, where = packed
-  assert tfds_builder.find_features(root) == [FEATURE]
+  assert layout.feature_names(root) == [FEATURE]
   assert tfds_builder.find_test_sets(root, FEATURE) == [DS]
   assert where == tfds_builder.dataset_dir(out, FEATURE)
   sources = tfds_reader.open_tfds(out, FEATURE)
@@ -66,15 +73,15 @@ def test_layout_and_splits(packed):
 
 def test_readers_give_what_the_file_readers_give(packed):
   _, paths, out, _ = packed
-  ann = data_io.load_annotations(paths["annotations"])
+  ann = annotations.load_annotations(paths["annotations"])
   _same(tfds_reader.load_annotations_from_tfds(out, FEATURE), ann)
   for split in ("train", "val"):
-    want = data_io.load_descriptors(paths["train_features"], split,
+    want = descriptors.load_descriptors(paths["train_features"], split,
                                     n=len(ann[split]["cluster"]))
     feats, clusters = tfds_reader.load_train_from_tfds(out, FEATURE, split)
     _same((feats, clusters), (want, ann[split]["cluster"]))
   _same(tfds_reader.load_test_set_from_tfds(out, FEATURE, DS),
-        data_io.load_test_set(paths["test_features"], paths["gnd"]))
+        ground_truth.load_test_set(paths["test_features"], paths["gnd"]))
 
 
 def _train_and_eval(root, ts, q, db, gnd, workdir):
@@ -90,10 +97,10 @@ def test_training_and_evaluation_from_either_copy_are_identical(packed, tmp_path
   root, paths, out, _ = packed
   K, L = OVERRIDES["K"], OVERRIDES["anchors"]
   ts_files = pipeline.load_train_set([paths["train_features"]], paths["annotations"], K=K, L=L)
-  ts_tfds = tfds_reader.load_train_set_from_tfds(out, [FEATURE], K=K, L=L)
+  ts_tfds = pipeline.load_train_set_from_tfds(out, [FEATURE], K=K, L=L)
   _same(vars(ts_tfds), vars(ts_files))
   files = _train_and_eval(root, ts_files,
-                          *data_io.load_test_set(paths["test_features"], paths["gnd"]),
+                          *ground_truth.load_test_set(paths["test_features"], paths["gnd"]),
                           str(tmp_path / "files"))
   packed_ = _train_and_eval(root, ts_tfds, *tfds_reader.load_test_set_from_tfds(out, FEATURE, DS),
                             str(tmp_path / "tfds"))
@@ -124,13 +131,13 @@ def test_the_original_pickle_layout(tmp_path):
     (root / rel).write_bytes(pickle.dumps(obj))
   assert tfds_builder.find_test_sets(str(root), FEATURE) == [DS]
   tfds_builder.build_tfds(root, FEATURE, tmp_path / "out")
-  ann = data_io.load_annotations(root / "annotations/retrieval-SfM-120k.pkl")
+  ann = annotations.load_annotations(root / "annotations/retrieval-SfM-120k.pkl")
   _same(tfds_reader.load_annotations_from_tfds(tmp_path / "out", FEATURE), ann)
   _same(tfds_reader.load_train_from_tfds(tmp_path / "out", FEATURE),
-        (data_io.load_descriptors(root / f"train/{FEATURE}.pkl", "train",
+        (descriptors.load_descriptors(root / f"train/{FEATURE}.pkl", "train",
                                   n=len(ann["train"]["cluster"])), ann["train"]["cluster"]))
   _same(tfds_reader.load_test_set_from_tfds(tmp_path / "out", FEATURE, DS),
-        data_io.load_test_set(root / f"test/{DS}/{FEATURE}.pkl", root / f"test/{DS}/gnd_{DS}.pkl"))
+        ground_truth.load_test_set(root / f"test/{DS}/{FEATURE}.pkl", root / f"test/{DS}/gnd_{DS}.pkl"))
 
 
 def test_r1m_split(tmp_path):
@@ -141,7 +148,7 @@ def test_r1m_split(tmp_path):
   np.save(root / "test" / "r1m" / f"{FEATURE}.npy", r1m)
   tfds_builder.build_tfds(root, FEATURE, tmp_path / "out", datasets=(), r1m=True)
   got = tfds_reader.load_r1m_from_tfds(tmp_path / "out", FEATURE, dim=BENCH.dim)
-  _same(got, np.asarray(data_io.load_r1m(root / "test" / "r1m" / f"{FEATURE}.npy",
+  _same(got, np.asarray(descriptors.load_r1m(root / "test" / "r1m" / f"{FEATURE}.npy",
                                          dim=BENCH.dim)))
   assert tfds_reader.tfds_test_sets(tmp_path / "out", FEATURE) == []
 
@@ -209,6 +216,7 @@ def test_cli_convert_train_and_eval_from_the_tfds_copy(packed, tmp_path, capsys)
   """convert-data --to tfds, data.source=tfds and eval --tfds: the files' training set and
   numbers."""
   import json  # noqa: PLC0415
+
   from csa_jax import configs  # noqa: PLC0415
   from csa_jax.cli import main as cli  # noqa: PLC0415
   from csa_jax.train import checks  # noqa: PLC0415

@@ -13,11 +13,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from csa_jax import InputError
-from csa_jax import load_torch_checkpoint
-from csa_jax import rerank_scores
-from csa_jax.interop import pth_globals as tc
-from csa_jax.interop.pth import STORAGE_TYPES, TORCH_GLOBALS, check_view, read_torch_file
+from csa_jax import InputError, load_torch_checkpoint, rerank_scores
+from csa_jax.formats import torch_globals as tc
+from csa_jax.formats.torch_file import STORAGE_TYPES, TORCH_GLOBALS, check_view, read_torch_file
 from pickle_craft import (FLOAT, REBUILD, Build, Call, G, Pid, crafted_model, lie_about_size,
                           tensor, write_pth)
 

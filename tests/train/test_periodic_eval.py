@@ -10,7 +10,7 @@ import pytest
 from csa_jax import configs
 from csa_jax.core.config import ModelConfig
 from csa_jax.core.forward import init_params
-from csa_jax.data import readers, synthetic
+from csa_jax.data import ground_truth, synthetic
 from csa_jax.evaluation.evaluate import evaluate, mean_ap_percent
 from csa_jax.experiments import demo
 from csa_jax.train import periodic_eval
@@ -34,7 +34,7 @@ def _config(root: str, K: int):
 
 
 def _direct(paths, params, K: int, batch: int) -> dict:
-  q, db, gnd = readers.load_test_set(paths["test_features"], paths["gnd"])
+  q, db, gnd = ground_truth.load_test_set(paths["test_features"], paths["gnd"])
   res = evaluate(q, db, gnd, model=(params, CFG), K=min(K, len(db)), batch_size=batch)
   return {synthetic.DATASET: {"first_round": mean_ap_percent(res["first_round"]),
                               "csa": mean_ap_percent(res["csa"]), "K": min(K, len(db))}}

@@ -12,10 +12,9 @@ from csa_jax.core.affinity import training_affinity
 from csa_jax.core.config import ModelConfig
 from csa_jax.core.forward import training_outputs
 from csa_jax.core.losses import csa_loss
-from csa_jax.data.train_set import random_train_set
 from csa_jax.errors import InputError
-from csa_jax.train import optim
-from csa_jax.train import step as ts
+from csa_jax.train import optim, step as ts
+from csa_jax.train.train_set import random_train_set
 
 K = L = 8
 B = 16

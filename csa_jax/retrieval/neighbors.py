@@ -16,9 +16,9 @@ import time
 import jax
 import numpy as np
 
-from csa_jax.data.npyio import load_npz
 from csa_jax.errors import fail
 from csa_jax.fileio import save_npz
+from csa_jax.formats.npyio import load_npz
 from csa_jax.retrieval.search import top_k_search
 
 # Bumped whenever the definition of the lists changes, so old caches are recomputed, not reused.

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 
 import numpy as np
 
 from csa_jax.core.normalize import l2_normalize
-from csa_jax.data import neighbors
-from csa_jax.data import readers as data_io
+from csa_jax.data import annotations, descriptors, layout
 from csa_jax.errors import fail
+from csa_jax.retrieval import neighbors
 
 
 @dataclasses.dataclass
@@ -40,15 +41,6 @@ class TrainSet:
     return len(self.feats_NxC)
 
 
-def feature_name(path: str) -> str:
-  """A descriptor set's name, given as such or as its file: 'train/gl18.pkl' -> 'gl18'."""
-  base = os.path.basename(os.fspath(path))
-  for ext in (".pkl", ".pickle", ".npz", ".npy"):
-    if base.endswith(ext):
-      return base[:-len(ext)]
-  return base
-
-
 def load_train_set(descriptor_paths: list[str], annotations_path: str, K: int, L: int,
                    cache_dir=None, split: str = "train") -> TrainSet:
   """Reads the annotations and every descriptor set, and attaches (cached) neighbour lists.
@@ -68,7 +60,7 @@ def load_train_set(descriptor_paths: list[str], annotations_path: str, K: int, L
   """
   if not descriptor_paths:
     raise fail("<arguments>", "descriptor_paths", "at least one descriptor file", "none")
-  ann = data_io.load_annotations(annotations_path)
+  ann = annotations.load_annotations(annotations_path)
   if split not in ann:
     raise fail(os.fspath(annotations_path), split, f"a '{split}' split",
                f"only {sorted(ann)}")
@@ -79,13 +71,14 @@ def load_train_set(descriptor_paths: list[str], annotations_path: str, K: int, L
                f"at least max(K, L) = {max(K, L)} images", f"{n}")
   feats, nbrs, sets, dim = [], [], [], None
   for path in descriptor_paths:
-    f = data_io.load_descriptors(path, key=split, n=n, dim=dim)
+    f = descriptors.load_descriptors(path, key=split, n=n, dim=dim)
     dim = f.shape[1]
     start = sum(len(x) for x in feats)
-    nb, _ = neighbors.load_or_compute(f, K, L, cache_dir=cache_dir, name=feature_name(path))
+    nb, _ = neighbors.load_or_compute(f, K, L, cache_dir=cache_dir,
+                                      name=layout.feature_name(path))
     feats.append(f)
     nbrs.append(nb + np.int32(start))
-    sets.append((feature_name(path), start, start + n))
+    sets.append((layout.feature_name(path), start, start + n))
   return TrainSet(feats_NxC=np.concatenate(feats), clusters_N=np.tile(clusters, len(feats)),
                   nbrs_NxM=np.concatenate(nbrs), sets=sets)
 
@@ -171,3 +164,48 @@ def batch_indices(order: np.ndarray, step_in_epoch: int, global_batch: int,
   per = global_batch // process_count
   start = step_in_epoch * global_batch + process_index * per
   return np.asarray(order[start:start + per], np.int32)
+
+
+def load_train_set_from_tfds(data_dir, features: Sequence[str], K: int, L: int,
+                             cache_dir=None, split: str = "train") -> TrainSet:
+  """``load_train_set`` from a TFDS copy: one descriptor set per feature, stacked.
+
+  The neighbour cache is keyed by content and named by the feature, as for the files, so a run
+  from the files and one from their TFDS copy share it.
+
+  Args:
+    data_dir: the TFDS data_dir.
+    features: descriptor sets (config names, or their train/ files: ``feature_name``); several
+      stack several sets, all with the first one's cluster labels, which every other repeats.
+    K: tokens per sample.
+    L: anchors per sample.
+    cache_dir: the neighbour cache; None: no cache.
+    split: the training split.
+
+  Returns:
+    A ``TrainSet``.
+  """
+  from csa_jax.data import tfds_reader  # noqa: PLC0415  (the optional tfds extra)
+
+  if not features:
+    raise fail("<arguments>", "features", "at least one descriptor set", "none")
+  features = [layout.feature_name(f) for f in features]
+  feats, nbrs, sets, dim, clusters = [], [], [], None, None
+  for feature in features:
+    f, c = tfds_reader.load_train_from_tfds(data_dir, feature, split, dim=dim)
+    where = tfds_reader.dataset_dir(data_dir, feature)
+    if clusters is None:
+      clusters = c
+      if max(K, L) > len(c):
+        raise fail(where, f"{split}.cluster", f"at least max(K, L) = {max(K, L)} images",
+                   f"{len(c)}")
+    elif not np.array_equal(c, clusters):
+      raise fail(where, f"{split}.cluster", f"the cluster ids of '{features[0]}'", "others")
+    dim, start = f.shape[1], sum(len(x) for x in feats)
+    nb, _ = neighbors.load_or_compute(f, K, L, cache_dir=cache_dir, name=feature)
+    feats.append(f)
+    nbrs.append(nb + np.int32(start))
+    sets.append((feature, start, start + len(f)))
+  return TrainSet(feats_NxC=np.concatenate(feats),
+                           clusters_N=np.tile(clusters, len(feats)),
+                           nbrs_NxM=np.concatenate(nbrs), sets=sets)

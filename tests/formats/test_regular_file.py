@@ -17,13 +17,14 @@ import stat
 import numpy as np
 import pytest
 
-from csa_jax.data import descriptors, npyio, readers, regular_file
-from csa_jax.data.containers import load_json
+from csa_jax.data import annotations, descriptors, ground_truth
 from csa_jax.data.index_lists import as_names, load_names
-from csa_jax.data.safe_pickle import load_data
 from csa_jax.errors import InputError
+from csa_jax.formats import containers, npyio, regular_file
+from csa_jax.formats.containers import load_json
+from csa_jax.formats.safe_pickle import load_data
+from csa_jax.formats.torch_file import read_torch_file
 from csa_jax.interop.export import load_model
-from csa_jax.interop.pth import read_torch_file
 
 
 @contextlib.contextmanager
@@ -50,17 +51,17 @@ def specials(tmp_path):
 
 
 READERS = {
-    "file_format": readers.file_format,
-    "load_container": readers.load_container,
+    "file_format": containers.file_format,
+    "load_container": containers.load_container,
     "load_npy": npyio.load_npy,
     "load_npz": npyio.load_npz,
     "load_data": load_data,
     "load_json": load_json,
     "load_names": lambda p: load_names(p, 3, "imlist"),
-    "load_gnd": readers.load_gnd,
-    "load_annotations": readers.load_annotations,
-    "load_descriptors": readers.load_descriptors,
-    "load_large": readers.load_large,
+    "load_gnd": ground_truth.load_gnd,
+    "load_annotations": annotations.load_annotations,
+    "load_descriptors": descriptors.load_descriptors,
+    "load_large": descriptors.load_large,
     "read_torch_file": read_torch_file,
     "load_model": load_model,
 }
@@ -207,7 +208,7 @@ def test_zero_rows_stop_the_scan_at_their_block(tmp_path, monkeypatch):
   mm = npyio.load_npy(tmp_path / "r.npy", mmap=True)
   with pytest.raises(InputError, match=re.escape(
       "r.npy: r1m: expected non-zero descriptors, found an all-zero row 537 (of 1000)")):
-    readers.scan_rows(str(tmp_path / "r.npy"), mm.offset, mm.shape, "r1m", block_rows=100)
+    descriptors.scan_rows(str(tmp_path / "r.npy"), mm.offset, mm.shape, "r1m", block_rows=100)
   reads = []
   real = descriptors.open_regular
 
@@ -218,14 +219,14 @@ def test_zero_rows_stop_the_scan_at_their_block(tmp_path, monkeypatch):
   monkeypatch.setattr(descriptors, "open_regular", counting)
   monkeypatch.setattr(descriptors, "_BLOCK_BYTES", 8 * 8 * 100)  # 100 rows a block
   with pytest.raises(InputError, match="all-zero row 537"):
-    readers.load_large(tmp_path / "r.npy", field="db")
+    descriptors.load_large(tmp_path / "r.npy", field="db")
   assert len(reads) == 1  # refused by the scan: the file was not read again to re-normalise
 
 
 def test_non_unit_memmap_is_renormalised_from_the_scan(tmp_path, caplog):
   x = _unit(500, 8)
   np.save(tmp_path / "r.npy", x * 3)
-  got = readers.load_large(tmp_path / "r.npy", field="db")
+  got = descriptors.load_large(tmp_path / "r.npy", field="db")
   assert type(got) is np.ndarray and got.dtype == np.float32
   np.testing.assert_allclose(got, x, atol=1e-6)
   warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]

@@ -6,7 +6,8 @@ later file. The C unpickler would also hand BUILD straight to numpy, whose dtype
 trusts field offsets and sizes (a crafted dtype reads out of bounds). ``RestrictedUnpickler``
 therefore admits:
 
-- globals from a fixed table only (``pickle_globals.NUMPY_GLOBALS`` by default), as immutable
+- globals from a fixed table only (the caller's: ``pickle_globals.NUMPY_GLOBALS`` via
+  ``safe_pickle``), as immutable
   ``Global`` markers, never the real functions; a call (REDUCE) runs the marker's validating
   stand-in;
 - BUILD once, on an object a stand-in has just registered with ``fresh``;
@@ -23,10 +24,9 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from csa_jax.data.pickle_globals import NUMPY_GLOBALS
-from csa_jax.data.pickle_limits import Budget
-from csa_jax.data.pickle_markers import DICT_TYPES, NONE_TYPE, Global, brief
 from csa_jax.errors import InputError, fail
+from csa_jax.formats.pickle_limits import Budget
+from csa_jax.formats.pickle_markers import DICT_TYPES, NONE_TYPE, Global, brief
 
 
 class _Reader:
@@ -78,21 +78,23 @@ class RestrictedUnpickler(pickle._Unpickler):
     file: binary file positioned at the pickle.
     size: bytes the pickle may occupy (the file's or zip member's size).
     source: names the file in messages.
-    table: (module, name) -> ``Global`` or inert value; ``NUMPY_GLOBALS`` by default.
-    persistent: handles persistent ids (``torch_checkpoint``'s storages); refused when None.
+    table: (module, name) -> ``Global`` or inert value (``safe_pickle`` passes
+      ``NUMPY_GLOBALS`` by default); the stand-ins are given this unpickler, so the table is an
+      argument rather than an import.
+    persistent: handles persistent ids (``torch_file``'s storages); refused when None.
     budget: the file's ``Budget``; one for ``size`` bytes by default.
   """
 
   dispatch = dict(pickle._Unpickler.dispatch)
 
   def __init__(self, file, size: int, source: str, *,
-               table: Mapping[tuple[str, str], Any] | None = None,
+               table: Mapping[tuple[str, str], Any],
                persistent: Callable[[Any], Any] | None = None, budget: Budget | None = None):
     self._reader = _Reader(file, size, source)
     super().__init__(self._reader)
     self.source = source
     self.budget = budget if budget is not None else Budget(source, size)
-    self._table = NUMPY_GLOBALS if table is None else table
+    self._table = table
     self._persistent = persistent
     self._fresh: dict[int, tuple[Any, Callable]] = {}  # objects awaiting their one BUILD
     self.owned: dict[int, Any] = {}  # buffers a writable array already uses

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from csa_jax.data.pickle_limits import MAX_NDIM
-from csa_jax.data.pickle_markers import NUMPY_TYPES, Global, brief, same
 from csa_jax.errors import fail
+from csa_jax.formats.pickle_limits import MAX_NDIM
+from csa_jax.formats.pickle_markers import NUMPY_TYPES, Global, brief, same
 
 try:
   from numpy._core import multiarray as _ma
@@ -35,7 +35,7 @@ except ImportError:  # numpy < 2
   from numpy.core import multiarray as _ma  # type: ignore
 
 if TYPE_CHECKING:
-  from csa_jax.data.restricted_unpickler import RestrictedUnpickler
+  from csa_jax.formats.restricted_unpickler import RestrictedUnpickler
 
 
 def _shape(up: RestrictedUnpickler, shape) -> tuple[int, ...]:

@@ -29,8 +29,8 @@ import zlib
 import numpy as np
 from numpy.lib import format as npformat
 
-from csa_jax.data.regular_file import format_size, open_regular
 from csa_jax.errors import InputError, fail
+from csa_jax.formats.regular_file import format_size, open_regular
 
 MAX_MEMBERS = 4096  # an export has a few hundred; more is not a file we wrote or expect
 MAX_NAME_CHARS = 256

@@ -9,9 +9,9 @@ import pytest
 
 from csa_jax import parallel
 from csa_jax.core import affinity
-from csa_jax.data import neighbors
-from csa_jax.data import train_set as pipeline
 from csa_jax.errors import InputError
+from csa_jax.retrieval import neighbors
+from csa_jax.train import train_set as pipeline
 
 
 def _unit(x):

@@ -2,8 +2,8 @@
 
 import pytest
 
+from csa_jax.data import layout
 from csa_jax.errors import InputError
-from csa_jax.evaluation import data_root
 
 
 def touch(p):
@@ -18,12 +18,12 @@ def test_finds_each_dataset_and_prefers_the_layout_order(tmp_path):
   g1 = touch(tmp_path / "annotations" / "roxford5k" / "gnd_roxford5k.pkl")
   f2 = touch(tmp_path / "test" / "rparis6k" / "gl18.npz")
   g2 = touch(tmp_path / "test" / "rparis6k" / "gnd_rparis6k.json")  # cnnimageretrieval's place
-  got = data_root.test_set_files(tmp_path, "gl18", ["roxford5k", "rparis6k"])
-  assert got == [data_root.TestSetFiles("roxford5k", f1, g1),
-                 data_root.TestSetFiles("rparis6k", f2, g2)]
+  got = layout.test_set_files(tmp_path, "gl18", ["roxford5k", "rparis6k"])
+  assert got == [layout.TestSetFiles("roxford5k", f1, g1),
+                 layout.TestSetFiles("rparis6k", f2, g2)]
   touch(tmp_path / "test" / "r1m" / "gl18.pkl")
   r1m = touch(tmp_path / "test" / "r1m" / "gl18.npy")  # memory-mappable: preferred
-  assert data_root.r1m_file(tmp_path, "gl18") == r1m
+  assert layout.r1m_file(tmp_path, "gl18") == r1m
 
 
 @pytest.mark.parametrize("bad", ["no_root", "no_features", "no_gnd", "path_name", "dotdot"])
@@ -41,5 +41,5 @@ def test_missing_or_bad_names_fail_at_once(tmp_path, bad):
   elif bad == "dotdot":
     ds, want = [".."], "command line: --datasets: expected a name"
   with pytest.raises(InputError) as e:
-    data_root.test_set_files(root, features, ds)
+    layout.test_set_files(root, features, ds)
   assert want in str(e.value)

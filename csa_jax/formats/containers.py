@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from csa_jax.data import npyio
-from csa_jax.data.regular_file import MAX_TEXT_FILE_BYTES, open_regular, read_regular
-from csa_jax.data.safe_pickle import load_data
 from csa_jax.errors import fail
+from csa_jax.formats import npyio
+from csa_jax.formats.regular_file import MAX_TEXT_FILE_BYTES, open_regular, read_regular
+from csa_jax.formats.safe_pickle import load_data
 
 
 def file_format(path) -> str:

@@ -18,13 +18,13 @@ from __future__ import annotations
 import io
 from typing import Any, Callable, Mapping
 
-from csa_jax.data.pickle_globals import NUMPY_GLOBALS
-from csa_jax.data.pickle_limits import (BUDGET_BASE, BUDGET_PER_BYTE, MAX_DEPTH, MAX_NDIM,
-                                        Budget, check_graph)
-from csa_jax.data.pickle_markers import Global, Marker, brief
-from csa_jax.data.regular_file import open_regular
-from csa_jax.data.restricted_unpickler import RestrictedUnpickler
 from csa_jax.errors import InputError, fail
+from csa_jax.formats.pickle_globals import NUMPY_GLOBALS
+from csa_jax.formats.pickle_limits import (BUDGET_BASE, BUDGET_PER_BYTE, MAX_DEPTH, MAX_NDIM,
+                                           Budget, check_graph)
+from csa_jax.formats.pickle_markers import Global, Marker, brief
+from csa_jax.formats.regular_file import open_regular
+from csa_jax.formats.restricted_unpickler import RestrictedUnpickler
 
 __all__ = [
     "BUDGET_BASE", "BUDGET_PER_BYTE", "MAX_DEPTH", "MAX_NDIM", "NUMPY_GLOBALS", "Budget",
@@ -53,8 +53,8 @@ def unpickle(file, size: int, source: str, *, table: Mapping[tuple[str, str], An
     The object tree: builtin containers, numbers, strings, numpy arrays / dtypes / scalars.
   """
   try:
-    up = RestrictedUnpickler(file, size, source, table=table, persistent=persistent,
-                             budget=budget)
+    up = RestrictedUnpickler(file, size, source, table=NUMPY_GLOBALS if table is None else table,
+                             persistent=persistent, budget=budget)
     obj = up.load()
     check_graph(obj, up.budget)
     return obj

@@ -18,8 +18,8 @@ import pickle
 
 import numpy as np
 
-from csa_jax.data.pickle_markers import DICT_TYPES, NONE_TYPE, NUMPY_TYPES, brief
 from csa_jax.errors import fail
+from csa_jax.formats.pickle_markers import DICT_TYPES, NONE_TYPE, NUMPY_TYPES, brief
 
 MAX_DEPTH = 100
 MAX_NDIM = 32

@@ -16,9 +16,9 @@ import types
 import ml_dtypes
 import numpy as np
 
-from csa_jax.data.safe_pickle import (MAX_NDIM, NUMPY_GLOBALS, Global, Marker,
-                                      RestrictedUnpickler, brief)
 from csa_jax.errors import fail
+from csa_jax.formats.safe_pickle import (MAX_NDIM, NUMPY_GLOBALS, Global, Marker,
+                                         RestrictedUnpickler, brief)
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from csa_jax.data import neighbors
+from csa_jax.retrieval import neighbors
 
 
 def _feats(n, c, seed=0):

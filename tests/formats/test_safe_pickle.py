@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from csa_jax import InputError
-from csa_jax.data import pickle_globals, safe_pickle
-from csa_jax.data.safe_pickle import (MAX_DEPTH, NUMPY_GLOBALS, Budget, check_graph, load_data,
-                                      loads_data, unpickle)
+from csa_jax.formats import pickle_globals, safe_pickle
+from csa_jax.formats.safe_pickle import (MAX_DEPTH, NUMPY_GLOBALS, Budget, check_graph, load_data,
+                                         loads_data, unpickle)
 from pickle_craft import (DTYPE, NDARRAY, RECONSTRUCT, Build, Call, G, craft, laughs_pickle,
                           nested_list_pickle, rename_numpy_core)
 
