@@ -5,6 +5,8 @@ shipped name (``tiny``) or the path of any such file, then applies command-line 
 ``--config.a.b=value``: the text is parsed to the type of the leaf it replaces (the type of its
 default, or the type given to ``placeholder``), so ``--config.train.epochs=abc`` or an unknown key
 is one ``InputError`` line naming the key. The result is locked: no key can be added by mistake.
+``tiny_overrides`` is what "tiny" means everywhere (configs/tiny.py's model and schedule);
+``check_positive`` is the one check of counts given on a command line.
 
 | name | what |
 |---|---|
@@ -24,11 +26,17 @@ from typing import Iterable
 
 import ml_collections
 
-from csa_jax.errors import InputError
+from csa_jax.errors import InputError, fail
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
+
+# configs/tiny.py's model shape and schedule: what "tiny" means for ``csa-jax train --config tiny``,
+# the tests, ``csa-jax experiment --size tiny`` and ``csa-jax demo --size tiny``. Those apply
+# these keys to their own base config; its recipe (dropout, learning rates) stays the base's.
+TINY_KEYS = ("model.anchors", "model.dim", "model.depth", "model.heads", "model.mlp_ratio",
+             "data.K", "train.global_batch", "train.epochs", "train.warmup_epochs")
 
 
 def names() -> list[str]:
@@ -84,6 +92,44 @@ def load(name_or_path: str, overrides: Iterable[tuple[str, str]] = ()) -> ml_col
     set_override(config, key, text)
   config.lock()
   return config
+
+
+def tiny_overrides() -> dict:
+  """configs/tiny.py's values of ``TINY_KEYS``, as ``{dotted key: value}``."""
+  tiny = load_file("tiny")
+  out = {}
+  for dotted in TINY_KEYS:
+    group, key = dotted.split(".")
+    out[dotted] = tiny[group][key]
+  return out
+
+
+def check_positive(field: str, values, source: str = "command line") -> list:
+  """``values`` as a list when every one is >= 1, else one ``InputError`` line naming ``field``.
+
+  The one check of counts given on a command line (``--K``, ``--seeds``, ``--k-values``, ...):
+  ``csa-jax experiment`` and, through ``cli.rerank_flags``, ``csa-jax eval`` and ``rerank``.
+
+  Args:
+    field: the flag or key the error line names.
+    values: one value or a list or tuple of them; None (not given) is skipped.
+    source: where the values came from.
+
+  Returns:
+    The values as a list, None left out.
+
+  Raises:
+    InputError: ``<source>: <field>: expected an integer >= 1, found <value>`` for the first
+      value below 1, or ``found none`` for an empty list.
+  """
+  given = list(values) if isinstance(values, (list, tuple)) else [values]
+  if not given:
+    raise fail(source, field, "an integer >= 1", "none")
+  given = [v for v in given if v is not None]
+  for v in given:
+    if v < 1:
+      raise fail(source, field, "an integer >= 1", str(v))
+  return given
 
 
 def as_plain(config) -> dict:

@@ -1,6 +1,13 @@
 """Every test process sees 8 fake CPU devices, so sharded code is tested without hardware.
 
 Must run before JAX initialises its backends; single-device code still runs on device 0.
+
+Two tiers. Everything (README, CI): ``python -m pytest -q``. The fast tier, about 3 minutes on
+2 cores: ``python -m pytest -q -m "not slow"``: the parity tests against the original, the
+re-ranking and evaluation equivalences and one CLI smoke per command. ``-m slow`` runs the rest:
+the subprocess matrices (tests/cli/test_hostile_*.py), the 8-device sharded repeats and the
+long cases (multi-process training, kill -9 and resume, TFDS round trips, bench curves and races,
+every experiment beyond the first).
 """
 
 import os

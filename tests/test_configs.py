@@ -125,3 +125,35 @@ def test_train_cli_reports_a_bad_override_in_one_line(capsys, tmp_path):
   rc = cli.main(["train", "--config", str(tmp_path / "missing.py"), "--workdir", "w"])
   assert rc == 2 and "missing.py" in capsys.readouterr().err
   assert not (tmp_path / "w").exists()
+
+
+def test_check_positive_is_one_line_naming_the_field_and_the_first_bad_value():
+  assert configs.check_positive("--K", 5) == [5]
+  assert configs.check_positive("--k-values", (8, 16)) == [8, 16]
+  assert configs.check_positive("--L", None) == []  # not given: nothing to check
+  with pytest.raises(InputError, match=r"^command line: --k-values: expected an integer >= 1, "
+                     r"found 0$"):
+    configs.check_positive("--k-values", [8, 0, -1])
+  with pytest.raises(InputError, match=r"^command line: --seeds: expected an integer >= 1, "
+                     r"found none$"):
+    configs.check_positive("--seeds", [])
+  with pytest.raises(InputError, match=r"^experiment: --K: expected an integer >= 1, found -2$"):
+    configs.check_positive("--K", -2, source="experiment")
+
+
+def test_the_rerank_flags_check_is_the_one_check():
+  import argparse  # noqa: PLC0415
+  from csa_jax.cli import rerank_flags  # noqa: PLC0415
+  args = argparse.Namespace(K=4, batch_size=0, block=None)
+  rerank_flags.check_positive(args, ("K", "block"))
+  with pytest.raises(InputError, match=r"^command line: --batch-size: expected an integer >= 1, "
+                     r"found 0$"):
+    rerank_flags.check_positive(args, ("K", "batch_size", "block"))
+
+
+def test_tiny_overrides_are_configs_tiny_values():
+  tiny = configs.load("tiny")
+  got = configs.tiny_overrides()
+  assert list(got) == list(configs.TINY_KEYS)
+  assert got["model.anchors"] == tiny.model.anchors and got["data.K"] == tiny.data.K
+  assert got["train.epochs"] == tiny.train.epochs and got["model.dim"] == tiny.model.dim

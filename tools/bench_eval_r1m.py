@@ -177,17 +177,17 @@ def work_original(d: str) -> dict:
 
 
 def work_csa_jax(d: str, T: int, impl: str) -> dict:
-  from csa_jax import log as csa_log
-  from csa_jax.evaluation import revisited as evaluate
+  from csa_jax import log
+  from csa_jax.evaluation import revisited
   from csa_jax.retrieval.search import top_k_search
-  csa_log.setup()  # the search's progress records, on stderr as csa-jax shows them
+  log.setup()  # the search's progress records, on stderr as csa-jax shows them
   q, gnd = load_inputs(d)
   t0 = time.perf_counter()
   db = np.load(os.path.join(d, "db.npy"), mmap_mode="r")
   scores = np.empty((len(q), len(db)), np.float32)
   top_k_search(q, db, T, scores_out=scores, progress=True, impl=impl)
   t1 = time.perf_counter()
-  res = evaluate.revisited_map_from_scores(scores, gnd)
+  res = revisited.revisited_map_from_scores(scores, gnd)
   t2 = time.perf_counter()
   return {"results": res, "seconds": {"search": t1 - t0, "evaluate": t2 - t1, "total": t2 - t0}}
 

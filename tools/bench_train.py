@@ -34,7 +34,8 @@ from csa_jax import parallel
 from csa_jax.bench.flops import train_flops
 from csa_jax.core.config import ModelConfig
 from csa_jax.errors import InputError
-from csa_jax.train import optim, step as ts
+from csa_jax.train import optim
+from csa_jax.train import step as train_step
 from csa_jax.train.train_set import random_train_set
 
 
@@ -70,16 +71,16 @@ def bench(dtype: str, batch: int, K: int, L: int, dim: int, depth: int, heads: i
   cfg = ModelConfig(anchors=L, dim=dim, depth=depth, heads=heads, dtype=dtype,
                     attention=attention)
   mesh = parallel.make_mesh(jax.local_devices())
-  ts.check_microbatches(batch, microbatches, mesh, source="--batch/--microbatches")
+  train_step.check_microbatches(batch, microbatches, mesh, source="--batch/--microbatches")
   tx = optim.make_optimizer(base_lr=0.025, warmup_lr=0.00025, final_lr=0.0, warmup_steps=100,
                             total_steps=1000, weight_decay=1e-6)
   data = random_train_set(samples, max(1, samples // 20), descriptor_dim, max(K, L), seed=0)
   arrays = parallel.put_replicated((data.feats_NxC, data.nbrs_NxM, data.clusters_N), mesh)
-  state = ts.init_state(cfg, tx, jax.random.key(0), mesh)
-  step = ts.make_train_step(cfg, tx, mesh, 0.2, K, L, microbatches=microbatches)
+  state = train_step.init_state(cfg, tx, jax.random.key(0), mesh)
+  step = train_step.make_train_step(cfg, tx, mesh, 0.2, K, L, microbatches=microbatches)
   order = np.random.default_rng(1).permutation(samples).astype(np.int32)
-  idx = lambda i: ts.global_batch_array(np.take(order, np.arange(i * batch, (i + 1) * batch),
-                                                mode="wrap"), mesh, batch)
+  idx = lambda i: train_step.global_batch_array(
+      np.take(order, np.arange(i * batch, (i + 1) * batch), mode="wrap"), mesh, batch)
   key = jax.random.key(1)
   name = f"{dtype} m={microbatches}"
   t0 = time.perf_counter()
@@ -170,7 +171,7 @@ def main(argv=None) -> int:
   mesh = parallel.make_mesh(jax.local_devices())
   try:  # every value before the first (slow) compilation
     for m in args.microbatches:
-      ts.check_microbatches(args.batch, m, mesh, source="--batch/--microbatches")
+      train_step.check_microbatches(args.batch, m, mesh, source="--batch/--microbatches")
   except InputError as e:
     print(f"bench_train: {e}", file=sys.stderr)
     return 2

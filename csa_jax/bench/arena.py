@@ -4,7 +4,7 @@ One model's weights in csa_jax (one contestant per attention implementation aske
 torch is there, in the original architecture; the descriptor database on both sides; the inputs
 (queries and their first-round ranking, training batches) built the same way for every race.
 ``Arena.rerank_fns`` and ``Arena.train_fns`` give the contestants of one re-ranking batch or
-training step, named as in the results; ``compare`` and ``curves`` race them.
+training step, named as in the results; ``benchmark`` and ``curves`` race them.
 """
 
 from __future__ import annotations

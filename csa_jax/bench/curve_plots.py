@@ -3,13 +3,15 @@
 Re-rank against K: time per query (log scale: attention grows as K^2), achieved GFLOP/s against
 the run's matmul peak, peak memory per query. Against the batch (re-rank, training): items/s and
 peak memory per item. The x axis is log2 with a tick at every measured size; a failed point (out
-of memory) is a gap. matplotlib's Agg canvas directly (no pyplot state, no display needed), as
-``csa_jax.evaluation.plots``; the caller writes atomically.
+of memory) is a gap. Figures from ``csa_jax.evaluation.plots.agg_figure`` (no pyplot state, no
+backend change, no display needed); the caller writes atomically.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from csa_jax.evaluation.plots import agg_figure
 
 MIB = 2.0 ** 20
 # sweep -> (title, x label, item, panels); a panel is (series field, y label, scale, log y).
@@ -61,13 +63,10 @@ def curve_figure(name: str, curve: dict, doc: dict):
     A ``matplotlib.figure.Figure`` on an Agg canvas.
   """
   # Imported here, as csa_jax.evaluation.plots does: only a curves run pays for matplotlib.
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-  from matplotlib.ticker import FuncFormatter, NullLocator
+  from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: PLC0415
   plain = FuncFormatter(lambda v, _: f"{v:g}")  # 200, not 2 x 10^2, on the log axes
   title, xlabel, item, panels = SWEEP_PLOTS[name]
-  fig = Figure(figsize=(4.6 * len(panels), 4.2), layout="constrained")
-  FigureCanvasAgg(fig)
+  fig = agg_figure((4.6 * len(panels), 4.2), layout="constrained")
   axes = fig.subplots(1, len(panels), squeeze=False)[0]
   xs = np.asarray(curve["x"], float)
   for ax, (field, ylabel, scale, log_y) in zip(axes, panels):

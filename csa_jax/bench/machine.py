@@ -18,11 +18,11 @@ def try_import_torch_model():
   """csa_jax.interop.torch_reference with torch importable, else None."""
   try:
     # pylint: disable-next=g-import-not-at-top
-    from csa_jax.interop import torch_reference as torch_model
-    torch_model.require_torch()
+    from csa_jax.interop import torch_reference
+    torch_reference.require_torch()
   except ImportError:
     return None
-  return torch_model
+  return torch_reference
 
 
 def torch_device(name: str = "auto"):

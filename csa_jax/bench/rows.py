@@ -1,6 +1,6 @@
 """Result rows of ``csa-jax bench``: one race's timings turned into throughput, FLOP/s, memory.
 
-The table of ``compare`` and every point of ``curves`` come from ``result_rows``, so their
+The table of ``benchmark`` and every point of ``curves`` come from ``result_rows``, so their
 columns mean the same thing.
 """
 

@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-from csa_jax.bench import compare
+from csa_jax.bench import benchmark
 from csa_jax.bench import curves as curves_lib
 from csa_jax.core.config import ATTENTIONS
 from csa_jax.fileio import check_distinct
@@ -50,8 +50,8 @@ def _attention_list(text: str) -> list[str]:
   return vals
 
 
-def parse_args(argv) -> compare.Settings:
-  """The command line as ``compare.Settings``; argparse exits with code 2 on a bad flag."""
+def parse_args(argv) -> benchmark.Settings:
+  """The command line as ``benchmark.Settings``; argparse exits with code 2 on a bad flag."""
   p = argparse.ArgumentParser(prog="csa-jax bench", description=__doc__.split("\n\n")[0])
   g = p.add_argument_group("model (defaults: the paper model)")
   g.add_argument("--anchors", "-L", type=_positive, default=512)
@@ -104,7 +104,7 @@ def parse_args(argv) -> compare.Settings:
   g.add_argument("--seed", type=int, default=0)
   g.add_argument("--out", default="bench_results.json", help="JSON results (atomic write)")
   a = p.parse_args(argv)
-  return compare.Settings(
+  return benchmark.Settings(
       anchors=a.anchors, dim=a.dim, depth=a.depth, heads=a.heads, mlp_ratio=a.mlp_ratio,
       dropout=a.dropout, k=a.k, batches=a.batches, descriptor_dim=a.descriptor_dim, db=a.db,
       train_k=a.train_k, train_batch=a.train_batch, train=not a.no_train, repeats=a.repeats,
@@ -115,7 +115,7 @@ def parse_args(argv) -> compare.Settings:
 
 
 def format_table(res: dict) -> str:
-  """The results of ``compare.run`` as the text table ``csa-jax bench`` prints."""
+  """The results of ``benchmark.run_benchmark`` as the text table ``csa-jax bench`` prints."""
   m, mp = res["machine"], res["matmul_peak"]
   cfgd = res["config"]
   lines = [
@@ -174,7 +174,7 @@ def main(argv: list[str]) -> int:
       os.path.join(settings.curves, n) for n in
       (curves_lib.JSON_NAME, *(f"{s}.png" for s in curves_lib.SWEEPS))]
   check_distinct([("--out", settings.out)] + [("--curves", p) for p in curves], [])
-  res = compare.run(settings, " ".join(["csa-jax", "bench", *argv]))
+  res = benchmark.run_benchmark(settings, " ".join(["csa-jax", "bench", *argv]))
   print(format_table(res))
   print(f"csa-jax bench: results written to {settings.out}", file=sys.stderr)
   if "curves" in res:

@@ -129,7 +129,7 @@ def _tfds_sets(data_dir: str, features: str, names: list[str], r1m: bool):
 def _one(args, name, q, db, n_db, gnd, model, source) -> tuple[dict, tuple]:
   """Evaluates and prints one test set (n_db images, then distractors); returns (its JSON
   entry, (first_round, csa))."""
-  res = evaluate(q, db, gnd, model=model, K=args.K, L=args.L, batch_size=args.batch_size,
+  res = evaluate(q, db, gnd, model, K=args.K, batch_size=args.batch_size,
                  search_dtype=args.search_dtype, block=args.block, progress=True, source=source)
   print(format_results(res["first_round"], name))
   out = {"dataset": name, "distractors": len(db) - n_db, **res["info"],
@@ -185,8 +185,9 @@ def main(argv: list[str]) -> int:
   if args.model:  # first: a wrong model or --L fails before any data is read
     from csa_jax.interop.export import load_model  # noqa: PLC0415
     model = load_model(args.model, args.heads)
-    if args.L is not None and args.L != model[1].anchors:
-      raise fail("command line", "--L", f"{model[1].anchors} (the model's anchors)", str(args.L))
+    if args.L is not None and args.L != model.cfg.anchors:
+      raise fail("command line", "--L", f"{model.cfg.anchors} (the model's anchors)",
+                 str(args.L))
 
   entries, plotted, distractors = {}, {}, None
   for s in sets:

@@ -91,5 +91,5 @@ def main(argv: list[str]) -> int:
                      overrides=overrides, progress=a.progress, model_path=a.model)
   res = run_study(ctx, **options)
   if a.name == "baselines":
-    print(markdown_table(res["table"], ctx.bench.datasets))
+    print(markdown_table(res["table"], ctx.data.datasets))
   return 0

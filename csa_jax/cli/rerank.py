@@ -31,6 +31,7 @@ from csa_jax.cli.rerank_flags import add_rerank_flags, check_positive
 from csa_jax.errors import fail
 from csa_jax.fileio import atomic_paths, check_distinct, check_output_path
 from csa_jax.retrieval import user_rerank
+from csa_jax.retrieval.rerank import search_and_rerank
 from csa_jax.run_info import run_info
 
 SCORES_DOC = ("ranks 1..K: CSA score (cosine of the refined query and candidate tokens); ranks "
@@ -115,8 +116,8 @@ def main(argv: list[str]) -> int:
 
   from csa_jax.interop.export import load_model  # noqa: PLC0415  (the model stack, when run)
   model = load_model(args.model, args.heads)
-  if args.L is not None and args.L != model[1].anchors:
-    raise fail("command line", "--L", f"{model[1].anchors} (the model's anchors)", str(args.L))
+  if args.L is not None and args.L != model.cfg.anchors:
+    raise fail("command line", "--L", f"{model.cfg.anchors} (the model's anchors)", str(args.L))
   db = user_rerank.load_database(args.db)
   q = user_rerank.load_queries(args.query, dim=db.shape[1])
   qnames = dbnames = None
@@ -125,14 +126,14 @@ def main(argv: list[str]) -> int:
   if args.db_names:
     dbnames = user_rerank.load_names(args.db_names, len(db), "imlist")
   T = args.K if args.T is None else args.T
-  ids, scores = user_rerank.rerank(q, db, model, args.K, T, L=args.L,
-                                   batch_size=args.batch_size, search_dtype=args.search_dtype,
-                                   block=args.block, progress=True, source=args.db)
+  ids, scores = search_and_rerank(q, db, model, args.K, T, batch_size=args.batch_size,
+                                  search_dtype=args.search_dtype, block=args.block,
+                                  progress=True, source=args.db)
   settings = {"query": args.query, "db": args.db, "model": args.model, "K": args.K, "T": T,
-              "L": model[1].anchors, "queries": len(q), "db_images": len(db),
+              "L": model.cfg.anchors, "queries": len(q), "db_images": len(db),
               "search_dtype": args.search_dtype, "batch_size": args.batch_size,
               "query_names": args.query_names, "db_names": args.db_names,
-              "model_config": model[1], "scores": SCORES_DOC}
+              "model_config": model.cfg, "scores": SCORES_DOC}
   run = run_info(["csa-jax", "rerank", *argv], config=settings)
   try:
     write_outputs(paths, ids, scores, run, qnames, dbnames)

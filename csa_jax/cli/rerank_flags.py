@@ -1,10 +1,10 @@
-"""The re-ranking flags ``csa-jax eval`` and ``csa-jax rerank`` share, and their one check."""
+"""The re-ranking flags ``csa-jax eval`` and ``csa-jax rerank`` share, and their check."""
 
 from __future__ import annotations
 
 import argparse
 
-from csa_jax.errors import fail
+from csa_jax import configs
 from csa_jax.retrieval.search import SCORE_DTYPES
 
 
@@ -23,8 +23,9 @@ def add_rerank_flags(p: argparse.ArgumentParser) -> None:
 
 
 def check_positive(args: argparse.Namespace, names: tuple[str, ...]) -> None:
-  """One line (exit 2) for the first of ``names`` (argparse dests) that is set and below 1."""
+  """One line (exit 2) for the first of ``names`` (argparse dests) that is set and below 1.
+
+  The argparse side of ``configs.check_positive``, the one check: dests become flag names.
+  """
   for name in names:
-    v = getattr(args, name)
-    if v is not None and v < 1:
-      raise fail("command line", "--" + name.replace("_", "-"), "an integer >= 1", str(v))
+    configs.check_positive("--" + name.replace("_", "-"), getattr(args, name))

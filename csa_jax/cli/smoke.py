@@ -17,6 +17,7 @@ from csa_jax.core.affinity import rerank_affinity
 from csa_jax.core.config import ModelConfig
 from csa_jax.core.forward import init_params, rerank_scores
 from csa_jax.core.normalize import l2_normalize
+from csa_jax.retrieval.rerank import reorder_top
 
 
 def _timed(fn, *args):
@@ -55,11 +56,10 @@ def run(queries=8, db=5000, dim=2048, k=1024, l=512, dtype="float32", seed=0) ->
     aff, t["affinity"] = _timed(lambda: rerank_affinity(q, x, top, K=k, L=l))
     scores, t["rerank"] = _timed(lambda: rerank_scores(params, aff, cfg))
     out[stage] = t
-  order = jnp.argsort(-scores, axis=1, stable=True)
-  new_top = jnp.concatenate([jnp.take_along_axis(top[:, :k], order, 1), top[:, k:]], axis=1)
+  top, new_top = np.asarray(top), reorder_top(top, scores)
   out["shapes"] = {"top": list(top.shape), "affinity": list(aff.shape),
                    "scores": list(scores.shape), "new_top": list(new_top.shape)}
-  moved = float(jnp.mean(new_top[:, :k] != top[:, :k]))
+  moved = float(np.mean(new_top[:, :k] != top[:, :k]))
   out["fraction_of_top_k_moved"] = moved
   out["queries_per_s"] = queries / sum(out["steady_s"].values())
   return out

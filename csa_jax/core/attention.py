@@ -1,7 +1,8 @@
 """softmax(q k^T) v of the re-ranker's attention layers, three ways (docs/method.md section 3).
 
-Every implementation takes the same scaled queries, keys and values and computes the same maths;
-they differ in memory traffic:
+Every implementation takes the same unscaled queries, keys and values and a ``scale`` (None:
+d**-0.5, as ``jax.nn.dot_product_attention``), computes softmax(scale * q k^T) v and applies the
+scale to q (N x d products, not N x N); they differ in memory traffic:
 
 - ``xla_attention``: two einsums and a softmax; the (B, H, N, N) logits live in memory. Fast on
   accelerators, where XLA fuses it well; on CPU the N x N tensors of all heads fall out of cache.
@@ -56,42 +57,52 @@ def resolve(cfg: ModelConfig, backend: str, dropout: bool) -> str:
   return choice
 
 
-def xla_attention(q_BxHxNxd, k_BxHxNxd, v_BxHxNxd, drop=None):
-  """softmax(q k^T) v with the logits in memory.
+def _scaled(q, scale: float | None):
+  """q times scale (None: d**-0.5) in q's dtype; 1.0 leaves q as it is."""
+  scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+  return q if scale == 1.0 else q * jnp.asarray(scale, q.dtype)
+
+
+def xla_attention(q_BxHxNxd, k_BxHxNxd, v_BxHxNxd, drop=None, *, scale: float | None = None):
+  """softmax(scale * q k^T) v with the logits in memory.
 
   Args:
-    q_BxHxNxd: queries, already scaled by d**-0.5.
+    q_BxHxNxd: queries, unscaled.
     k_BxHxNxd: keys.
     v_BxHxNxd: values.
     drop: optional ``probs -> probs`` applied to the float32 probabilities (attention dropout).
+    scale: the logits' factor; None means d**-0.5, 1.0 suits queries already scaled.
 
   Returns:
     out_BxHxNxd in v's dtype.
   """
-  logits = jnp.einsum("bhqd,bhkd->bhqk", q_BxHxNxd, k_BxHxNxd, preferred_element_type=F32)
+  logits = jnp.einsum("bhqd,bhkd->bhqk", _scaled(q_BxHxNxd, scale), k_BxHxNxd,
+                      preferred_element_type=F32)
   probs = jax.nn.softmax(logits, axis=-1)
   if drop is not None:
     probs = drop(probs)
   return jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v_BxHxNxd.dtype), v_BxHxNxd)
 
 
-def dot_product_attention(q_BxNxHxd, k_BxNxHxd, v_BxNxHxd, implementation: str | None = "cudnn"):
-  """``jax.nn.dot_product_attention`` on the (B, N, H, d) layout it wants, q already scaled.
+def dot_product_attention(q_BxNxHxd, k_BxNxHxd, v_BxNxHxd, implementation: str | None = "cudnn",
+                          *, scale: float | None = None):
+  """``jax.nn.dot_product_attention`` on the (B, N, H, d) layout it wants.
 
   If the requested implementation rejects these arguments (an old cuDNN, an unsupported shape),
   XLA's is used and a warning logged: a re-ranker that runs beats one that stops.
 
   Args:
-    q_BxNxHxd: queries, already scaled by d**-0.5.
+    q_BxNxHxd: queries, unscaled.
     k_BxNxHxd: keys.
     v_BxNxHxd: values.
     implementation: "cudnn", "xla" or None (JAX picks).
+    scale: the logits' factor; None means d**-0.5 (passed on: the kernel applies it).
 
   Returns:
     out_BxNxHxd in v's dtype.
   """
   call = functools.partial(jax.nn.dot_product_attention, q_BxNxHxd, k_BxNxHxd, v_BxNxHxd,
-                           scale=1.0)
+                           scale=scale)
   try:
     return call(implementation=implementation)
   except (ValueError, NotImplementedError, RuntimeError) as e:

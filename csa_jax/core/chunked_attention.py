@@ -5,11 +5,16 @@ max m, the running sum l of exp(s - m) and the running output; only one head's (
 block) logits exist at a time, never the (B, H, N, N) tensor. Inputs are (B, N, H, d), the layout
 of ``jax.nn.dot_product_attention`` and of the qkv projection's output.
 
-The VJP (``jax.custom_vjp``) saves only q, k, v, the output and the row log-sum-exp, and
-recomputes each block's probabilities on the way back (the flash-attention-2 backward):
+The logits are scale * q k^T, scale = d**-0.5 by default as in ``jax.nn.dot_product_attention``,
+so the two are drop-in replacements for each other. The scale is applied to each block of queries
+inside the kernel (bq x d products, not bq x bk, and no separate pass over q in memory).
 
-  p = exp(q_i k_j^T - lse_i),  dv_j += p^T do_i,  ds = p * (do_i v_j^T - D_i),
-  dq_i += ds k_j,  dk_j += ds^T q_i,  with D_i = rowsum(do_i * o_i).
+The VJP (``jax.custom_vjp``) saves only q, k, v, the output and the row log-sum-exp, and
+recomputes each block's probabilities on the way back (the flash-attention-2 backward), with
+q'_i = scale * q_i:
+
+  p = exp(q'_i k_j^T - lse_i),  dv_j += p^T do_i,  ds = p * (do_i v_j^T - D_i),
+  dq_i += scale * ds k_j,  dk_j += ds^T q'_i,  with D_i = rowsum(do_i * o_i).
 
 Heads (outer) and query blocks (inner) are loop iterations and the batch is a dimension of every
 block, so a batch sharded over devices stays sharded (no loop runs over the sharded axis).
@@ -97,7 +102,12 @@ def _scan(step, init, xs, length: int):
   return jax.lax.scan(step, init, xs)
 
 
-def _forward(rate, max_q, max_k, q, k, v, rng):
+def _scaled(x, scale: float):
+  # 1.0 skips the multiply: a caller passing pre-scaled queries gets exactly the old kernel.
+  return x if scale == 1.0 else x * jnp.asarray(scale, x.dtype)
+
+
+def _forward(rate, scale, max_q, max_k, q, k, v, rng):
   """Output (B, N, H, d) and the blocked row log-sum-exp (H, nq, B, bq)."""
   (nq, _), (nk, _), qb, kb, vb, valid, masked = _setup(q, k, v, max_q, max_k)
 
@@ -106,6 +116,7 @@ def _forward(rate, max_q, max_k, q, k, v, rng):
 
     def one(xs):
       i, q_i = xs
+      q_i = _scaled(q_i, scale)
 
       def step(carry, xs):
         m, l, acc = carry
@@ -132,17 +143,17 @@ def _forward(rate, max_q, max_k, q, k, v, rng):
   return _unblocks(out, q.shape[1]), lse
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _chunked(rate, max_q, max_k, q, k, v, rng):
-  return _forward(rate, max_q, max_k, q, k, v, rng)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _chunked(rate, scale, max_q, max_k, q, k, v, rng):
+  return _forward(rate, scale, max_q, max_k, q, k, v, rng)[0]
 
 
-def _chunked_fwd(rate, max_q, max_k, q, k, v, rng):
-  out, lse = _forward(rate, max_q, max_k, q, k, v, rng)
+def _chunked_fwd(rate, scale, max_q, max_k, q, k, v, rng):
+  out, lse = _forward(rate, scale, max_q, max_k, q, k, v, rng)
   return out, (q, k, v, rng, out, lse)
 
 
-def _chunked_bwd(rate, max_q, max_k, res, do_BxNxHxd):
+def _chunked_bwd(rate, scale, max_q, max_k, res, do_BxNxHxd):
   q, k, v, rng, out, lse = res
   n = q.shape[1]
   (nq, bq), (nk, _), qb, kb, vb, valid, masked = _setup(q, k, v, max_q, max_k)
@@ -155,6 +166,7 @@ def _chunked_bwd(rate, max_q, max_k, res, do_BxNxHxd):
     def one(carry, xs):
       dk_h, dv_h = carry
       i, q_i, do_i, lse_i, d_i = xs
+      q_i = _scaled(q_i, scale)  # the logits' queries; dq of the unscaled ones is scaled below
 
       def step(dq_i, xs):
         j, k_j, v_j, valid_j = xs
@@ -174,7 +186,7 @@ def _chunked_bwd(rate, max_q, max_k, res, do_BxNxHxd):
 
       dq_i, (dk_i, dv_i) = _scan(step, jnp.zeros(q_i.shape, F32),
                                  (jnp.arange(nk), k_h, v_h, valid), nk)
-      return (dk_h + dk_i, dv_h + dv_i), dq_i
+      return (dk_h + dk_i, dv_h + dv_i), _scaled(dq_i, scale)
 
     zeros = jnp.zeros(k_h.shape, F32)
     (dk_h, dv_h), dq_h = jax.lax.scan(one, (zeros, zeros),
@@ -190,23 +202,30 @@ _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
 def chunked_attention(q_BxNxHxd, k_BxNxHxd, v_BxNxHxd, rng=None, rate: float = 0.0,
-                      max_block_q: int = MAX_BLOCK_Q, max_block_k: int = MAX_BLOCK_K):
-  """softmax(q k^T) v without an N x N tensor, differentiable (flash-attention-2 VJP).
+                      max_block_q: int = MAX_BLOCK_Q, max_block_k: int = MAX_BLOCK_K, *,
+                      scale: float | None = None):
+  """softmax(scale * q k^T) v without an N x N tensor, differentiable (flash-attention-2 VJP).
+
+  The same maths and layout as ``jax.nn.dot_product_attention(q, k, v, scale=scale)`` (no bias,
+  no mask). Matmuls run in the inputs' dtype with float32 accumulation; softmax statistics are
+  float32.
 
   Args:
-    q_BxNxHxd: queries (``jax.nn.dot_product_attention``'s layout), already scaled by d**-0.5 (matmuls run in their dtype, float32
-      accumulation; softmax statistics in float32).
+    q_BxNxHxd: queries, unscaled (``jax.nn.dot_product_attention``'s layout).
     k_BxNxHxd: keys.
     v_BxNxHxd: values.
     rng: PRNG key for attention dropout; needed iff ``rate > 0``.
     rate: attention-dropout rate in [0, 1).
     max_block_q: the largest block of queries (a multiple of 8).
     max_block_k: the largest block of keys (a multiple of 8).
+    scale: the logits' factor; None means d**-0.5 (as ``jax.nn.dot_product_attention``), 1.0
+      suits queries the caller has already scaled.
 
   Returns:
     out_BxNxHxd in v's dtype.
   """
   if rate and rng is None:
     raise ValueError("chunked_attention: attention dropout needs an rng")
-  return _chunked(float(rate), int(max_block_q), int(max_block_k), q_BxNxHxd, k_BxNxHxd,
+  scale = q_BxNxHxd.shape[-1] ** -0.5 if scale is None else float(scale)
+  return _chunked(float(rate), scale, int(max_block_q), int(max_block_k), q_BxNxHxd, k_BxNxHxd,
                   v_BxNxHxd, rng if rate else None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
@@ -79,3 +80,19 @@ class ModelConfig:
 
   def replace(self, **kw) -> "ModelConfig":
     return dataclasses.replace(self, **kw)
+
+
+class Model(NamedTuple):
+  """A re-ranker as the host drivers take it: its parameters and its config.
+
+  ``csa_jax.load_model`` returns one; a plain ``(params, cfg)`` tuple works wherever a ``Model``
+  is taken, and a ``Model`` unpacks as one (``params, cfg = model``). The drivers read the
+  anchors L from ``model.cfg.anchors``.
+
+  Attributes:
+    params: the parameter pytree (``init_params`` / ``load_model``).
+    cfg: its ``ModelConfig``.
+  """
+
+  params: Any
+  cfg: ModelConfig

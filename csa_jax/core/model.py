@@ -73,17 +73,17 @@ class Attention(nn.Module):
     rate = 0.0 if deterministic else cfg.attn_drop
     impl = attention.resolve(cfg, jax.default_backend(), dropout=rate > 0)
     qkv = _dense(cfg, 3 * d_model, "qkv", use_bias=cfg.qkv_bias)(x_BxNxD)
-    # PyTorch order (B, N, 3, H, d). Scaling q (N x d) instead of the N x N logits saves a pass.
+    # PyTorch order (B, N, 3, H, d). Every implementation scales q by hd**-0.5 itself.
     qkv = qkv.reshape(b, n, 3, cfg.heads, hd)
     if impl == "xla":
       # (3, B, H, N, d): both attention matmuls read contiguous operands.
       qkv = qkv.transpose(2, 0, 3, 1, 4)
       out = attention.xla_attention(
-          qkv[0] * (hd ** -0.5), qkv[1], qkv[2],
+          qkv[0], qkv[1], qkv[2],
           drop=lambda p: Dropout(cfg.attn_drop)(p, deterministic=deterministic))
       out = out.transpose(0, 2, 1, 3)
     else:  # both take (B, N, H, d) as it comes; their blocking does the one transpose
-      q, k, v = qkv[:, :, 0] * (hd ** -0.5), qkv[:, :, 1], qkv[:, :, 2]
+      q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
       if impl == "chunked":
         rng = self.make_rng("dropout") if rate else None
         out = attention.chunked_attention(q, k, v, rng, rate)

@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 
-from csa_jax import parallel
 from csa_jax.data.index_lists import as_indices
 from csa_jax.errors import fail
 from csa_jax.evaluation.revisited import PROTOCOLS, percent, revisited_map_from_scores
@@ -28,22 +27,22 @@ logger = logging.getLogger(__name__)
 FIRST_ROUND_T = 100
 
 
-def evaluate(q_QxC, db, gnd, *, model=None, K: int = 1024, L: int | None = None,
-             batch_size: int | None = None, search_dtype: str = "float32",
-             block: int | None = None, devices=None, progress: bool = False, source: str = "db") -> dict:
+def evaluate(q_QxC, db, gnd, model=None, K: int = 1024, *, batch_size: int | None = None,
+             search_dtype: str = "float32", block: int | None = None, devices=None,
+             progress: bool = False, source: str = "db") -> dict:
   """First-round search and, with a model, CSA re-ranking, both scored exactly over the db.
 
-  A host driver: it checks its arguments as ``csa_rerank`` does (``retrieval.validate``) and
-  the gnd's ids against the database.
+  A host driver (it builds device meshes and returns numpy): it checks its arguments as
+  ``rerank_shortlist`` does (``retrieval.validate``) and the gnd's ids against the database.
 
   Args:
     q_QxC: (Q, C) query descriptors; rows that are not unit-norm are re-normalised (warning).
     db: (N, C) L2-normalised database: a numpy/jax array (re-normalised like the queries if
       needed), a ``.npy`` memmap or ``StackedRows`` (a test set followed by R1M distractors).
     gnd: Q dicts with 'easy', 'hard' and 'junk' db index lists.
-    model: ``(params, cfg)`` to re-rank with CSA; None evaluates the first round only.
+    model: ``Model(params, cfg)`` or a ``(params, cfg)`` tuple to re-rank with CSA (anchors L
+      from ``cfg.anchors``); None evaluates the first round only.
     K: candidates CSA re-ranks per query, >= 1; more than N re-ranks all N (with a warning).
-    L: anchors; None takes the model's (any other value is refused).
     batch_size: queries per re-ranking call; None sizes it to the
       devices' free memory (8 per device on CPU).
     search_dtype: first-round scores, "float32" or "bfloat16" (float32 accumulation).
@@ -58,6 +57,8 @@ def evaluate(q_QxC, db, gnd, *, model=None, K: int = 1024, L: int | None = None,
     'search_dtype', 'K', 'L' (with a model), 'seconds': {'search', 'evaluate', 'rerank'}}},
     results being ``revisited_map_from_scores``'s dicts (fractions, per-query APs included).
   """
+  if model is not None:  # a wrong model fails before the data is checked
+    model = validate.check_model(model, "evaluate")
   db = validate.check_database(db, "evaluate", source)
   n = len(db)
   q_QxC = validate.check_queries(q_QxC, db.shape[1], "evaluate")
@@ -65,10 +66,7 @@ def evaluate(q_QxC, db, gnd, *, model=None, K: int = 1024, L: int | None = None,
   info = {"queries": len(q_QxC), "db_images": n, "search_dtype": search_dtype}
   seconds = {}
   if model is not None:
-    params, cfg = model
-    L = cfg.anchors if L is None else L
-    if L != cfg.anchors:
-      raise fail("evaluate", "L", f"{cfg.anchors} (the model's anchors)", str(L))
+    L = model.cfg.anchors
     if K < 1:
       raise fail("evaluate", "K", "an integer >= 1 (candidates CSA re-ranks per query)", str(K))
     if L - 1 > n:
@@ -91,11 +89,10 @@ def evaluate(q_QxC, db, gnd, *, model=None, K: int = 1024, L: int | None = None,
   seconds["evaluate"] = time.perf_counter() - t0
   csa = None
   if model is not None:
-    from csa_jax.retrieval.rerank import csa_rerank  # the model stack only when asked for
-    mesh = None if devices is None else parallel.make_mesh(devices)
+    from csa_jax.retrieval.rerank import rerank_shortlist  # the model stack only when asked for
     t0 = time.perf_counter()
-    new_top_QxT = csa_rerank(params, cfg, q_QxC, db, top_QxT, K, L, batch_size=batch_size,
-                             mesh=mesh)
+    new_top_QxT, _ = rerank_shortlist(q_QxC, db, top_QxT, model, K, batch_size=batch_size,
+                                      devices=devices, source=source)
     seconds["rerank"] = time.perf_counter() - t0
     # The re-ordered top-K first, every other image after it by first-round score.
     csa = revisited_map_from_scores(scores_QxN, gnd, top_QxK=new_top_QxT[:, :K])

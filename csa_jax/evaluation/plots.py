@@ -3,8 +3,11 @@
 With CSA results each panel is a scatter of every query's first-round AP (x) against its CSA AP
 (y), the diagonal marking "no change", and the count of queries above and below it; without them
 it shows the first round's per-query APs as sorted bars. One row of panels per dataset, the
-Medium and Hard protocols (Easy is usually saturated) as columns. matplotlib's Agg canvas
-directly (no pyplot state, no display needed); written atomically.
+Medium and Hard protocols (Easy is usually saturated) as columns; written atomically.
+
+``agg_figure`` is how every csa_jax figure is made (this plot, the training curves, the studies',
+the benchmark's cost curves): matplotlib's Agg canvas directly, so no pyplot state is created and
+the user's backend is never changed, and no display is needed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,27 @@ from csa_jax.evaluation.revisited import percent
 from csa_jax.fileio import atomic_path
 
 PLOT_PROTOCOLS = ("medium", "hard")
+
+
+def agg_figure(figsize: tuple[float, float], **kwargs):
+  """A new figure on its own Agg canvas, outside pyplot.
+
+  Library code must not call ``matplotlib.use`` or keep figures in pyplot's list: a user's
+  interactive backend and open figures stay as they were, and the figure is freed like any object.
+
+  Args:
+    figsize: (width, height) in inches.
+    **kwargs: more ``matplotlib.figure.Figure`` arguments (e.g. ``layout="constrained"``).
+
+  Returns:
+    The ``Figure``: ``fig.subplots`` adds axes, ``fig.savefig`` writes it.
+  """
+  # Imported here: matplotlib is only paid for by the runs that plot.
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+  from matplotlib.figure import Figure  # noqa: PLC0415
+  fig = Figure(figsize=figsize, **kwargs)
+  FigureCanvasAgg(fig)
+  return fig
 
 
 def _panel(ax, first: dict, csa: dict | None, title: str) -> None:
@@ -54,11 +78,8 @@ def ap_figure(results: dict):
   Returns:
     A ``matplotlib.figure.Figure`` on an Agg canvas.
   """
-  from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415  (optional)
-  from matplotlib.figure import Figure  # noqa: PLC0415
   rows = len(results)
-  fig = Figure(figsize=(4.2 * len(PLOT_PROTOCOLS), 4.0 * rows), layout="constrained")
-  FigureCanvasAgg(fig)
+  fig = agg_figure((4.2 * len(PLOT_PROTOCOLS), 4.0 * rows), layout="constrained")
   axes = np.asarray(fig.subplots(rows, len(PLOT_PROTOCOLS), squeeze=False))
   for r, (name, (first, csa)) in enumerate(results.items()):
     for c, p in enumerate(PLOT_PROTOCOLS):

@@ -20,7 +20,7 @@ import numpy as np
 from csa_jax.evaluation.revisited import PROTOCOLS
 from csa_jax.experiments import runs
 from csa_jax.experiments.context import Context
-from csa_jax.experiments.output import fmt_s, pyplot
+from csa_jax.experiments.output import fmt_s, subplots
 from csa_jax.experiments.scoring import mean_ap
 from csa_jax.retrieval import baselines
 
@@ -51,7 +51,7 @@ def run_baselines(ctx: Context, k_grid=None, alpha: float = ALPHA) -> tuple[dict
   k_grid = list(k_grid or (K_GRID_TINY if ctx.size == "tiny" else K_GRID))
   model = runs.default_model(ctx)
   L = model.cfg.anchors
-  sets = {ds: ctx.bench.test_set(ctx.feature, ds) for ds in ctx.bench.datasets}
+  sets = {ds: ctx.data.test_set(ctx.feature, ds) for ds in ctx.data.datasets}
   n_db = min(len(ts.db_NxC) for ts in sets.values())
   k_grid_run = [k for k in k_grid if k < n_db]
   # The expansions read the first k of each first-round list, nothing below.
@@ -102,8 +102,7 @@ def run_baselines(ctx: Context, k_grid=None, alpha: float = ALPHA) -> tuple[dict
        {ds: r["csa"] for ds, r in on_dba.items()}),
   ]
   rows = [{"method": name, "params": params, "map": res} for name, params, res in table]
-  plt = pyplot()
-  fig, axs = plt.subplots(1, len(sets), figsize=(8 * len(sets), 4.5), squeeze=False)
+  fig, axs = subplots(1, len(sets), figsize=(8 * len(sets), 4.5), squeeze=False)
   x = np.arange(len(rows))
   for ax, ds in zip(axs[0], sets):
     for j, p in enumerate(PROTOCOLS):

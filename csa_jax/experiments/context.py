@@ -3,7 +3,9 @@
 By default the data is the built-in synthetic benchmark (the demo's, written to ``<out>/data``)
 and the base recipe and test-time K are the demo's, so that the studies' numbers and the README's
 demo table describe the same model; a data root in the docs/method.md section 6 layout uses
-configs/rsfm120k.py instead. ``size="tiny"`` shrinks benchmark, model and schedule to seconds.
+configs/rsfm120k.py instead. ``size="tiny"`` shrinks benchmark, model and schedule to seconds:
+the demo's tiny benchmark and test-time K (``demo.SIZES["tiny"]``), configs/tiny.py's model and
+schedule (``configs.tiny_overrides``).
 """
 
 from __future__ import annotations
@@ -18,19 +20,8 @@ import ml_collections
 from csa_jax import configs
 from csa_jax.errors import InputError
 from csa_jax.experiments import demo
-from csa_jax.experiments.datasets import Bench, write_synthetic
+from csa_jax.experiments.datasets import StudyData, write_synthetic
 from csa_jax.fileio import check_output_path
-
-# The demo's tiny benchmark: kept in step with the generator by its owner.
-TINY_SYNTH = demo.SIZES["tiny"][0]
-TINY_CONFIG = {"model.anchors": 8, "model.dim": 16, "model.depth": 1, "model.heads": 2,
-               "model.mlp_ratio": 2, "data.K": 8, "train.global_batch": 16, "train.epochs": 2,
-               "train.warmup_epochs": 1, "log.every_steps": 4,
-               # Without dropout the training step compiles about twice as fast on CPU, which
-               # is most of a tiny run's time.
-               "model.drop": 0.0, "model.attn_drop": 0.0, "model.drop_path": 0.0}
-TINY_K = 16
-DEMO_K = demo.SIZES["default"][2]
 
 
 def set_value(config, key: str, value) -> None:
@@ -46,7 +37,7 @@ class Context:
   name: str
   out: str
   config: ml_collections.ConfigDict  # base training config (overrides applied, unfrozen)
-  bench: Bench
+  data: StudyData  # the descriptor and test sets the study trains and tests on
   K: int  # test-time re-ranking depth
   feature: str  # the default descriptor set
   size: str = "default"
@@ -63,13 +54,6 @@ class Context:
     for k, v in (overrides or {}).items():
       set_value(config, k, v)
     return config
-
-
-def check_positive(name: str, values, source: str = "command line") -> list:
-  """``values`` as a list when all are positive, else an InputError naming ``name``."""
-  if not values or any(v <= 0 for v in values):
-    raise InputError(f"{source}: {name}: expected positive values, found {values}")
-  return list(values)
 
 
 def make_context(name: str, out: str, *, size: str = "default", data: str | None = None,
@@ -98,32 +82,37 @@ def make_context(name: str, out: str, *, size: str = "default", data: str | None
   if os.path.exists(out) and not os.path.isdir(out):
     raise InputError(f"{out}: --out: expected a directory for the study's outputs, found a file")
   check_output_path(os.path.join(out, "study.json"), "--out")
+  if size not in demo.SIZES:
+    raise InputError(f"command line: --size: expected one of {sorted(demo.SIZES)}, found "
+                     f"{size!r}")
+  benchmark, _, size_k = demo.SIZES[size]
   if data:
     if not features:
       raise InputError("command line: --features: expected descriptor set names with --data "
                        "(e.g. gl18-tl-resnet101-gem-w), found none")
-    bench = Bench(os.path.abspath(data), features, datasets or ["roxford5k", "rparis6k"])
+    study_data = StudyData(os.path.abspath(data), features,
+                           datasets or ["roxford5k", "rparis6k"])
     config = configs.load_file(config_path or "rsfm120k")
     default_k = config.get("eval", {}).get("K", 1024)
   else:
-    bench = write_synthetic(os.path.join(out, "data"),
-                            TINY_SYNTH if size == "tiny" else demo.SIZES["default"][0])
+    study_data = write_synthetic(os.path.join(out, "data"), benchmark)
     if features:
-      unknown = sorted(set(features) - set(bench.features))
+      unknown = sorted(set(features) - set(study_data.features))
       if unknown:
         raise InputError(f"command line: --features: expected synthetic sets "
-                         f"{bench.features}, found {unknown}")
-      bench.features = list(features)
-    config = configs.load_file(config_path) if config_path else demo.demo_config(bench.root)
-    default_k = config.get("eval", {}).get("K", DEMO_K) if config_path else DEMO_K
+                         f"{study_data.features}, found {unknown}")
+      study_data.features = list(features)
+    config = (configs.load_file(config_path) if config_path
+              else demo.demo_config(study_data.root))
+    default_k = config.get("eval", {}).get("K", size_k) if config_path else size_k
   if size == "tiny":
-    for k, v in TINY_CONFIG.items():
-      configs.set_override(config, k, str(v), source="--size tiny")
+    for k, v in configs.tiny_overrides().items():
+      set_value(config, k, v)
   for k, v in overrides:
     configs.set_override(config, k, v)
-  configs.set_override(config, "data.root", bench.root, source="experiment")
-  K = K or (TINY_K if size == "tiny" else default_k)
-  check_positive("--K", [K])
-  return Context(name=name, out=out, config=config, bench=bench, K=K,
-                 feature=bench.features[0], size=size, progress=progress,
+  configs.set_override(config, "data.root", study_data.root, source="experiment")
+  K = K or (size_k if size == "tiny" else default_k)
+  configs.check_positive("--K", K)
+  return Context(name=name, out=out, config=config, data=study_data, K=K,
+                 feature=study_data.features[0], size=size, progress=progress,
                  model_path=model_path)

@@ -1,4 +1,4 @@
-"""The studies' data: descriptor sets and test sets of one data root (``Bench``).
+"""The studies' data: the descriptor sets and test sets of one data root (``StudyData``).
 
 The docs/method.md section 6 layout under a root is read through the file readers whether it is
 real data or the synthetic benchmark written there (one code path). On the synthetic benchmark,
@@ -41,8 +41,8 @@ class TestSet:
   gnd: list
 
 
-class Bench:
-  """Descriptor sets of one data root, loaded on first use.
+class StudyData:
+  """The descriptor sets and test sets of one data root, loaded on first use.
 
   Args:
     root: the data root (docs/method.md section 6 layout).
@@ -120,7 +120,7 @@ def _backbone(x, spec, rng, proj):
   return l2_normalize(np.sign(y) * np.abs(y) ** power)
 
 
-def write_synthetic(root: str, cfg: synthetic.SynthConfig) -> Bench:
+def write_synthetic(root: str, cfg: synthetic.SynthConfig) -> StudyData:
   """Writes the synthetic benchmark and its derived backbones under ``root``.
 
   Args:
@@ -128,7 +128,7 @@ def write_synthetic(root: str, cfg: synthetic.SynthConfig) -> Bench:
     cfg: the benchmark's size and seed.
 
   Returns:
-    Its ``Bench``: every ``SYNTH_BACKBONES`` set, the synthetic test dataset.
+    Its ``StudyData``: every ``SYNTH_BACKBONES`` set, the synthetic test dataset.
   """
   p = synthetic.write_benchmark(root, cfg)
   train = load_npz(p["train_features"])
@@ -144,4 +144,4 @@ def write_synthetic(root: str, cfg: synthetic.SynthConfig) -> Bench:
              **{k: _backbone(train[k], spec, rng, proj) for k in ("train", "val")})
     save_npz(os.path.join(root, "test", synthetic.DATASET, f"{name}.npz"),
              **{k: _backbone(test[k], spec, rng, proj) for k in ("db", "query")})
-  return Bench(root, list(SYNTH_BACKBONES), [synthetic.DATASET], cfg)
+  return StudyData(root, list(SYNTH_BACKBONES), [synthetic.DATASET], cfg)

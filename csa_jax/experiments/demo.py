@@ -9,6 +9,8 @@
    CSA's re-ranking of the top-K from affinities only, and the exact revisited mAP of both.
 
 ``csa-jax demo`` prints the table; ``csa-jax experiment`` reuses the benchmark sizes and recipe.
+The tiny size (tests, seconds) is the tiny synthetic benchmark below with configs/tiny.py's model
+and schedule (``configs.tiny_overrides``); the default size is what the README's table shows.
 """
 
 from __future__ import annotations
@@ -30,21 +32,21 @@ from csa_jax.train import train_set as pipeline
 
 logger = logging.getLogger(__name__)
 
-_TRAIN_KEYS = ("epochs", "global_batch", "base_lr")
+_TRAIN_KEYS = ("epochs", "warmup_epochs", "global_batch", "base_lr")
 MARKER = ".csa-jax-demo"  # <out> is the demo's own: a re-run replaces what the last one wrote
 RERANK_BATCH = 16  # queries per re-ranking call
 
-# name -> (benchmark, model/training overrides, test-time K)
+# name -> (benchmark, ``demo_config`` overrides, test-time K)
 SIZES = {
     "default": (synthetic.SynthConfig(), {}, 128),
-    # Seconds, for tests: says nothing about quality.
+    # Seconds, for tests: says nothing about quality. The one tiny synthetic benchmark (also
+    # ``csa-jax experiment --size tiny``'s); model and schedule are configs/tiny.py's.
     "tiny": (synthetic.SynthConfig(dim=16, parts=4, styles=2, train_landmarks=6, train_photos=8,
                                    train_singles=30, val_landmarks=1, val_singles=5,
                                    test_landmarks=3, test_photos=8, queries_per_landmark=2,
                                    test_minor=2, test_singles=40),
-             {"K": 16, "anchors": 16, "dim": 16, "heads": 2, "depth": 1, "epochs": 1,
-              "global_batch": 16},
-             24),
+             {dotted.split(".")[1]: v for dotted, v in configs.tiny_overrides().items()},
+             16),
 }
 
 
@@ -56,7 +58,8 @@ def demo_config(root: str, seed: int = 0, cache_dir: str | None = None,
     root: where ``synthetic.write_benchmark`` wrote the data.
     seed: training seed.
     cache_dir: the neighbour cache (default ``<root>/neighbors``).
-    **overrides: model, ``K``, ``epochs``, ``global_batch`` or ``base_lr`` values (``SIZES``).
+    **overrides: model, ``K``, ``epochs``, ``warmup_epochs``, ``global_batch`` or ``base_lr``
+      values (``SIZES``).
 
   Returns:
     The locked training config.
@@ -127,18 +130,19 @@ def run(out: str, size: str = "default", seed: int = 0, progress: bool = True,
     ``evaluate_test_set``'s table; ``<out>/results.json`` holds it plus a ``run`` record
     (versions, devices, command, seed, config: ``csa_jax.run_info``).
   """
-  from csa_jax.train import loop as train  # noqa: PLC0415  (heavy; only when training)
-  bench, overrides, test_k = SIZES[size]
+  from csa_jax.train import loop  # noqa: PLC0415  (heavy; only when training)
+  benchmark, overrides, test_k = SIZES[size]
   t0 = time.time()
   _prepare_out(out)
   root = os.path.join(out, "data")
-  paths = synthetic.write_benchmark(root, bench.replace(seed=seed))
+  paths = synthetic.write_benchmark(root, benchmark.replace(seed=seed))
   logger.info("demo: benchmark written to %s (%.0f s)", root, time.time() - t0)
   config = demo_config(root, seed=seed, cache_dir=os.path.join(out, "neighbors"), **overrides)
-  ts = pipeline.load_train_set([paths["train_features"]], paths["annotations"],
-                               K=config.data.K, L=config.model.anchors,
-                               cache_dir=config.data.cache_dir)
-  result = train.train(config, os.path.join(out, "train"), train_set=ts, progress=progress)
+  train_data = pipeline.load_train_set([paths["train_features"]], paths["annotations"],
+                                       K=config.data.K, L=config.model.anchors,
+                                       cache_dir=config.data.cache_dir)
+  result = loop.train(config, os.path.join(out, "train"), train_set=train_data,
+                      progress=progress)
   logger.info("demo: trained %d steps (%.0f s)", result.step, time.time() - t0)
   results = evaluate_test_set(result.params, result.model_cfg, paths["test_features"],
                               paths["gnd"], test_k)

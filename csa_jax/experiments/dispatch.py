@@ -1,16 +1,17 @@
 """One study by name: its options checked, defaults for the tiny size, its JSON and figure written.
 
 ``csa-jax experiment`` parses the command line into these options; the values are checked here,
-where what they must match (the bench's descriptor sets, the config's value types) is known.
+where what they must match (the study data's descriptor sets, the config's value types) is known.
 """
 
 from __future__ import annotations
 
 import time
 
+from csa_jax import configs
 from csa_jax.errors import InputError
 from csa_jax.experiments import studies as st
-from csa_jax.experiments.context import Context, check_positive
+from csa_jax.experiments.context import Context
 from csa_jax.experiments.output import finish
 
 EXPERIMENTS = ("ablation", "seeds", "cross-feature", "kl-sweep", "heldout-val", "baselines")
@@ -42,7 +43,7 @@ def run_study(ctx: Context, *, axes: list[str] | None = None, values: list[str] 
     axes: ablation: ``studies.ABLATION_AXES`` names.
     values: ablation: this single axis's values (strings, typed like the config's value).
     seeds: seeds: number of seeds.
-    train_on: cross-feature: descriptor sets to train on (default all of the bench's).
+    train_on: cross-feature: descriptor sets to train on (default all of the study data's).
     k_values: kl-sweep: test-time K values (default ``K_VALUES``, tiny ``K_VALUES_TINY``).
     l_values: kl-sweep: L values, one model each (default ``L_VALUES``, tiny ``L_VALUES_TINY``).
     holdout: heldout-val: fraction of clusters held out, in (0, 1).
@@ -70,24 +71,24 @@ def run_study(ctx: Context, *, axes: list[str] | None = None, values: list[str] 
       grid = {axes[0]: _typed(values, st.config_value(ctx.config, key), "--values")}
     result, fig = st.ablation(ctx, axes, grid)
   elif ctx.name == "seeds":
-    result, fig = st.seeds(ctx, check_positive("--seeds", [seeds])[0])
+    result, fig = st.seeds(ctx, configs.check_positive("--seeds", [seeds])[0])
   elif ctx.name == "cross-feature":
-    train_on = train_on or ctx.bench.features
-    bad = sorted(set(train_on) - set(ctx.bench.features))
+    train_on = train_on or ctx.data.features
+    bad = sorted(set(train_on) - set(ctx.data.features))
     if bad:
-      raise InputError(f"command line: --train-on: expected some of {ctx.bench.features}, "
+      raise InputError(f"command line: --train-on: expected some of {ctx.data.features}, "
                        f"found {bad}")
     result, fig = st.cross_feature(ctx, train_on)
   elif ctx.name == "kl-sweep":
-    ks = check_positive("--k-values", k_values or (K_VALUES_TINY if tiny else K_VALUES))
-    ls = check_positive("--l-values", l_values or (L_VALUES_TINY if tiny else L_VALUES))
+    ks = configs.check_positive("--k-values", k_values or (K_VALUES_TINY if tiny else K_VALUES))
+    ls = configs.check_positive("--l-values", l_values or (L_VALUES_TINY if tiny else L_VALUES))
     result, fig = st.kl_sweep(ctx, ks, ls)
   elif ctx.name == "heldout-val":
     if not 0 < holdout < 1:
       raise InputError(f"command line: --holdout: expected a fraction in (0, 1), found "
                        f"{holdout}")
     result, fig = heldout.heldout_val(ctx, holdout,
-                                      check_positive("--val-queries", [val_queries])[0])
+                                      configs.check_positive("--val-queries", [val_queries])[0])
   elif ctx.name == "baselines":
     if baseline_k is not None and (not baseline_k or min(baseline_k) < 0):
       raise InputError(f"command line: --baseline-k: expected k >= 0, found {baseline_k}")

@@ -13,12 +13,12 @@ from csa_jax import parallel
 from csa_jax.experiments import runs
 from csa_jax.experiments.datasets import TestSet
 from csa_jax.experiments.context import Context
-from csa_jax.experiments.output import pyplot
+from csa_jax.experiments.output import subplots
 from csa_jax.experiments.runs import Run
 from csa_jax.experiments.scoring import evaluate_all, evaluate_run
 from csa_jax.experiments.studies import Eta, summary_line
 from csa_jax.train import optim
-from csa_jax.train import step as ts_lib
+from csa_jax.train import step as train_step
 from csa_jax.train.checkpoint import Checkpointer
 
 
@@ -76,20 +76,20 @@ def heldout_val(ctx: Context, fraction: float, max_queries: int) -> tuple[dict, 
   Returns:
     ({'epochs': points, 'selected_by_val', 'pearson_val_vs_<ds>_medium', ...}, figure).
   """
-  clusters = ctx.bench.clusters()
+  clusters = ctx.data.clusters()
   tr_rows, ho_rows = holdout_split(clusters, fraction)
-  feats = ctx.bench.train_feats(ctx.feature)
+  feats = ctx.data.train_feats(ctx.feature)
   val = heldout_test_set(feats[ho_rows], clusters[ho_rows], max_queries)
   config = ctx.make_config()
   K, L = config.data.K, config.model.anchors
-  n_train = ctx.bench.train_set(ctx.feature, K, L, ctx.path("cache"), tr_rows).num_samples
+  n_train = ctx.data.train_set(ctx.feature, K, L, ctx.path("cache"), tr_rows).num_samples
   spe = n_train // config.train.global_batch
   epochs = config.train.epochs
   run = runs.train(ctx, {"checkpoint.every_steps": spe, "checkpoint.keep": epochs},
                    rows=tr_rows, keep_checkpoints=True, label="held-out-cluster split")
   mesh = parallel.make_mesh()  # the training run's layout
   tx = optim.optimizer_from_config(config.train, spe)
-  like = ts_lib.init_state(run.cfg, tx, jax.random.key(0), mesh)
+  like = train_step.init_state(run.cfg, tx, jax.random.key(0), mesh)
   ckpt = Checkpointer(f"{run.workdir}/checkpoints", keep=epochs)
   eta, points = Eta(ctx.name, len(ckpt.all_steps())), []
   for step in ckpt.all_steps():
@@ -102,18 +102,17 @@ def heldout_val(ctx: Context, fraction: float, max_queries: int) -> tuple[dict, 
     points.append({"epoch": step // spe, "step": step,
                    "val": {m: v[m]["medium"] for m in v}, "results": res})
   ckpt.close()
-  ds0 = ctx.bench.datasets[0]
+  ds0 = ctx.data.datasets[0]
   sel = max(points, key=lambda p: p["val"]["csa"])
   vals = [p["val"]["csa"] for p in points]
   tests = [p["results"][ds0]["csa"]["medium"] for p in points]
   corr = (float(np.corrcoef(vals, tests)[0, 1]) if len(points) > 2 and np.std(vals) > 0
           and np.std(tests) > 0 else None)
-  plt = pyplot()
-  fig, ax = plt.subplots(figsize=(7, 4))
+  fig, ax = subplots(figsize=(7, 4))
   ep = [p["epoch"] for p in points]
   ax.plot(ep, vals, marker="o", label="held-out clusters mAP (CSA)")
   ax.axhline(points[0]["val"]["first_round"], ls="--", lw=1, label="held-out first round")
-  for ds in ctx.bench.datasets:
+  for ds in ctx.data.datasets:
     for proto in ("medium", "hard"):
       ax.plot(ep, [p["results"][ds]["csa"][proto] for p in points], marker=".",
               label=f"{ds} CSA {proto[0].upper()}")

@@ -66,9 +66,9 @@ def train(ctx: Context, overrides: dict | None = None, feature: str | None = Non
   # images under another root, or another --features list, reuse it.
   rows_ = slice(None) if rows is None else np.asarray(rows)
   ident = {"config": configs.as_plain(config), "feature": feature,
-           "train_feats": neighbors.content_hash(ctx.bench.train_feats(feature)[rows_]),
+           "train_feats": neighbors.content_hash(ctx.data.train_feats(feature)[rows_]),
            "clusters": hashlib.sha1(np.ascontiguousarray(
-               ctx.bench.clusters()[rows_], np.int64).tobytes()).hexdigest()}
+               ctx.data.clusters()[rows_], np.int64).tobytes()).hexdigest()}
   ident["config"]["data"] = {k: v for k, v in ident["config"]["data"].items()
                              if k not in ("root", "cache_dir")}
   key = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
@@ -82,13 +82,13 @@ def train(ctx: Context, overrides: dict | None = None, feature: str | None = Non
       train_s = float(json.load(f).get("train_s", 0.0))
     logger.info("experiment: %s: reusing the finished run %s", label or key, workdir)
     return Run(params, cfg, workdir, train_s, True)
-  from csa_jax.train.loop import train as train_loop  # noqa: PLC0415  (heavy; only when training)
-  ts = ctx.bench.train_set(feature, K, L, ctx.path("cache"), rows)
+  from csa_jax.train import loop  # noqa: PLC0415  (heavy; only when training)
+  train_data = ctx.data.train_set(feature, K, L, ctx.path("cache"), rows)
   logger.info("experiment: %s: training on %d samples of %s -> %s", label or key,
-              ts.num_samples, feature, workdir)
+              train_data.num_samples, feature, workdir)
   t0 = time.perf_counter()
   config.lock()
-  res = train_loop(config, workdir, resume=True, train_set=ts, progress=ctx.progress)
+  res = loop.train(config, workdir, resume=True, train_set=train_data, progress=ctx.progress)
   dt = time.perf_counter() - t0
   write_json(record, dict(ident, train_s=dt, label=label))
   if not keep_checkpoints:  # the export holds the final parameters

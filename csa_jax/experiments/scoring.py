@@ -58,5 +58,5 @@ def evaluate_all(ctx: Context, run: Run, feature: str | None = None,
     {dataset: {'first_round'|'csa': {'easy', 'medium', 'hard'}}}.
   """
   feature = feature or ctx.feature
-  return {ds: evaluate_run(run, ctx.bench.test_set(feature, ds), K or ctx.K)
-          for ds in ctx.bench.datasets}
+  return {ds: evaluate_run(run, ctx.data.test_set(feature, ds), K or ctx.K)
+          for ds in ctx.data.datasets}

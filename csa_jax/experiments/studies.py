@@ -15,7 +15,7 @@ import numpy as np
 from csa_jax.evaluation.revisited import PROTOCOLS
 from csa_jax.experiments import runs
 from csa_jax.experiments.context import Context
-from csa_jax.experiments.output import fmt_s, pyplot
+from csa_jax.experiments.output import fmt_s, subplots
 from csa_jax.experiments.runs import Run
 from csa_jax.experiments.scoring import evaluate_all
 
@@ -94,11 +94,10 @@ def ablation(ctx: Context, axes: list[str], grid: dict | None = None) -> tuple[d
     eta.step(f"{axis}={value}", summary_line(res))
     entry = out.setdefault(axis, {"key": key, "base": config_value(ctx.config, key), "points": []})
     entry["points"].append(_point(run, res, value=value))
-  plt = pyplot()
-  fig, axs = plt.subplots(1, len(out), figsize=(4.5 * len(out), 4), squeeze=False)
+  fig, axs = subplots(1, len(out), figsize=(4.5 * len(out), 4), squeeze=False)
   for ax, (axis, e) in zip(axs[0], out.items()):
     xs = [p["value"] for p in e["points"]]
-    _lines(ax, xs, e["points"], ctx.bench.datasets, e["key"], axis)
+    _lines(ax, xs, e["points"], ctx.data.datasets, e["key"], axis)
     if e["base"] in xs:
       ax.axvline(xs.index(e["base"]), color="gray", ls=":", lw=1)
   _legend_below(fig, axs[0][0])
@@ -143,9 +142,8 @@ def seeds(ctx: Context, n: int) -> tuple[dict, object]:
     eta.step(f"seed={seed}", summary_line(res))
     points.append(_point(run, res, seed=seed))
   summary = {ds: {m: {p: _mean_std([q["results"][ds][m][p] for q in points]) for p in PROTOCOLS}
-                  for m in ("first_round", "csa")} for ds in ctx.bench.datasets}
-  plt = pyplot()
-  fig, axs = plt.subplots(1, len(summary), figsize=(5 * len(summary), 4), squeeze=False)
+                  for m in ("first_round", "csa")} for ds in ctx.data.datasets}
+  fig, axs = subplots(1, len(summary), figsize=(5 * len(summary), 4), squeeze=False)
   x = np.arange(len(PROTOCOLS))
   for ax, (ds, s) in zip(axs[0], summary.items()):
     for j, m in enumerate(("first_round", "csa")):
@@ -163,22 +161,21 @@ def cross_feature(ctx: Context, train_on: list[str]) -> tuple[dict, object]:
 
   Args:
     ctx: the study.
-    train_on: descriptor sets to train a model on (each tested on every set of the bench).
+    train_on: descriptor sets to train a model on (each tested on every set of the study data).
 
   Returns:
     ({'matrix': {train set: {test set: evaluate_all results}}, ...}, figure).
   """
-  feats = ctx.bench.features
+  feats = ctx.data.features
   eta, matrix = Eta(ctx.name, len(train_on)), {}
   for f_tr in train_on:
     run = runs.train(ctx, feature=f_tr, label=f"train on {f_tr}")
     matrix[f_tr] = {f_te: evaluate_all(ctx, run, feature=f_te) for f_te in feats}
     matrix[f_tr]["_run"] = run.workdir
     eta.step(f"train on {f_tr}", "; ".join(f"{f}: {summary_line(matrix[f_tr][f])}" for f in feats))
-  plt = pyplot()
-  ds_list = ctx.bench.datasets
-  fig, axs = plt.subplots(len(ds_list), 2, figsize=(5 + 1.2 * len(feats), 1 + 1.6 * len(ds_list)
-                                                    * (len(train_on) + 1) / 2), squeeze=False)
+  ds_list = ctx.data.datasets
+  fig, axs = subplots(len(ds_list), 2, squeeze=False, figsize=(
+      5 + 1.2 * len(feats), 1 + 1.6 * len(ds_list) * (len(train_on) + 1) / 2))
   for i, ds in enumerate(ds_list):
     for j, proto in enumerate(("medium", "hard")):
       rows = [[matrix[train_on[0]][f][ds]["first_round"][proto] for f in feats]]
@@ -207,7 +204,7 @@ def kl_sweep(ctx: Context, k_values: list[int], l_values: list[int]) -> tuple[di
   Returns:
     ({'K': points, 'L': points, 'model_L', 'note'}, figure).
   """
-  n_db = min(len(ctx.bench.test_set(ctx.feature, ds).db_NxC) for ds in ctx.bench.datasets)
+  n_db = min(len(ctx.data.test_set(ctx.feature, ds).db_NxC) for ds in ctx.data.datasets)
   k_values = [k for k in k_values if k <= n_db]
   l_values = [l for l in l_values if l - 1 <= n_db]
   eta = Eta(ctx.name, len(k_values) + len(l_values))
@@ -223,12 +220,11 @@ def kl_sweep(ctx: Context, k_values: list[int], l_values: list[int]) -> tuple[di
     res = evaluate_all(ctx, r)
     eta.step(f"L={l}", summary_line(res))
     l_points.append(_point(r, res, L=l))
-  plt = pyplot()
-  fig, axs = plt.subplots(1, 2, figsize=(10, 4), squeeze=False)
-  _lines(axs[0][0], k_values, k_points, ctx.bench.datasets, "K (test time)",
+  fig, axs = subplots(1, 2, figsize=(10, 4), squeeze=False)
+  _lines(axs[0][0], k_values, k_points, ctx.data.datasets, "K (test time)",
          f"re-ranking depth K (model L={run.cfg.anchors})")
   if l_points:
-    _lines(axs[0][1], l_values, l_points, ctx.bench.datasets, "L (trained per value)",
+    _lines(axs[0][1], l_values, l_points, ctx.data.datasets, "L (trained per value)",
            f"anchors L (test K={ctx.K})")
   _legend_below(fig, axs[0][0])
   return {"model_L": run.cfg.anchors, "K": k_points, "L": l_points,

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from csa_jax.core.config import ModelConfig
+from csa_jax.core.config import Model, ModelConfig
 from csa_jax.errors import InputError
 from csa_jax.fileio import save_npz
 from csa_jax.formats.npyio import load_npz
@@ -34,8 +34,8 @@ def save_export(path, params, cfg: ModelConfig) -> None:
   save_npz(path, model_config=np.array(json.dumps(dataclasses.asdict(cfg))), **arrays)
 
 
-def load_export(path, heads: int | None = None):
-  """(params, ModelConfig) from an ``.npz`` written by ``save_export``.
+def load_export(path, heads: int | None = None) -> Model:
+  """``Model(params, cfg)`` from an ``.npz`` written by ``save_export``.
 
   Args:
     path: the export.
@@ -43,7 +43,7 @@ def load_export(path, heads: int | None = None):
       export records it); used, with a warning when None, only for a config that lacks it.
 
   Returns:
-    (params, cfg).
+    ``Model(params, cfg)``.
   """
   z = load_npz(path)  # sizes checked against the bytes present before anything is allocated
   if "model_config" not in z:
@@ -79,11 +79,11 @@ def load_export(path, heads: int | None = None):
     if k in cfg_dict and cfg_dict[k] != getattr(cfg, k):
       raise InputError(f"{path}: model_config.{k}: expected {getattr(cfg, k)} (from the arrays), "
                        f"found {cfg_dict[k]}")
-  return params, cfg
+  return Model(params, cfg)
 
 
-def load_model(path, heads: int | None = None):
-  """Any trained model -> (params, ModelConfig).
+def load_model(path, heads: int | None = None) -> Model:
+  """Any trained model -> ``Model(params, cfg)``, as every host driver takes it.
 
   Args:
     path: a csa_jax export (.npz), a training workdir holding ``state_dict.npz``, or an original
@@ -93,7 +93,7 @@ def load_model(path, heads: int | None = None):
       model's, with one logged warning.
 
   Returns:
-    (params, cfg).
+    ``Model(params, cfg)``, a NamedTuple: ``params, cfg = load_model(path)`` still works.
   """
   path = os.fspath(path)
   if os.path.isdir(path):
@@ -108,4 +108,4 @@ def load_model(path, heads: int | None = None):
   check_regular(path, "a readable model file")  # before any format is probed
   if path.endswith(".npz"):
     return load_export(path, heads)
-  return load_torch_checkpoint(path, heads=heads)
+  return Model(*load_torch_checkpoint(path, heads=heads))

@@ -1,9 +1,19 @@
-"""Re-ranking a first-round shortlist with CSA (docs/method.md section 1, steps 2-4), in batches.
+"""Re-ranking with CSA (docs/method.md section 1, steps 2-4): the host drivers, in batches.
 
-The original test.py's job without its per-query loop: a batch of queries at a time, the rows of
-the database it needs are gathered (from an array or a memmap: R1M is never read whole), the
-affinity features and the model run on device, the batch split over the devices' data axis
-(``parallel.make_mesh``).
+Two drivers, both taking the model as ``model`` (a ``Model`` or a ``(params, cfg)`` tuple) right
+after the data, and the anchors L from ``model.cfg.anchors``:
+
+- ``rerank_shortlist(q_QxC, db, top_QxT, model, K)``: re-rank a first-round list the caller has
+  (the original test.py's job) -> (ids_QxT, scores_QxK);
+- ``search_and_rerank(q_QxC, db, model, K, T=None)``: first-round search, then the above ->
+  (ids_QxT, scores_QxT).
+
+Both check their arguments (``retrieval.validate``), and work without the original's per-query
+loop: a batch of queries at a time, the rows of the database it needs gathered (from an array or
+a memmap: R1M is never read whole), the affinity features and the model run on device, the batch
+split over the devices' data axis (``parallel.make_mesh``). ``reorder_top`` is the one place a
+top-K is re-ordered by new scores. ``csa_rerank`` and ``csa_scores`` are the deprecated
+signatures of before (``params, cfg, ..., K, L``).
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -24,31 +35,38 @@ from csa_jax.core.forward import rerank_scores
 from csa_jax.errors import fail
 from csa_jax.retrieval import validate
 from csa_jax.retrieval.batching import auto_batch_size
+from csa_jax.retrieval.search import top_k_search
 
 logger = logging.getLogger(__name__)
 
 
-# Traced, so rerank_affinity skips its host check of the ids: csa_scores made them itself (from
+# Traced, so rerank_affinity skips its host check of the ids: _scores made them itself (from
 # np.unique), and that check would wait for the device at every batch.
 _affinity = jax.jit(rerank_affinity, static_argnames=("K", "L"))
 
 
-def reorder_top(top_QxT, new_scores_QxK) -> np.ndarray:
+def reorder_top(top_QxT, new_scores_QxK, *, with_scores: bool = False):
   """The first-round ranking with its top-K re-ordered by new score (docs/method.md section 1).
 
+  Every re-ordering of a top-K in csa_jax is this one (the drivers, ``csa-jax smoke``), so ties
+  are broken the same way everywhere.
+
   Args:
-    top_QxT: first-round ranking, T >= K.
+    top_QxT: first-round ranking, T >= K (numpy or jax).
     new_scores_QxK: new scores of each row's first K entries.
+    with_scores: also return the new scores in the new order.
 
   Returns:
-    A copy of top_QxT whose first K columns are sorted by descending new score (stable: ties
-    keep their first-round order); positions K.. untouched.
+    A numpy copy of top_QxT whose first K columns are sorted by descending new score (stable:
+    ties keep their first-round order), positions K.. untouched; with ``with_scores``,
+    ``(that, scores_QxK)`` with scores_QxK[i, j] the new score of the returned [i, j].
   """
   top = np.array(top_QxT)
-  k = new_scores_QxK.shape[1]
-  order = np.argsort(-np.asarray(new_scores_QxK), axis=1, kind="stable")
+  new = np.asarray(new_scores_QxK)
+  k = new.shape[1]
+  order = np.argsort(-new, axis=1, kind="stable")
   top[:, :k] = np.take_along_axis(top[:, :k], order, axis=1)
-  return top
+  return (top, np.take_along_axis(new, order, axis=1)) if with_scores else top
 
 
 def _gather_rows(db_NxC, rows: np.ndarray, total: int, source: str):
@@ -67,23 +85,21 @@ def _gather_rows(db_NxC, rows: np.ndarray, total: int, source: str):
   return sub
 
 
-def csa_scores(params, cfg, q_QxC, db_NxC, top_QxT, K: int, L: int,
-               batch_size: int | None = None, mesh=None, progress: bool = False,
-               source: str = "db") -> np.ndarray:
-  """CSA's new scores of each query's first-round top-K, batched and sharded as ``csa_rerank``.
+def _scores(params, cfg: ModelConfig, q_QxC, db_NxC, top_QxT, K: int,
+            batch_size: int | None = None, mesh=None, progress: bool = False,
+            source: str = "db") -> np.ndarray:
+  """CSA's new scores of each query's first-round top-K, batched and sharded.
 
-  The same batches, padding and device calls as ``csa_rerank``, so sorting these scores (stable,
-  descending) gives exactly its ranking. The arguments are taken as checked (``csa_rerank`` and
-  ``rerank`` check them); only db rows read from a memmap are checked here, as they are read.
+  The arguments are taken as checked (the drivers check them); only db rows read from a memmap
+  are checked here, as they are read.
 
   Args:
     params: the model's parameters.
-    cfg: the model.
+    cfg: the model's config; L = cfg.anchors.
     q_QxC: L2-normalised queries.
     db_NxC: L2-normalised database (array, memmap or ``StackedRows``).
     top_QxT: first-round ranking, T >= max(K, L-1).
     K: candidates scored per query.
-    L: anchors, the model's.
     batch_size: queries per device call (rounded up to a multiple of the device count); None
       sizes it to the devices' free memory (``batching.auto_batch_size``).
     mesh: a ``parallel.make_mesh`` mesh; default all devices.
@@ -93,6 +109,7 @@ def csa_scores(params, cfg, q_QxC, db_NxC, top_QxT, K: int, L: int,
   Returns:
     float32 new_QxK: cosine of refined candidate token j to the refined query token.
   """
+  L = cfg.anchors
   top = np.asarray(top_QxT)
   nq = top.shape[0]
   need = max(K, L - 1)
@@ -137,13 +154,163 @@ def csa_scores(params, cfg, q_QxC, db_NxC, top_QxT, K: int, L: int,
   return out
 
 
+def _rerank_shortlist(who: str, q_QxC, db, top_QxT, model, K: int, batch_size, mesh,
+                      progress: bool, source: str):
+  """``rerank_shortlist`` with its messages naming ``who`` (the public function called)."""
+  params, cfg = validate.check_model(model, who)
+  L = cfg.anchors
+  if K < 1:
+    raise fail(who, "K", "an integer >= 1", str(K))
+  need = max(K, L - 1)
+  top = validate.check_ranking(top_QxT, len(db), need, who)
+  nq, t = top.shape
+  if need > t:
+    raise fail(who, "top_QxT", f"at least max(K, L-1) = {need} ranked images per query "
+               f"(K={K}, L={L}, the model's anchors)", f"{t}")
+  db = validate.check_database(db, who, source)
+  q_QxC = validate.check_queries(q_QxC, db.shape[1], who)
+  if len(q_QxC) != nq:
+    raise fail(who, "q_QxC", f"one query per ranked list ({nq})", f"{len(q_QxC)}")
+  new_QxK = _scores(params, cfg, q_QxC, db, top, K, batch_size, mesh, progress, source)
+  return reorder_top(top, new_QxK, with_scores=True)
+
+
+def rerank_shortlist(q_QxC, db, top_QxT, model, K: int, *, batch_size: int | None = None,
+                     devices=None, progress: bool = False, source: str = "db"):
+  """A first-round ranking with its top-K re-ordered by CSA, and their CSA scores.
+
+  A host driver (it builds a device mesh and returns numpy): it checks its arguments
+  (``retrieval.validate``: queries finite and re-normalised if needed, an in-memory db likewise,
+  ids in [0, N) and distinct, finite parameters), batches and shards the work.
+
+  Args:
+    q_QxC: (Q, C) queries; rows that are not unit-norm are re-normalised (with a warning).
+    db: (N, C) database (jax/numpy array, memmap or ``StackedRows``), unit rows (an in-memory
+      one is re-normalised like the queries; a memmap's rows are refused if not).
+    top_QxT: first-round ranking of 0-based db ids, T >= max(K, L-1) with L the model's
+      anchors, distinct in those columns.
+    model: ``Model(params, cfg)`` or a ``(params, cfg)`` tuple (``csa_jax.load_model``).
+    K: candidates re-ranked per query, >= 1.
+    batch_size: queries per device call (rounded up to a multiple of the device count); None
+      sizes it to the devices' free memory (8 per device on CPU).
+    devices: devices to split each batch over; default all of ``jax.devices()``.
+    progress: log the queries done every 5 s.
+    source: the database's file, named in error messages.
+
+  Returns:
+    (ids_QxT, scores_QxK): ids_QxT is a copy of top_QxT (its dtype) with columns :K re-ordered
+    by descending CSA score (stable), K.. as in the first round; scores_QxK float32, the CSA
+    score (cosine of refined tokens, in [-1, 1]) of ids_QxT[:, :K].
+
+  Raises:
+    InputError: any argument that would give a wrong ranking.
+  """
+  mesh = None if devices is None else parallel.make_mesh(devices)
+  return _rerank_shortlist("rerank_shortlist", q_QxC, db, top_QxT, model, K, batch_size, mesh,
+                           progress, source)
+
+
+def _search_and_rerank(who: str, q_QxC, db, model, K: int, T: int | None, batch_size,
+                       search_dtype: str, block, devices, progress: bool, source: str):
+  """``search_and_rerank`` with its messages naming ``who`` (the public function called)."""
+  params, cfg = validate.check_model(model, who)
+  n, c = db.shape
+  L = cfg.anchors
+  T = K if T is None else T
+  if K < 1:
+    raise fail(who, "K", "an integer >= 1", str(K))
+  if T < K:
+    raise fail(who, "T", f"T >= K = {K} (the ranking holds the re-ranked top-K)", str(T))
+  if T > n:
+    raise fail(source, "db", f"at least T = {T} images (the ranking's length)", f"{n} images")
+  if L - 1 > n:
+    raise fail(source, "db", f"at least L-1 = {L - 1} images (the model's anchors)",
+               f"{n} images")
+  db = validate.check_database(db, who, source)
+  q_QxC = validate.check_queries(q_QxC, c, who)
+  mesh = None if devices is None else parallel.make_mesh(devices)
+  t0 = time.perf_counter()
+  first_QxT, top_QxT = top_k_search(q_QxC, db, max(T, L - 1), block, dtype=search_dtype,
+                                    devices=devices, progress=progress, source=source)
+  t1 = time.perf_counter()
+  new_QxK = _scores(params, cfg, q_QxC, db, top_QxT, K, batch_size, mesh, progress, source)
+  logger.info("rerank: %d queries, %d db images: search %.2f s, CSA top-%d %.2f s", len(q_QxC),
+              n, t1 - t0, K, time.perf_counter() - t1)
+  ids, scores_QxK = reorder_top(top_QxT[:, :T].astype(np.int64), new_QxK, with_scores=True)
+  scores = first_QxT[:, :T].astype(np.float32)
+  scores[:, :K] = scores_QxK
+  return ids, scores
+
+
+def search_and_rerank(q_QxC, db, model, K: int, T: int | None = None, *,
+                      batch_size: int | None = None, search_dtype: str = "float32",
+                      block: int | None = None, devices=None, progress: bool = False,
+                      source: str = "db"):
+  """First-round top-T search, then CSA re-ranking of the top-K: a user's retrieval, re-ranked.
+
+  A host driver (it builds device meshes and returns numpy); no ground truth needed. Its
+  arguments are checked as ``rerank_shortlist``'s (``retrieval.validate``).
+
+  Args:
+    q_QxC: (Q, C) query descriptors; rows that are not unit-norm are re-normalised (with a
+      warning), NaN/inf refused.
+    db: (N, C) L2-normalised database: array (re-normalised like the queries if needed),
+      ``.npy`` memmap (never read whole; rows checked as they are searched and gathered) or
+      ``StackedRows``.
+    model: ``Model(params, cfg)`` or a ``(params, cfg)`` tuple (``csa_jax.load_model``).
+    K: candidates CSA re-ranks per query, 1 <= K <= N.
+    T: length of the returned ranking, K <= T <= N; default K.
+    batch_size: queries per re-ranking call (rounded up to a multiple of the device count);
+      None sizes it to the devices' free memory (8 per device on CPU).
+    search_dtype: first-round scores, "float32" or "bfloat16" (float32 accumulation).
+    block: db rows per search step (default about 64 MB).
+    devices: devices to search and re-rank on; default all of ``jax.devices()``.
+    progress: search and re-ranking progress through logging.
+    source: the database's file, named in error messages.
+
+  Returns:
+    (ids_QxT int64, scores_QxT float32), best first. Positions :K hold the first-round top-K
+    re-ordered by CSA, with their CSA scores (cosine of refined tokens, in [-1, 1]); positions
+    K: hold the first round's ranks K..T-1 in its order, with their first-round scores (the dot
+    product of the descriptors). The ids are exactly ``rerank_shortlist``'s of the first round.
+  """
+  return _search_and_rerank("search_and_rerank", q_QxC, db, model, K, T, batch_size,
+                            search_dtype, block, devices, progress, source)
+
+
+def _deprecated(old: str, new: str) -> None:
+  warnings.warn(f"csa_jax: {old} is deprecated; use {new} (see CHANGELOG.md)",
+                DeprecationWarning, stacklevel=3)
+
+
+def _check_l(who: str, L: int, cfg: ModelConfig) -> None:
+  if L != cfg.anchors:
+    raise fail(who, "L", f"{cfg.anchors} (the model's anchors)", str(L))
+
+
+def csa_scores(params, cfg, q_QxC, db_NxC, top_QxT, K: int, L: int,
+               batch_size: int | None = None, mesh=None, progress: bool = False,
+               source: str = "db") -> np.ndarray:
+  """Deprecated: use ``rerank_shortlist(q_QxC, db, top_QxT, (params, cfg), K)``, whose second
+  output holds these scores in the re-ranked order.
+
+  CSA's new scores of each query's first-round top-K, in first-round order, the arguments taken
+  as checked; ``L`` must be ``cfg.anchors``.
+
+  Returns:
+    float32 new_QxK.
+  """
+  _deprecated("csa_scores", "rerank_shortlist")
+  _check_l("csa_scores", L, cfg)
+  return _scores(params, cfg, q_QxC, db_NxC, top_QxT, K, batch_size, mesh, progress, source)
+
+
 def csa_rerank(params, cfg: ModelConfig, q_QxC, db_NxC, top_QxT, K: int, L: int,
                batch_size: int | None = None, mesh: Mesh | None = None) -> np.ndarray:
-  """First-round ranking with its top-K re-ordered by CSA's new scores.
+  """Deprecated: use ``rerank_shortlist(q_QxC, db, top_QxT, (params, cfg), K)[0]``.
 
-  A host driver: it checks its arguments (``retrieval.validate``: queries finite and
-  re-normalised if needed, an in-memory db likewise, ids in [0, N) and distinct, finite
-  parameters), batches and shards the work, and returns numpy.
+  First-round ranking with its top-K re-ordered by CSA's new scores; the same checks and work
+  as ``rerank_shortlist``, the anchors given again as ``L``.
 
   Args:
     params: the model's parameters.
@@ -156,7 +323,8 @@ def csa_rerank(params, cfg: ModelConfig, q_QxC, db_NxC, top_QxT, K: int, L: int,
     L: anchors; must be the model's ``cfg.anchors``.
     batch_size: queries per device call (rounded up to a multiple of the device count); None
       sizes it to the devices' free memory (8 per device on CPU).
-    mesh: a ``parallel.make_mesh`` mesh to split each batch over; default all devices.
+    mesh: a ``parallel.make_mesh`` mesh to split each batch over; default all devices
+      (``rerank_shortlist`` takes ``devices`` instead).
 
   Returns:
     int new top_QxT: columns :K re-ordered, K.. as in the first round.
@@ -164,20 +332,7 @@ def csa_rerank(params, cfg: ModelConfig, q_QxC, db_NxC, top_QxT, K: int, L: int,
   Raises:
     InputError: any argument that would give a wrong ranking.
   """
-  if L != cfg.anchors:
-    raise fail("csa_rerank", "L", f"{cfg.anchors} (the model's anchors)", str(L))
-  if K < 1:
-    raise fail("csa_rerank", "K", "an integer >= 1", str(K))
-  need = max(K, L - 1)
-  top = validate.check_ranking(top_QxT, len(db_NxC), need, "csa_rerank")
-  nq, t = top.shape
-  if need > t:
-    raise fail("csa_rerank", "top_QxT", f"at least max(K, L-1) = {need} ranked images per query "
-               f"(K={K}, L={L})", f"{t}")
-  db_NxC = validate.check_database(db_NxC, "csa_rerank")
-  q_QxC = validate.check_queries(q_QxC, db_NxC.shape[1], "csa_rerank")
-  if len(q_QxC) != nq:
-    raise fail("csa_rerank", "q_QxC", f"one query per ranked list ({nq})", f"{len(q_QxC)}")
-  validate.check_params(params, "csa_rerank")
-  new_QxK = csa_scores(params, cfg, q_QxC, db_NxC, top, K, L, batch_size, mesh)
-  return reorder_top(top, new_QxK)
+  _deprecated("csa_rerank", "rerank_shortlist")
+  _check_l("csa_rerank", L, cfg)
+  return _rerank_shortlist("csa_rerank", q_QxC, db_NxC, top_QxT, (params, cfg), K, batch_size,
+                           mesh, False, "db")[0]

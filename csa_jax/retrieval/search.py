@@ -176,6 +176,9 @@ def top_k_search(q_QxC, db, T: int, block: int | None = None, *, dtype: str = "f
                  impl: str = "auto", source: str = "db"):
   """Exact top-T of every query by dot product.
 
+  A host driver, like the re-ranking drivers: it checks its inputs (``retrieval.validate``),
+  shards the db blocks over a device mesh it builds, and returns numpy; not jittable.
+
   Args:
     q_QxC: queries (numpy or jax array).
     db: (N, C) jax/numpy array, numpy memmap (``np.load(path, mmap_mode='r')``, never read

@@ -1,28 +1,24 @@
-"""CSA re-ranking of a user's own queries against their own database, no ground truth needed.
+"""A user's own queries and database, as ``csa-jax rerank`` reads them.
 
-What ``csa-jax rerank`` runs: first-round top-T search over the database (blocked, on device, a
-memmap never read whole), then CSA re-ordering of each query's top-K (docs/method.md section 1),
-batched and sharded over the devices like ``csa_rerank``. ``rerank`` also returns the scores
-the ranking is sorted by, which ``csa_rerank`` does not; ``load_database`` / ``load_queries`` /
-``load_names`` (from ``data.index_lists``) read the user's files with the checks of ``data.descriptors``.
+``load_database`` / ``load_queries`` / ``load_names`` (from ``data.index_lists``) read the user's
+files with the checks of ``data.descriptors``; ``retrieval.rerank.search_and_rerank`` then
+searches and re-ranks them. ``rerank`` is that driver's deprecated name.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
+import warnings
 
 import numpy as np
 
-from csa_jax import parallel
 from csa_jax.data import descriptors
 from csa_jax.data.index_lists import load_names  # noqa: F401  (public here too)
 from csa_jax.errors import fail
 from csa_jax.formats import containers
+from csa_jax.retrieval import rerank as rerank_lib
 from csa_jax.retrieval import validate
-from csa_jax.retrieval.rerank import csa_scores
-from csa_jax.retrieval.search import top_k_search
 
 logger = logging.getLogger(__name__)
 
@@ -68,65 +64,20 @@ def load_queries(path, dim: int | None = None) -> np.ndarray:
 def rerank(q_QxC, db, model, K: int, T: int | None = None, *, L: int | None = None,
            batch_size: int | None = None, search_dtype: str = "float32",
            block: int | None = None, devices=None, progress: bool = False, source: str = "db"):
-  """First-round top-T search, then CSA re-ranking of the top-K: a user's retrieval, re-ranked.
+  """Deprecated: use ``search_and_rerank(q_QxC, db, model, K, T)`` (``retrieval.rerank``).
 
-  A host driver: its arguments are checked as ``csa_rerank``'s (``retrieval.validate``).
-
-  Args:
-    q_QxC: (Q, C) query descriptors; rows that are not unit-norm are re-normalised (with a
-      warning), NaN/inf refused.
-    db: (N, C) L2-normalised database: array (re-normalised like the queries if needed),
-      ``.npy`` memmap (never read whole; rows checked as they are searched and gathered) or
-      ``StackedRows``.
-    model: ``(params, cfg)`` (``csa_jax.load_model``).
-    K: candidates CSA re-ranks per query, 1 <= K <= N.
-    T: length of the returned ranking, K <= T <= N; default K.
-    L: anchors; None takes the model's (any other value is refused).
-    batch_size: queries per re-ranking call (rounded up to a multiple of the device count);
-      None sizes it to the devices' free memory (8 per device on CPU).
-    search_dtype: first-round scores, "float32" or "bfloat16" (float32 accumulation).
-    block: db rows per search step (default about 64 MB).
-    devices: devices to search and re-rank on; default all of ``jax.devices()``.
-    progress: search and re-ranking progress through logging.
-    source: the database's file, named in error messages.
+  The same arguments and result as ``search_and_rerank``, plus ``L``: None takes the model's
+  anchors, any other value is refused.
 
   Returns:
-    (ids_QxT int64, scores_QxT float32), best first. Positions :K hold the first-round top-K
-    re-ordered by CSA, with their CSA scores (cosine of refined tokens, in [-1, 1]); positions
-    K: hold the first round's ranks K..T-1 in its order, with their first-round scores (the dot
-    product of the descriptors). The first K ids are exactly ``csa_rerank``'s.
+    (ids_QxT int64, scores_QxT float32), as ``search_and_rerank``.
   """
-  params, cfg = model
-  n, c = db.shape
-  L = cfg.anchors if L is None else L
-  T = K if T is None else T
-  if L != cfg.anchors:
-    raise fail("rerank", "L", f"{cfg.anchors} (the model's anchors)", str(L))
-  if K < 1:
-    raise fail("rerank", "K", "an integer >= 1", str(K))
-  if T < K:
-    raise fail("rerank", "T", f"T >= K = {K} (the ranking holds the re-ranked top-K)", str(T))
-  if T > n:
-    raise fail(source, "db", f"at least T = {T} images (the ranking's length)", f"{n} images")
-  if L - 1 > n:
-    raise fail(source, "db", f"at least L-1 = {L - 1} images (the model's anchors)",
-               f"{n} images")
-  db = validate.check_database(db, "rerank", source)
-  q_QxC = validate.check_queries(q_QxC, c, "rerank")
-  validate.check_params(params, "rerank")
-  mesh = None if devices is None else parallel.make_mesh(devices)
-  t0 = time.perf_counter()
-  first_QxT, top_QxT = top_k_search(q_QxC, db, max(T, L - 1), block, dtype=search_dtype,
-                                    devices=devices, progress=progress, source=source)
-  t1 = time.perf_counter()
-  new_QxK = csa_scores(params, cfg, q_QxC, db, top_QxT, K, L, batch_size, mesh, progress,
-                       source)
-  logger.info("rerank: %d queries, %d db images: search %.2f s, CSA top-%d %.2f s", len(q_QxC),
-              n, t1 - t0, K, time.perf_counter() - t1)
-  order = np.argsort(-new_QxK, axis=1, kind="stable")  # as reorder_top: ties keep first-round
-  ids = top_QxT[:, :T].astype(np.int64)
-  scores = first_QxT[:, :T].astype(np.float32)
-  ids[:, :K] = np.take_along_axis(ids[:, :K], order, 1)
-  scores[:, :K] = np.take_along_axis(new_QxK, order, 1)
-  return ids, scores
-
+  warnings.warn("csa_jax: rerank is deprecated; use search_and_rerank (see CHANGELOG.md)",
+                DeprecationWarning, stacklevel=2)
+  if L is not None:
+    cfg = validate.check_model(model, "rerank").cfg
+    if L != cfg.anchors:
+      raise fail("rerank", "L", f"{cfg.anchors} (the model's anchors)", str(L))
+  return rerank_lib._search_and_rerank(  # pylint: disable=protected-access  (its messages)
+      "rerank", q_QxC, db, model, K, T, batch_size, search_dtype, block, devices, progress,
+      source)

@@ -1,4 +1,5 @@
-"""What the host drivers (``top_k_search``, ``csa_rerank``, ``rerank``, ``evaluate``) refuse.
+"""What the host drivers (``top_k_search``, ``rerank_shortlist``, ``search_and_rerank``,
+``evaluate``) refuse.
 
 A JAX gather clamps an index past the end to the last row and numpy wraps a negative one, NaN
 never wins a comparison, and a descriptor of norm 10 scores 10 times higher: each would give a
@@ -13,7 +14,8 @@ and every problem is an ``InputError`` naming the argument, the row and what was
   front (R1M is 8 GB): its non-finite rows are caught by the search as it scores them, and the
   rows CSA re-ranks are checked as they are gathered; ``data.descriptors.load_large`` checks
   every row of a file once, as the CLI does;
-- rankings: integers in [0, N), no id twice within the columns used.
+- rankings: integers in [0, N), no id twice within the columns used;
+- the model: a ``Model`` or ``(params, ModelConfig)`` pair with finite parameters.
 
 Inside jit (``rerank_affinity`` / ``rerank_scores`` on traced ids) nothing can be checked: ids
 must be in [0, N) there, or the gather clamps them.
@@ -27,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from csa_jax.core.config import Model, ModelConfig
 from csa_jax.core.normalize import NORM_TOL, l2_normalize
 from csa_jax.errors import fail
 
@@ -185,6 +188,31 @@ def check_gathered_rows(rows_RxC: np.ndarray, ids_R: np.ndarray, source: str) ->
     raise fail(source, f"db[{int(ids_R[i])}]", "an L2-normalised row (normalise the file, or "
                "load it with data.descriptors.load_large, which re-normalises)",
                f"norm {float(norms[i]):.4g}")
+
+
+def check_model(model, who: str) -> Model:
+  """The model a driver was given, as a ``Model``: a (params, ModelConfig) pair, finite params.
+
+  Args:
+    model: a ``Model`` or any ``(params, cfg)`` pair (``csa_jax.load_model`` returns one).
+    who: the public function, for messages.
+
+  Returns:
+    ``Model(params, cfg)``.
+  """
+  if not isinstance(model, (tuple, list)):
+    found = type(model).__name__
+  elif len(model) != 2:
+    found = f"{len(model)} items"
+  elif not isinstance(model[1], ModelConfig):
+    found = f"({type(model[0]).__name__}, {type(model[1]).__name__})"
+  else:
+    found = None
+  if found is not None:
+    raise fail(who, "model", "Model(params, cfg) or a (params, ModelConfig) pair, as "
+               "csa_jax.load_model returns", found)
+  check_params(model[0], who)
+  return Model(*model)
 
 
 def check_params(params, who: str) -> None:

@@ -26,7 +26,8 @@ from csa_jax.errors import InputError, fail
 from csa_jax.fileio import atomic_path, remove_stale_temps, write_json
 from csa_jax.interop import export
 from csa_jax.run_info import run_info
-from csa_jax.train import optim, step as ts, telemetry as metrics, train_set as pipeline
+from csa_jax.train import optim, telemetry, train_set as pipeline
+from csa_jax.train import step as train_step
 from csa_jax.train.checkpoint import Checkpointer
 from csa_jax.train.checks import (check_outcome, check_resume_config, check_workdir, errno_text,
                                   io_path, missing_dirs, remove_if_empty, saved_config,
@@ -178,7 +179,7 @@ def train(config, workdir: str, resume: bool = False, train_set=None, progress: 
   lead = jax.process_index() == 0
   try:
     mesh = parallel.make_mesh()
-    ts.check_microbatches(config.train.global_batch, microbatches(config), mesh)
+    train_step.check_microbatches(config.train.global_batch, microbatches(config), mesh)
     if config.train.global_batch % jax.process_count():
       raise InputError(f"config: train.global_batch: expected a multiple of the "
                        f"{jax.process_count()} processes, found {config.train.global_batch}")
@@ -246,7 +247,7 @@ def _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
   tx = optim.optimizer_from_config(tc, spe)
   schedule = optim.schedule_from_config(tc, spe)
   init_key, rng = jax.random.split(jax.random.key(tc.seed))
-  state = ts.init_state(model_cfg, tx, init_key, mesh)
+  state = train_step.init_state(model_cfg, tx, init_key, mesh)
   epoch_start_skipped = 0
   if resume and latest is not None:
     state, rng, meta = ckpt.restore(state)
@@ -270,9 +271,9 @@ def _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
         **run_info(command_argv, config=configs.as_plain(config), seed=tc.seed),
         "started_at_step": start})
 
-  metrics_log = metrics.MetricsLog(workdir, enabled=lead)
+  metrics_log = telemetry.MetricsLog(workdir, enabled=lead)
   metrics_log.truncate_after(start)
-  bar = metrics.Progress(total, start, tc.global_batch, enabled=progress and lead)
+  bar = telemetry.Progress(total, start, tc.global_batch, enabled=progress and lead)
   mb = microbatches(config)
   _say(lead, f"train: {n} samples, {spe} steps/epoch x {tc.epochs} epochs = {total} steps, "
        f"global batch {tc.global_batch} on {mesh.size} devices ({jax.process_count()} processes"
@@ -280,8 +281,8 @@ def _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
           f"K={config.data.K} L={model_cfg.anchors} D={model_cfg.dim} depth={model_cfg.depth} "
           f"{model_cfg.dtype}" + (f"; resumed at step {start}" if start else ""))
   arrays = parallel.put_replicated((data.feats_NxC, data.nbrs_NxM, data.clusters_N), mesh)
-  step_fn = ts.make_train_step(model_cfg, tx, mesh, tc.alpha, config.data.K, model_cfg.anchors,
-                               schedule=schedule, microbatches=mb)
+  step_fn = train_step.make_train_step(model_cfg, tx, mesh, tc.alpha, config.data.K,
+                                       model_cfg.anchors, schedule=schedule, microbatches=mb)
   evaluator = _make_evaluator(config, workdir)
 
   history, pending, order, order_epoch = [], [], None, None
@@ -295,7 +296,7 @@ def _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
       epoch_start_skipped = int(jax.device_get(state.opt_state.skipped))
     local = pipeline.batch_indices(order, i, tc.global_batch, jax.process_index(),
                                    jax.process_count())
-    idx = ts.global_batch_array(local, mesh, tc.global_batch)
+    idx = train_step.global_batch_array(local, mesh, tc.global_batch)
     if t_first is None:
       t0 = time.perf_counter()
     state, m = step_fn(state, arrays, idx, jax.random.fold_in(rng, step))
@@ -312,7 +313,7 @@ def _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
       recs = jax.device_get(pending)
       pending = []
       rec = {"kind": "train", "step": done, "epoch": epoch,
-             **metrics.summarize([{k: v.item() for k, v in r.items()} for r in recs]),
+             **telemetry.summarize([{k: v.item() for k, v in r.items()} for r in recs]),
              "samples_per_s": bar.rate(done)}
       if not history:
         rec["first_step_s"] = t_first  # compilation included
@@ -328,7 +329,7 @@ def _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
                                    "skipped_at_epoch_start": epoch_start_skipped,
                                    "config": configs.as_plain(config)})
       if lead and time.perf_counter() - t_plot > PLOT_EVERY_S:
-        metrics.plot_curves(metrics_log.path, os.path.join(workdir, metrics.PLOT_NAME))
+        telemetry.plot_curves(metrics_log.path, os.path.join(workdir, telemetry.PLOT_NAME))
         t_plot = time.perf_counter()
       bar.exclude(time.perf_counter() - t0)
     if evaluator is not None and done % spe == 0 and (done // spe) % evaluator.every == 0:
@@ -343,7 +344,7 @@ def _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
   params = jax.device_get(state.params)
   skipped = int(jax.device_get(state.opt_state.skipped))
   if lead:
-    metrics.plot_curves(metrics_log.path, os.path.join(workdir, metrics.PLOT_NAME))
+    telemetry.plot_curves(metrics_log.path, os.path.join(workdir, telemetry.PLOT_NAME))
   check_outcome(params, skipped, skipped - epoch_start_skipped, total, spe)
   if lead:
     with io_path(os.path.join(workdir, export.EXPORT_NAME)):

@@ -103,7 +103,7 @@ def _check_microbatches_type(microbatches, source: str) -> None:
 
 
 def init_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, rng: jax.Array,
-               mesh: Mesh, compiler_options: dict | None = None) -> TrainState:
+               mesh: Mesh) -> TrainState:
   """Fresh parameters (docs/method.md section 3) and optimizer state, replicated over ``mesh``.
 
   One jitted program (not op-by-op), computed identically by every process.
@@ -113,7 +113,6 @@ def init_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, rng: ja
     tx: the optimizer (``optim.make_optimizer``).
     rng: the parameters' PRNG key.
     mesh: the training mesh (``parallel.make_mesh``).
-    compiler_options: passed to ``jax.jit``.
 
   Returns:
     A replicated ``TrainState`` at step 0.
@@ -121,8 +120,7 @@ def init_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, rng: ja
   def init(key):
     params = init_params(model_cfg, key)
     return TrainState(jnp.zeros([], jnp.int32), params, tx.init(params))
-  return jax.jit(init, out_shardings=parallel.replicated(mesh),
-                 compiler_options=compiler_options)(rng)
+  return jax.jit(init, out_shardings=parallel.replicated(mesh))(rng)
 
 
 def _loss_fn(params, aff_BxKxL, targets_BxK, rng, cfg, alpha):
@@ -144,8 +142,7 @@ def _apply(state: TrainState, loss, parts, grads, *, tx, schedule):
   return TrainState(state.step + 1, params, opt_state), metrics
 
 
-def _make_step(model_cfg, tx, mesh, alpha, schedule, compiler_options, to_batch, a_sharding,
-               microbatches):
+def _make_step(model_cfg, tx, mesh, alpha, schedule, to_batch, a_sharding, microbatches):
   """The one step: ``to_batch(a, b) -> (aff_BxKxL, targets_BxK)``, loss and gradient, ``_apply``.
 
   ``b``'s leading axis is the global batch (sharded over the data axis); ``a`` is placed as
@@ -170,7 +167,7 @@ def _make_step(model_cfg, tx, mesh, alpha, schedule, compiler_options, to_batch,
     return _apply(state, loss, parts, grads, tx=tx, schedule=schedule)
 
   jitted = jax.jit(fn, in_shardings=(rep, a_sharding, bat, rep), out_shardings=(rep, rep),
-                   donate_argnums=(0,), compiler_options=compiler_options)
+                   donate_argnums=(0,))
 
   def step(state, a, b, rng):
     check_microbatches(b.shape[0], microbatches, mesh, source="batch")
@@ -182,7 +179,7 @@ def _make_step(model_cfg, tx, mesh, alpha, schedule, compiler_options, to_batch,
 
 def make_train_step(model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh,
                     alpha: float, K: int, L: int, schedule: Callable | None = None,
-                    compiler_options: dict | None = None, microbatches: int = 1):
+                    microbatches: int = 1):
   """The step ``csa-jax train`` runs: sample i's affinity (K, L) and targets (K,) built on device.
 
   Args:
@@ -193,8 +190,6 @@ def make_train_step(model_cfg: ModelConfig, tx: optax.GradientTransformation, me
     K: tokens per sample.
     L: anchors per sample; must be the model's ``anchors``.
     schedule: the learning-rate schedule, to report each step's rate as ``metrics['lr']``.
-    compiler_options: passed to ``jax.jit`` (tests use ``{"xla_backend_optimization_level": 0}``
-      to compile 3x faster).
     microbatches: accumulate the gradient over this many microbatches of each device's batch
       (``train.microbatches``; ``accumulate``); 1 computes the whole batch at once.
 
@@ -205,24 +200,24 @@ def make_train_step(model_cfg: ModelConfig, tx: optax.GradientTransformation, me
     dropout key. ``state`` is donated: do not reuse it after the call.
   """
   if L != model_cfg.anchors:
-    raise InputError(f"config: data.L: expected the model's anchors ({model_cfg.anchors}), "
-                     f"found {L}")
+    raise InputError(f"config: model.anchors: expected the anchors per sample L = {L}, found "
+                     f"{model_cfg.anchors}")
 
   def to_batch(train_arrays, idx_B):
     feats, nbrs, clusters = train_arrays
     return training_affinity(feats, nbrs, clusters, idx_B, K, L)
 
-  return _make_step(model_cfg, tx, mesh, alpha, schedule, compiler_options, to_batch,
-                    parallel.replicated(mesh), microbatches)
+  return _make_step(model_cfg, tx, mesh, alpha, schedule, to_batch, parallel.replicated(mesh),
+                    microbatches)
 
 
 def make_batch_train_step(model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh,
                           alpha: float, schedule: Callable | None = None,
-                          compiler_options: dict | None = None, microbatches: int = 1):
+                          microbatches: int = 1):
   """The same step on a ready batch.
 
   Args:
-    model_cfg, tx, mesh, alpha, schedule, compiler_options, microbatches: as for
+    model_cfg, tx, mesh, alpha, schedule, microbatches: as for
       ``make_train_step``.
 
   Returns:
@@ -230,9 +225,8 @@ def make_batch_train_step(model_cfg: ModelConfig, tx: optax.GradientTransformati
     arrays (or host arrays, then placed) with B divisible by the devices times ``microbatches``.
     ``state`` is donated.
   """
-  return _make_step(model_cfg, tx, mesh, alpha, schedule, compiler_options,
-                    lambda aff, targets: (aff, targets), parallel.batch_sharding(mesh),
-                    microbatches)
+  return _make_step(model_cfg, tx, mesh, alpha, schedule, lambda aff, targets: (aff, targets),
+                    parallel.batch_sharding(mesh), microbatches)
 
 
 def global_batch_array(local_idx, mesh: Mesh, global_batch: int) -> jax.Array:

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from csa_jax.evaluation.plots import agg_figure
 from csa_jax.fileio import atomic_path
 from csa_jax.train.checks import io_path
 
@@ -139,12 +140,9 @@ def plot_curves(metrics_path: str, png_path: str) -> bool:
   recs = [r for r in read_jsonl(metrics_path) if r.get("kind") == "train"]
   if not recs:
     return False
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
   steps = [r["step"] for r in recs]
-  fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
+  fig = agg_figure((8, 8))
+  axes = fig.subplots(3, 1, sharex=True)
   for k, label in (("loss", "loss"), ("contrastive", "contrastive"), ("mse", "MSE term")):
     axes[0].plot(steps, [r[k] for r in recs], label=label, linewidth=1)
   axes[0].set_ylabel("loss")
@@ -158,9 +156,6 @@ def plot_curves(metrics_path: str, png_path: str) -> bool:
   for ax in axes:
     ax.grid(alpha=0.3)
   fig.tight_layout()
-  try:
-    with io_path(png_path), atomic_path(png_path) as tmp:
-      fig.savefig(tmp, format="png", dpi=100)
-  finally:
-    plt.close(fig)
+  with io_path(png_path), atomic_path(png_path) as tmp:
+    fig.savefig(tmp, format="png", dpi=100)
   return True

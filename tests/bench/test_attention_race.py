@@ -35,6 +35,7 @@ def test_contestant_names():
                                                   "csa_jax[xla]": "xla"}
 
 
+@pytest.mark.slow
 def test_variants_race_side_by_side_in_one_run(tmp_path, capsys):
   out = tmp_path / "b.json"
   argv = TINY_ARGS + ["--attention", "xla,chunked", "--out", str(out)]

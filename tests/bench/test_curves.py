@@ -26,6 +26,7 @@ def curve_run(tmp_path_factory):
   return rc, d / "c", json.loads((d / "b.json").read_text())
 
 
+@pytest.mark.slow
 def test_curves_json_has_every_sweep_on_an_ascending_axis(curve_run):
   rc, out, res = curve_run
   assert rc == 0
@@ -58,6 +59,7 @@ def test_curves_json_has_every_sweep_on_an_ascending_axis(curve_run):
   assert res["curves"]["files"] == [curves.JSON_NAME] + [f"{n}.png" for n in curves.SWEEPS]
 
 
+@pytest.mark.slow
 def test_curves_pngs_are_png_files(curve_run):
   _, out, _ = curve_run
   for name in curves.SWEEPS:

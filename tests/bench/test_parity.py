@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from csa_jax.bench import compare, contestants, parity
+from csa_jax.bench import benchmark, contestants, parity
 from csa_jax.core.config import ModelConfig
 
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
@@ -48,12 +48,12 @@ def test_torch_affinity_equals_csa_jax_affinity():
 
 @needs_torch
 def test_parity_checks_pass_on_same_weights_and_fail_on_different():
-  from csa_jax.interop import torch_reference as tm
-  params = compare.init_jitted(TINY, jax.random.key(0))
+  from csa_jax.interop import torch_reference
+  params = benchmark.init_jitted(TINY, jax.random.key(0))
   q, db, top = _data()
-  same = tm.torch_model_from_params(params, TINY)
+  same = torch_reference.torch_model_from_params(params, TINY)
   assert parity.rerank_parity(params, TINY, same, q, db, top, 12, 1e-4) <= 1e-4
-  other = tm.torch_model_from_params(jax.tree.map(lambda p: p * 3.0, params), TINY)
+  other = torch_reference.torch_model_from_params(jax.tree.map(lambda p: p * 3.0, params), TINY)
   with pytest.raises(parity.ParityError, match="re-rank scores"):
     parity.rerank_parity(params, TINY, other, q, db, top, 12, 1e-4)
   aff = np.random.default_rng(0).random((2, 8, TINY.anchors), np.float32)
@@ -69,11 +69,11 @@ def test_parity_checks_pass_on_same_weights_and_fail_on_different():
 @needs_torch
 def test_every_attention_variant_is_checked_against_pytorch():
   from csa_jax.bench import arena, machine
-  from csa_jax.interop import torch_reference as tm
+  from csa_jax.interop import torch_reference
   q, db, top = _data()
   names = arena.jax_names(["xla", "chunked"])
-  a = arena.Arena(compare.init_jitted(TINY, jax.random.key(0)), TINY,
-                  {n: TINY.replace(attention=v) for n, v in names.items()}, db, tm,
+  a = arena.Arena(benchmark.init_jitted(TINY, jax.random.key(0)), TINY,
+                  {n: TINY.replace(attention=v) for n, v in names.items()}, db, torch_reference,
                   machine.torch_device("cpu"))
   rerank = parity.arena_rerank_parity(a, q, top, 12, 1e-4)
   assert list(rerank) == ["csa_jax[xla]", "csa_jax[chunked]"]

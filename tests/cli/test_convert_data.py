@@ -184,6 +184,7 @@ def test_tree_with_one_bad_file_writes_nothing(tmp_path, capsys):
   assert stdout == "" and not (tmp_path / "dst").exists()
 
 
+@pytest.mark.slow
 def test_real_process_exit_code_and_no_traceback(tmp_path):
   bad = _dump(str(tmp_path / "g.pkl"), {"gnd": []})
   p = subprocess.run([sys.executable, "-m", "csa_jax.cli.main", "convert-data", bad], text=True,

@@ -28,6 +28,9 @@ import pytest
 from hostile_cli import expect_input_error, expect_ok, leftover_temp_files, run_cli
 from npy_craft import deflate_bomb, npy_bytes, npz_member, zip_bytes
 
+# Each case boots csa-jax in a subprocess: the slow tier (see tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 C, NQ, NDB = 8, 3, 40
 R1M_ROWS = 30000  # a memory-mapped R1M of 0.9 MB: rows far from both ends exist
 BIG_SHAPE = (100_000, 1_000_000)  # float32: 372.5 GiB claimed by a header of a few bytes

@@ -26,6 +26,9 @@ from pickle_craft import (DTYPE, FLOAT, NDARRAY, ODICT, REBUILD, RECONSTRUCT, Bu
                           craft, crafted_model, laughs_pickle, lie_about_size, nested_list_pickle,
                           rename_numpy_core, tensor)
 
+# Each case boots csa-jax in a subprocess: the slow tier (see tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 C, NQ, NDB = 8, 3, 40
 
 

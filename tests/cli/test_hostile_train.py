@@ -20,6 +20,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TINY = os.path.join(ROOT, "configs", "tiny.py")
 RSFM = os.path.join(ROOT, "configs", "rsfm120k.py")
 
+# Each case boots csa-jax in a subprocess: the slow tier (see tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):

@@ -19,6 +19,7 @@ def test_unknown_command_exit_2(capsys):
   assert "unknown command 'frobnicate'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_input_error_is_one_line_exit_2(tmp_path):
   # Through a real process: no traceback may reach the user.
   code = ("import sys; from csa_jax import errors; from csa_jax.cli import main, smoke\n"
@@ -55,6 +56,7 @@ def test_version(capsys, flags):
   assert out[1].startswith("backend cpu: 8 devices (cpu)")
 
 
+@pytest.mark.slow
 def test_version_in_a_process():
   r = subprocess.run([sys.executable, "-m", "csa_jax.cli.main", "-V"], capture_output=True,
                      text=True, timeout=120)

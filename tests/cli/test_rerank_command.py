@@ -1,4 +1,5 @@
-"""``csa-jax rerank``: a user's own queries and database, re-ranked, against eval and csa_rerank."""
+"""``csa-jax rerank``: a user's own queries and database, re-ranked, against eval and
+rerank_shortlist."""
 
 import csv
 import json
@@ -17,7 +18,7 @@ from csa_jax.core.normalize import l2_normalize
 from csa_jax.evaluation.revisited import PROTOCOLS, percent, revisited_map_from_scores
 from csa_jax.interop import state_dict as interop
 from csa_jax.interop.export import save_export
-from csa_jax.retrieval.rerank import csa_rerank
+from csa_jax.retrieval.rerank import rerank_shortlist
 from csa_jax.retrieval.search import top_k_search
 
 C, NQ, NDB, K, T = 16, 5, 60, 6, 10
@@ -63,7 +64,7 @@ def ranked(files):
   return z["ids"], z["scores"], json.loads(str(z["run"])), out
 
 
-def test_rerank_is_csa_rerank_of_first_round(files, ranked):
+def test_rerank_is_rerank_shortlist_of_first_round(files, ranked):
   _, q, db, _, params, _, _ = files
   ids, scores, run, _ = ranked
   assert ids.shape == scores.shape == (NQ, T)
@@ -73,7 +74,7 @@ def test_rerank_is_csa_rerank_of_first_round(files, ranked):
     assert sorted(ids[i, :K]) == sorted(first[i, :K])  # a permutation of the top-K
   np.testing.assert_array_equal(ids[:, K:], first[:, K:T])  # the tail: first-round order
   _, top = top_k_search(q, db, T)
-  np.testing.assert_array_equal(ids, csa_rerank(params, CFG, q, db, top, K, CFG.anchors))
+  np.testing.assert_array_equal(ids, rerank_shortlist(q, db, top, (params, CFG), K)[0])
   assert np.all(np.diff(scores[:, :K], axis=1) <= 0)
   np.testing.assert_allclose(scores[:, K:], np.take_along_axis(q @ db.T, ids[:, K:], 1),
                              atol=1e-6)
@@ -82,6 +83,7 @@ def test_rerank_is_csa_rerank_of_first_round(files, ranked):
   assert run["config"]["model_config"]["anchors"] == CFG.anchors
 
 
+@pytest.mark.slow
 def test_rerank_equals_evals_reranking(files, ranked):
   d, q, db, gnd = files[:4]
   ids = ranked[0]
@@ -132,6 +134,7 @@ def test_features_file_for_both_and_db_names_only(files, tmp_path, capsys):
 
 @pytest.mark.parametrize("bad", ["t_below_k", "width", "names_count", "out_under_file",
                                  "model_missing", "out_not_npz"])
+@pytest.mark.slow
 def test_bad_input_one_line_exit_2(files, tmp_path, bad):
   d = files[0]
   (tmp_path / "afile").write_text("x")

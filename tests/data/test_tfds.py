@@ -93,6 +93,7 @@ def _train_and_eval(root, ts, q, db, gnd, workdir):
   return result.params, {k: res[k] for k in ("first_round", "csa")}
 
 
+@pytest.mark.slow
 def test_training_and_evaluation_from_either_copy_are_identical(packed, tmp_path):
   root, paths, out, _ = packed
   K, L = OVERRIDES["K"], OVERRIDES["anchors"]

@@ -6,13 +6,13 @@ import jax
 import numpy as np
 import pytest
 
-from csa_jax.core.config import ModelConfig
+from csa_jax.core.config import Model, ModelConfig
 from csa_jax.core.forward import init_params
 from csa_jax.core.normalize import l2_normalize
 from csa_jax.errors import InputError
 from csa_jax.evaluation.evaluate import evaluate, mean_ap_percent
 from csa_jax.evaluation.revisited import PROTOCOLS, revisited_map
-from csa_jax.retrieval.rerank import csa_rerank
+from csa_jax.retrieval.rerank import rerank_shortlist
 
 C, NQ, NDB = 16, 4, 60
 CFG = ModelConfig(anchors=8, dim=16, depth=1, heads=2)
@@ -56,23 +56,24 @@ def test_csa_reranks_the_top_k_and_keeps_the_rest_by_score(data):
   k = 6
   res = evaluate(q, db, gnd, model=(params, CFG), K=k)
   top_QxT = ranks_QxN[:, :max(k, CFG.anchors - 1)]
-  new_top = csa_rerank(params, CFG, q, db, top_QxT, k, CFG.anchors)[:, :k]
+  new_top = rerank_shortlist(q, db, top_QxT, (params, CFG), k)[0][:, :k]
   spliced = np.stack([np.concatenate([t, r[~np.isin(r, t)]]) for r, t in zip(ranks_QxN, new_top)])
   assert_results_equal(res["csa"], revisited_map(spliced, gnd))
   assert_results_equal(res["first_round"], revisited_map(ranks_QxN, gnd))
   assert (res["info"]["K"], res["info"]["L"]) == (k, CFG.anchors)
-  same = evaluate(q, db, gnd, model=(params, CFG), K=k, devices=jax.local_devices())
+  same = evaluate(q, db, gnd, Model(params, CFG), k, devices=jax.local_devices())
   assert_results_equal(same["csa"], res["csa"])
 
 
-def test_k_beyond_the_database_and_bad_l(data, caplog):
+def test_k_beyond_the_database_and_bad_model(data, caplog):
   q, db, gnd, _ = data
   params = init_params(CFG, jax.random.key(1))
   with caplog.at_level(logging.WARNING, logger="csa_jax"):
     res = evaluate(q, db, gnd, model=(params, CFG), K=NDB + 5)
   assert res["info"]["K"] == NDB and "exceeds the 60 database images" in caplog.text
-  with pytest.raises(InputError, match="evaluate: L: expected 8 .*found 9"):
-    evaluate(q, db, gnd, model=(params, CFG), L=9)
+  with pytest.raises(InputError, match=r"evaluate: model: expected Model\(params, cfg\).*found "
+                     r"\(ModelConfig, dict\)"):
+    evaluate(q, db, gnd, model=(CFG, params))
   with pytest.raises(InputError, match="feats.npz: db: expected at least L-1 = 7 images"):
     evaluate(q, db[:6], [{"easy": [0], "hard": [], "junk": []}] * NQ, model=(params, CFG),
              source="feats.npz")

@@ -16,8 +16,8 @@ from csa_jax.data import synthetic
 from csa_jax.errors import InputError
 from csa_jax.evaluation.revisited import PROTOCOLS, percent, revisited_map
 from csa_jax.experiments import baseline_study as eb
-from csa_jax.experiments import datasets as eben
-from csa_jax.experiments import context as ectx
+from csa_jax.experiments import datasets
+from csa_jax.experiments import demo
 from csa_jax.experiments import dispatch
 from csa_jax.experiments import heldout
 from csa_jax.experiments import studies as st
@@ -85,6 +85,7 @@ def test_baselines_experiment(out):
   assert "| CSA (K=16, L=8) |" in eb.markdown_table(rows, [synthetic.DATASET])
 
 
+@pytest.mark.slow
 def test_kl_sweep(out):
   # L=8 is the default model's: one more model would only cost time.
   res = _run(out, "kl-sweep", "--l-values", "8")
@@ -99,6 +100,7 @@ def test_kl_sweep(out):
   assert res["L"][0]["run"] == res["K"][0]["run"]
 
 
+@pytest.mark.slow
 def test_cross_feature(out):
   res = _run(out, "cross-feature", "--features", "synth-gem,synth-proj", "--train-on",
              "synth-gem")
@@ -113,6 +115,7 @@ def test_cross_feature(out):
   assert all(got[p] == pytest.approx(want[p], abs=1e-9) for p in PROTOCOLS)
 
 
+@pytest.mark.slow
 def test_seeds(out):
   # One seed (the default model, already trained) keeps the test fast; the statistics over
   # several are checked below on numbers.
@@ -131,6 +134,7 @@ def test_mean_and_sample_std():
                                                                            ddof=1), abs=1e-4)}
 
 
+@pytest.mark.slow
 def test_ablation(out):
   res = _run(out, "ablation", "--axes", "depth")
   axis = res["axes"]["depth"]
@@ -142,6 +146,7 @@ def test_ablation(out):
     assert json.load(f)["model"]["depth"] == 2
 
 
+@pytest.mark.slow
 def test_heldout_val(out):
   res = _run(out, "heldout-val")
   with open(os.path.join(out, "data", "annotations", "retrieval-SfM-120k.json")) as f:
@@ -177,15 +182,16 @@ def test_heldout_test_set_ground_truth():
 
 
 def test_synthetic_backbones_are_other_descriptors_of_the_same_images(tmp_path):
-  bench = eben.write_synthetic(str(tmp_path), ectx.TINY_SYNTH)
-  assert bench.features == list(eben.SYNTH_BACKBONES)
-  base = bench.test_set("synth-gem", synthetic.DATASET)
+  study_data = datasets.write_synthetic(str(tmp_path), demo.SIZES["tiny"][0])
+  assert isinstance(study_data, datasets.StudyData)
+  assert study_data.features == list(datasets.SYNTH_BACKBONES)
+  base = study_data.test_set("synth-gem", synthetic.DATASET)
   sims = [base.db_NxC @ base.db_NxC.T]
-  for f in bench.features[1:]:
-    ts = bench.test_set(f, synthetic.DATASET)
+  for f in study_data.features[1:]:
+    ts = study_data.test_set(f, synthetic.DATASET)
     assert ts.db_NxC.shape[0] == base.db_NxC.shape[0] and ts.gnd is not base.gnd
     np.testing.assert_allclose(np.linalg.norm(ts.db_NxC, axis=1), 1, atol=1e-5)
-    assert bench.train_feats(f).shape[0] == len(bench.clusters())
+    assert study_data.train_feats(f).shape[0] == len(study_data.clusters())
     sims.append(ts.db_NxC @ ts.db_NxC.T)
   iu = np.triu_indices(len(sims[0]), 1)
   for s in sims[1:]:
@@ -205,3 +211,17 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
                    "--features", "synth-gem,resnet"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert "resnet" in err[-1] and "Traceback" not in "".join(err)
+
+
+def test_size_tiny_is_the_demos_tiny_benchmark_and_configs_tiny(tmp_path):
+  from csa_jax import configs  # noqa: PLC0415
+  from csa_jax.experiments import context  # noqa: PLC0415
+  ctx = context.make_context("ablation", str(tmp_path), size="tiny", progress=False)
+  assert ctx.K == demo.SIZES["tiny"][2]
+  assert ctx.config.model.drop == 0.0  # the recipe stays the base's (the demo's)
+  shipped = configs.load("tiny")
+  for dotted, value in configs.tiny_overrides().items():
+    group, key = dotted.split(".")
+    assert ctx.config[group][key] == value == shipped[group][key], dotted
+  want = synthetic.generate(demo.SIZES["tiny"][0])["annotations"]["train"]["cluster"]
+  np.testing.assert_array_equal(ctx.data.clusters(), want)  # the data is the tiny benchmark

@@ -1,4 +1,5 @@
-"""``user_rerank``: the library call behind ``csa-jax rerank``, against csa_rerank and numpy."""
+"""``search_and_rerank`` (behind ``csa-jax rerank``) against rerank_shortlist and numpy; the
+user's files (``user_rerank``); the deprecated ``rerank``."""
 
 import json
 import pickle
@@ -14,7 +15,7 @@ from csa_jax.core.normalize import l2_normalize
 from csa_jax.errors import InputError
 from csa_jax.interop import state_dict as interop
 from csa_jax.retrieval import user_rerank
-from csa_jax.retrieval.rerank import csa_rerank
+from csa_jax.retrieval.rerank import rerank_shortlist, search_and_rerank
 from csa_jax.retrieval.search import StackedRows, top_k_search
 
 C, NQ, NDB, K, T = 16, 5, 60, 6, 12
@@ -43,9 +44,9 @@ def full_ranking(q, db):
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
-def test_top_k_is_csa_rerank_and_tail_is_first_round(data, batch_size):
+def test_top_k_is_rerank_shortlist_and_tail_is_first_round(data, batch_size):
   q, db, (params, cfg) = data
-  ids, scores = user_rerank.rerank(q, db, (params, cfg), K, T, batch_size=batch_size)
+  ids, scores = search_and_rerank(q, db, (params, cfg), K, T, batch_size=batch_size)
   assert ids.shape == scores.shape == (NQ, T)
   assert ids.dtype == np.int64 and scores.dtype == np.float32
   first = full_ranking(q, db)
@@ -53,8 +54,9 @@ def test_top_k_is_csa_rerank_and_tail_is_first_round(data, batch_size):
     assert sorted(ids[i, :K]) == sorted(first[i, :K])  # a permutation of the first-round top-K
   np.testing.assert_array_equal(ids[:, K:], first[:, K:T])
   _, top = top_k_search(q, db, max(T, cfg.anchors - 1))
-  want = csa_rerank(params, cfg, q, db, top, K, cfg.anchors, batch_size=batch_size)
+  want, want_scores = rerank_shortlist(q, db, top, (params, cfg), K, batch_size=batch_size)
   np.testing.assert_array_equal(ids, want[:, :T])
+  np.testing.assert_array_equal(scores[:, :K], want_scores)
   # Scores: CSA's (descending) for the top-K, the first round's dot products after.
   assert np.all(np.diff(scores[:, :K], axis=1) <= 0)
   np.testing.assert_allclose(scores[:, K:], np.take_along_axis(q @ db.T, ids[:, K:], 1),
@@ -68,36 +70,49 @@ def test_top_k_is_csa_rerank_and_tail_is_first_round(data, batch_size):
 
 def test_default_t_is_k_and_memmap_and_stacked_db(data, tmp_path):
   q, db, m = data
-  ids, _ = user_rerank.rerank(q, db, m, K)
+  ids, _ = search_and_rerank(q, db, m, K)
   assert ids.shape == (NQ, K)
   np.save(tmp_path / "db.npy", db)
   mm = user_rerank.load_database(tmp_path / "db.npy")
   assert isinstance(mm, np.memmap)
-  ids2, _ = user_rerank.rerank(q, mm, m, K)
+  ids2, _ = search_and_rerank(q, mm, m, K)
   np.testing.assert_array_equal(ids, ids2)
   stacked = StackedRows([db[:30], db[30:]])
-  ids3, _ = user_rerank.rerank(q, stacked, m, K, T)
+  ids3, _ = search_and_rerank(q, stacked, m, K, T)
   np.testing.assert_array_equal(ids3[:, :K], ids)
 
 
-@pytest.mark.parametrize("bad", ["t_below_k", "t_above_n", "l", "width", "k_zero", "small_db"])
+@pytest.mark.parametrize("bad", ["t_below_k", "t_above_n", "width", "k_zero", "small_db"])
 def test_bad_arguments_are_input_errors(data, bad):
   q, db, m = data
   kw = {"K": K, "T": T}
   if bad == "t_below_k":
-    kw["T"], want = K - 1, "rerank: T: expected T >= K = 6"
+    kw["T"], want = K - 1, "search_and_rerank: T: expected T >= K = 6"
   elif bad == "t_above_n":
     kw["T"], want = NDB + 1, "db: expected at least T = 61 images"
-  elif bad == "l":
-    kw["L"], want = 9, "rerank: L: expected 8"
   elif bad == "width":
     q, want = q[:, :8], "q_QxC: expected (Q >= 1, C=16)"
   elif bad == "k_zero":
-    kw["K"], want = 0, "rerank: K: expected an integer >= 1"
+    kw["K"], want = 0, "search_and_rerank: K: expected an integer >= 1"
   else:
     db, kw, want = db[:5], {"K": 2, "T": 3}, "db: expected at least L-1 = 7 images"
   with pytest.raises(InputError, match=re.escape(want)):
-    user_rerank.rerank(q, db, m, **kw)
+    search_and_rerank(q, db, m, **kw)
+
+
+def test_deprecated_rerank_is_search_and_rerank_and_checks_l(data):
+  q, db, m = data
+  want = search_and_rerank(q, db, m, K, T)
+  with pytest.warns(DeprecationWarning, match="use search_and_rerank"):
+    got = user_rerank.rerank(q, db, m, K, T, L=CFG.anchors)
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(g, w)
+  with pytest.raises(InputError, match=re.escape("rerank: L: expected 8")), \
+      pytest.warns(DeprecationWarning):
+    user_rerank.rerank(q, db, m, K, T, L=9)
+  with pytest.raises(InputError, match=re.escape("rerank: T: expected T >= K = 6")), \
+      pytest.warns(DeprecationWarning):
+    user_rerank.rerank(q, db, m, K, K - 1)
 
 
 def test_load_database_and_queries(data, tmp_path):

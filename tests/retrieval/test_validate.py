@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from csa_jax import InputError, csa_rerank, evaluate, rerank, rerank_affinity, top_k_search
+from csa_jax import (InputError, evaluate, rerank_affinity, rerank_shortlist, search_and_rerank,
+                     top_k_search)
 from csa_jax.core.config import ModelConfig
 from csa_jax.interop import state_dict as interop
 
@@ -64,7 +65,7 @@ def test_rerank_refuses_ids_outside_the_db(problem, bad_id, needle):
   top[2, 4] = bad_id
   with pytest.raises(InputError, match=rf"top_QxT\[2, 4\]: expected db ids in \[0, N=60\).*"
                      rf"found {needle}"):
-    csa_rerank(params, CFG, q, db, top, K, CFG.anchors)
+    rerank_shortlist(q, db, top, (params, CFG), K)
 
 
 def test_rerank_refuses_an_id_twice(problem):
@@ -72,10 +73,10 @@ def test_rerank_refuses_an_id_twice(problem):
   top = top.copy()
   top[1, 6] = top[1, 2]
   with pytest.raises(InputError, match=r"top_QxT\[1\]: expected distinct db ids.*twice"):
-    csa_rerank(params, CFG, q, db, top, K, CFG.anchors)
+    rerank_shortlist(q, db, top, (params, CFG), K)
   top2 = problem[3].copy()
   top2[1, 13] = top2[1, 2]  # past the columns CSA uses (max(K, L-1) = 10): harmless
-  csa_rerank(params, CFG, q, db, top2, K, CFG.anchors)
+  rerank_shortlist(q, db, top2, (params, CFG), K)
 
 
 def test_affinity_checks_concrete_ids(problem):
@@ -92,9 +93,9 @@ def test_affinity_checks_concrete_ids(problem):
 
 def test_unnormalised_descriptors_are_normalised_with_a_warning(problem, caplog):
   params, q, db, _ = problem
-  want = rerank(q, db, (params, CFG), K, 20)
+  want = search_and_rerank(q, db, (params, CFG), K, 20)
   with caplog.at_level(logging.WARNING, logger="csa_jax"):
-    got = rerank(q * 10, db, (params, CFG), K, 20)
+    got = search_and_rerank(q * 10, db, (params, CFG), K, 20)
   np.testing.assert_array_equal(got[0], want[0])
   np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
   assert any("q_QxC: 5 of 5 rows are not L2-normalised" in r.getMessage()
@@ -102,7 +103,7 @@ def test_unnormalised_descriptors_are_normalised_with_a_warning(problem, caplog)
   caplog.clear()
   scaled = db * np.linspace(0.5, 3, len(db), dtype=np.float32)[:, None]
   with caplog.at_level(logging.WARNING, logger="csa_jax"):
-    got = rerank(q, scaled, (params, CFG), K, 20)
+    got = search_and_rerank(q, scaled, (params, CFG), K, 20)
   np.testing.assert_array_equal(got[0], want[0])
   assert any("db: " in r.getMessage() and "re-normalised" in r.getMessage()
              for r in caplog.records), caplog.text
@@ -114,13 +115,13 @@ def test_zero_query_and_memmap_rows_off_unit_are_refused(problem, tmp_path):
   z = q.copy()
   z[4] = 0
   with pytest.raises(InputError, match=r"q_QxC\[4\]: expected a descriptor with a direction"):
-    csa_rerank(params, CFG, z, db, top, K, CFG.anchors)
+    rerank_shortlist(z, db, top, (params, CFG), K)
   off = db.copy()
   off[top[0, 3]] *= 2
   np.save(tmp_path / "db.npy", off)
   mm = np.load(tmp_path / "db.npy", mmap_mode="r")
   with pytest.raises(InputError, match=rf"db\[{top[0, 3]}\]: expected an L2-normalised row"):
-    csa_rerank(params, CFG, q, mm, top, K, CFG.anchors)
+    rerank_shortlist(q, mm, top, (params, CFG), K)
 
 
 def test_nonfinite_params_are_refused(problem):
@@ -129,7 +130,7 @@ def test_nonfinite_params_are_refused(problem):
   bad["blocks_0"]["attn"]["proj"]["bias"][3] = np.nan
   with pytest.raises(InputError, match=r"params\['blocks_0'\]\['attn'\]\['proj'\]\['bias'\]: "
                      "expected finite values"):
-    csa_rerank(bad, CFG, q, db, top, K, CFG.anchors)
+    rerank_shortlist(q, db, top, (bad, CFG), K)
 
 
 def test_evaluate_refuses_k0_and_bad_gnd(problem):

@@ -19,7 +19,7 @@ import pytest
 
 from csa_jax import configs
 from csa_jax.interop import export
-from csa_jax.train import telemetry as metrics
+from csa_jax.train import telemetry
 from csa_jax.errors import InputError
 from csa_jax.train.loop import train
 
@@ -54,7 +54,7 @@ def _params(workdir):
 
 
 def _train_records(workdir):
-  recs = [r for r in metrics.read_jsonl(os.path.join(workdir, metrics.METRICS_NAME))
+  recs = [r for r in telemetry.read_jsonl(os.path.join(workdir, telemetry.METRICS_NAME))
           if r["kind"] == "train"]
   keys = ("step", "loss", "contrastive", "mse", "grad_norm", "lr", "skipped")
   return [{k: r[k] for k in keys} for r in recs]
@@ -74,13 +74,13 @@ def test_a_run_writes_the_model_metrics_and_plot(reference):
   _, workdir = reference
   params, cfg = export.load_model(workdir)
   assert cfg.anchors == 8 and cfg.dim == 16
-  recs = [r for r in metrics.read_jsonl(os.path.join(workdir, metrics.METRICS_NAME))]
+  recs = [r for r in telemetry.read_jsonl(os.path.join(workdir, telemetry.METRICS_NAME))]
   assert [r["step"] for r in recs] == list(range(3, 19, 3))
   for r in recs:
     assert {"loss", "contrastive", "mse", "grad_norm", "lr", "skipped", "samples_per_s"} <= set(r)
     assert np.isfinite(r["loss"]) and r["skipped"] == 0 and r["grad_norm"] > 0
   assert recs[-1]["loss"] < recs[0]["loss"]  # it learns
-  with open(os.path.join(workdir, metrics.PLOT_NAME), "rb") as f:
+  with open(os.path.join(workdir, telemetry.PLOT_NAME), "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["train"]["epochs"] == 3
@@ -98,6 +98,7 @@ def test_a_run_writes_the_model_metrics_and_plot(reference):
     np.testing.assert_array_equal(v.numpy(), sd[f"param/{k}"])
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run(reference):
   tmp, ref = reference
   workdir = os.path.join(tmp, "killed")
@@ -146,6 +147,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_distributed_run_equals_one_process(reference):
   tmp, ref = reference
   workdir = os.path.join(tmp, "distributed")

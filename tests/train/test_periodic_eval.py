@@ -8,7 +8,7 @@ import jax
 import pytest
 
 from csa_jax import configs
-from csa_jax.core.config import ModelConfig
+from csa_jax.core.config import Model, ModelConfig
 from csa_jax.core.forward import init_params
 from csa_jax.data import ground_truth, synthetic
 from csa_jax.evaluation.evaluate import evaluate, mean_ap_percent
@@ -35,7 +35,7 @@ def _config(root: str, K: int):
 
 def _direct(paths, params, K: int, batch: int) -> dict:
   q, db, gnd = ground_truth.load_test_set(paths["test_features"], paths["gnd"])
-  res = evaluate(q, db, gnd, model=(params, CFG), K=min(K, len(db)), batch_size=batch)
+  res = evaluate(q, db, gnd, Model(params, CFG), K=min(K, len(db)), batch_size=batch)
   return {synthetic.DATASET: {"first_round": mean_ap_percent(res["first_round"]),
                               "csa": mean_ap_percent(res["csa"]), "K": min(K, len(db))}}
 
@@ -51,6 +51,7 @@ def test_evaluator_equals_a_direct_call_of_the_routine(bench, tmp_path, K):
   assert ev(params, CFG) == got  # the test set is read once, the numbers do not drift
 
 
+@pytest.mark.slow
 def test_the_training_loop_logs_the_routines_numbers(bench, tmp_path):
   from csa_jax.train.loop import train
   root, paths = bench

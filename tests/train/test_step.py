@@ -1,5 +1,6 @@
 """The data-parallel step: 1 and 8 devices compute the same update; bad batches are skipped."""
 
+import functools
 import os
 
 import jax
@@ -13,13 +14,26 @@ from csa_jax.core.config import ModelConfig
 from csa_jax.core.forward import training_outputs
 from csa_jax.core.losses import csa_loss
 from csa_jax.errors import InputError
-from csa_jax.train import optim, step as ts
+from csa_jax.train import optim
+from csa_jax.train import step as train_step
 from csa_jax.train.train_set import random_train_set
 
 K = L = 8
 B = 16
-# Same computation, 3x faster to compile on a busy 2-core machine.
-FAST = {"xla_backend_optimization_level": 0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compiles():
+  """Compiles every ``jax.jit`` built in this module without XLA's backend optimisations.
+
+  The same computation, 3x faster to compile on a busy 2-core machine; patched here so the
+  library carries no test hook. Jits built before (at import) are left alone.
+  """
+  jit = jax.jit
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(jax, "jit", functools.partial(
+        jit, compiler_options={"xla_backend_optimization_level": 0}))
+    yield
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +45,8 @@ def setup():
   sched = optim.warmup_cosine(0.1, 0.5, 0.0, 2, 10)
   data = random_train_set(64, 5, 12, max(K, L), seed=0)
   meshes = {n: parallel.make_mesh(jax.devices()[:n]) for n in (1, 8)}
-  host_state = jax.device_get(ts.init_state(cfg, tx, jax.random.key(0), meshes[1], FAST))
-  steps = {n: ts.make_train_step(cfg, tx, m, 0.2, K, L, schedule=sched, compiler_options=FAST)
+  host_state = jax.device_get(train_step.init_state(cfg, tx, jax.random.key(0), meshes[1]))
+  steps = {n: train_step.make_train_step(cfg, tx, m, 0.2, K, L, schedule=sched)
            for n, m in meshes.items()}
   arrays = {n: parallel.put_replicated((data.feats_NxC, data.nbrs_NxM, data.clusters_N), m)
             for n, m in meshes.items()}
@@ -50,11 +64,13 @@ def _run(s, n, idx_list, rngs):
   state = parallel.put_replicated(s["host_state"], mesh)
   out = []
   for idx, rng in zip(idx_list, rngs):
-    state, m = s["steps"][n](state, s["arrays"][n], ts.global_batch_array(idx, mesh, B), rng)
+    idx_B = train_step.global_batch_array(idx, mesh, B)
+    state, m = s["steps"][n](state, s["arrays"][n], idx_B, rng)
     out.append(jax.device_get(m))
   return jax.device_get(state), out
 
 
+@pytest.mark.slow
 def test_one_and_eight_devices_give_the_same_loss_and_parameters(setup):
   idx = [np.arange(B), np.arange(B, 2 * B)]
   rngs = [jax.random.key(10), jax.random.key(11)]
@@ -72,7 +88,7 @@ def test_one_and_eight_devices_give_the_same_loss_and_parameters(setup):
              zip(jax.tree.leaves(s1.params), jax.tree.leaves(p0))) > 1e-4
   d = setup["data"]
   aff, tgt = training_affinity(d.feats_NxC, d.nbrs_NxM, d.clusters_N, idx[0], K, L)
-  plain = jax.jit(lambda p, a, t, r: _plain_loss(p, a, t, r, setup["cfg"]), compiler_options=FAST)
+  plain = jax.jit(lambda p, a, t, r: _plain_loss(p, a, t, r, setup["cfg"]))
   want = plain(p0, aff, tgt, rngs[0])
   np.testing.assert_allclose(m8[0]["loss"], float(want), rtol=1e-5)
   assert int(s8.step) == 2 and int(m8[-1]["skipped"]) == 0
@@ -89,7 +105,7 @@ def test_dropout_key_changes_the_step(setup):
 
 def test_a_nan_batch_is_skipped_counted_and_leaves_params_and_state_untouched(setup):
   mesh = setup["meshes"][1]
-  step = ts.make_batch_train_step(setup["cfg"], setup["tx"], mesh, 0.2, compiler_options=FAST)
+  step = train_step.make_batch_train_step(setup["cfg"], setup["tx"], mesh, 0.2)
   d = setup["data"]
   aff, tgt = training_affinity(d.feats_NxC, d.nbrs_NxM, d.clusters_N, np.arange(B), K, L)
   # The ready-batch variant computes what the on-device-affinity variant computes.
@@ -122,14 +138,15 @@ def test_a_nan_batch_is_skipped_counted_and_leaves_params_and_state_untouched(se
 def test_batch_that_does_not_divide_over_the_devices_is_a_clear_error(setup):
   mesh = setup["meshes"][8]
   with pytest.raises(InputError, match="expected a positive multiple of the 8 devices.*found 12"):
-    ts.check_batch(12, mesh)
+    train_step.check_batch(12, mesh)
   state = parallel.put_replicated(setup["host_state"], mesh)
   with pytest.raises(InputError, match="multiple of the 8 devices"):
     setup["steps"][8](state, setup["arrays"][8], jnp.arange(12, dtype=jnp.int32),
                       jax.random.key(0))
-  assert ts.check_batch(16, mesh) == 2
-  with pytest.raises(InputError, match="data.L"):
-    ts.make_train_step(setup["cfg"], setup["tx"], mesh, 0.2, K, L + 1)
+  assert train_step.check_batch(16, mesh) == 2
+  with pytest.raises(InputError, match=r"model\.anchors: expected the anchors per sample L = 9, "
+                     r"found 8"):
+    train_step.make_train_step(setup["cfg"], setup["tx"], mesh, 0.2, K, L + 1)
 
 
 # -- gradient accumulation (train.microbatches) ------------------------------------------------
@@ -148,10 +165,10 @@ def accumulated(setup):
   out = {}
   for n, m in [(1, 1), (1, 2), (1, 4), (8, 4)]:
     mesh = setup["meshes"][n]
-    step = ts.make_train_step(cfg, setup["tx"], mesh, 0.2, K, L, schedule=setup["sched"],
-                              compiler_options=FAST, microbatches=m)
+    step = train_step.make_train_step(cfg, setup["tx"], mesh, 0.2, K, L,
+                                      schedule=setup["sched"], microbatches=m)
     state = parallel.put_replicated(setup["host_state"], mesh)
-    batches = [ts.global_batch_array(i, mesh, MB_BATCH) for i in idx]
+    batches = [train_step.global_batch_array(i, mesh, MB_BATCH) for i in idx]
     compiled = step.jitted.lower(state, setup["arrays"][n], batches[0],
                                  jax.random.key(0)).compile()
     metrics = []
@@ -163,6 +180,7 @@ def accumulated(setup):
   return out
 
 
+@pytest.mark.slow
 def test_microbatches_compute_the_same_loss_metrics_and_parameters(setup, accumulated):
   ref = accumulated[1, 1]
   for key in [(1, 2), (1, 4), (8, 4)]:
@@ -181,22 +199,24 @@ def test_microbatches_compute_the_same_loss_metrics_and_parameters(setup, accumu
                  jax.tree.leaves(setup["host_state"].params))) > 1e-4
 
 
+@pytest.mark.slow
 def test_microbatches_split_each_devices_shard_without_resharding(accumulated):
   hlo = accumulated[8, 4]["compiled"].as_text()
   assert "while" in hlo  # the scan over microbatches survived compilation
   assert not [op for op in RESHARDING if op in hlo]
 
 
+@pytest.mark.slow
 def test_microbatches_shrink_the_compiled_steps_temporaries(accumulated):
   temp = {m: accumulated[1, m]["compiled"].memory_analysis().temp_size_in_bytes
           for m in (1, 2, 4)}
   assert temp[4] < temp[2] < temp[1], temp
 
 
+@pytest.mark.slow
 def test_a_non_finite_microbatch_skips_the_whole_step(setup):
   mesh = setup["meshes"][8]
-  step = ts.make_batch_train_step(setup["cfg"], setup["tx"], mesh, 0.2, compiler_options=FAST,
-                                  microbatches=2)
+  step = train_step.make_batch_train_step(setup["cfg"], setup["tx"], mesh, 0.2, microbatches=2)
   d = setup["data"]
   aff, tgt = training_affinity(d.feats_NxC, d.nbrs_NxM, d.clusters_N, np.arange(B), K, L)
   bad = np.asarray(aff).copy()
@@ -219,7 +239,7 @@ def test_a_non_finite_microbatch_skips_the_whole_step(setup):
 ])
 def test_a_bad_microbatches_value_is_a_one_line_error(setup, value, needle):
   with pytest.raises(InputError) as e:
-    ts.check_microbatches(16, value, setup["meshes"][8])
+    train_step.check_microbatches(16, value, setup["meshes"][8])
   assert str(e.value).startswith("config: train.microbatches: ") and needle in str(e.value)
   assert "\n" not in str(e.value)
 
@@ -227,11 +247,11 @@ def test_a_bad_microbatches_value_is_a_one_line_error(setup, value, needle):
 def test_microbatches_are_checked_when_the_step_is_built_and_called(setup):
   mesh = setup["meshes"][8]
   with pytest.raises(InputError, match="train.microbatches: expected an integer >= 1, found 0"):
-    ts.make_batch_train_step(setup["cfg"], setup["tx"], mesh, 0.2, microbatches=0)
-  step = ts.make_train_step(setup["cfg"], setup["tx"], mesh, 0.2, K, L, microbatches=4)
+    train_step.make_batch_train_step(setup["cfg"], setup["tx"], mesh, 0.2, microbatches=0)
+  step = train_step.make_train_step(setup["cfg"], setup["tx"], mesh, 0.2, K, L, microbatches=4)
   state = parallel.put_replicated(setup["host_state"], mesh)
   with pytest.raises(InputError, match=r"^batch: train.microbatches: .*batch 2 .*found 4"):
-    step(state, setup["arrays"][8], ts.global_batch_array(np.arange(B), mesh, B),
+    step(state, setup["arrays"][8], train_step.global_batch_array(np.arange(B), mesh, B),
          jax.random.key(0))
 
 

@@ -1,11 +1,11 @@
-"""``csa-jax bench`` (csa_jax.cli.bench over csa_jax.bench.compare) end to end at tiny sizes."""
+"""``csa-jax bench`` (csa_jax.cli.bench over csa_jax.bench.benchmark) end to end at tiny sizes."""
 
 import importlib.util
 import json
 
 import pytest
 
-from csa_jax.bench import compare
+from csa_jax.bench import benchmark
 from csa_jax.bench import contestants as ct
 from csa_jax.cli import bench
 from csa_jax.core.config import ATTENTIONS
@@ -25,10 +25,11 @@ def tiny_run(tmp_path_factory):
 
 
 @needs_torch
+@pytest.mark.slow
 def test_tiny_bench_end_to_end(tiny_run):
   rc, res = tiny_run
   assert rc == 0
-  assert res["schema"] == compare.SCHEMA and res["command"].startswith("csa-jax bench --dim 16")
+  assert res["schema"] == benchmark.SCHEMA and res["command"].startswith("csa-jax bench --dim 16")
   for key in ("date", "cpu_model", "cpu_count", "jax_version", "jax_backend", "torch_version",
               "loadavg_start", "loadavg_end"):
     assert key in res["machine"], key
@@ -59,6 +60,7 @@ def test_tiny_bench_end_to_end(tiny_run):
 
 
 @needs_torch
+@pytest.mark.slow
 def test_tiny_bench_prints_a_table(tiny_run):
   _, res = tiny_run
   table = bench.format_table(res)
@@ -102,4 +104,10 @@ def test_flags_become_settings():
   assert (s.torch, s.compile, s.train, s.k, s.anchors, s.batches, s.out) == (
       False, False, False, 64, 16, [2, 4], "x.json")
   defaults = bench.parse_args([])
-  assert defaults == compare.Settings()  # the command line's defaults are the library's
+  assert defaults == benchmark.Settings()  # the command line's defaults are the library's
+
+
+def test_the_entry_is_importable_from_the_package():
+  import csa_jax.bench  # noqa: PLC0415
+  assert csa_jax.bench.run_benchmark is benchmark.run_benchmark
+  assert csa_jax.bench.Settings is benchmark.Settings

@@ -1,4 +1,6 @@
-"""csa_jax against the original architecture in PyTorch, same weights, one process: ``run``.
+"""The benchmark's entry, ``run_benchmark(Settings())``: csa_jax against PyTorch, same weights.
+
+csa_jax against the original architecture in PyTorch, in one process.
 
 For each implementation (csa_jax; PyTorch eager as the original runs it; PyTorch + torch.compile):
 (a) re-rank throughput in queries/s, affinity construction from C-d descriptors included;
@@ -9,7 +11,7 @@ model of docs/method.md section 9 and its fraction of a matmul peak measured in 
 scores (float32, <= tol). csa_jax races once per attention implementation asked for
 (``arena.jax_names``), each checked against PyTorch. With ``curves`` set, the cost curves
 (``curves``) follow, on the same weights. ``csa-jax bench`` (``cli/bench.py``) is the command
-line over ``run``.
+line over ``run_benchmark``; the other modules of ``csa_jax.bench`` are its parts.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from csa_jax.errors import fail
 from csa_jax.fileio import check_output_path, write_json
 from csa_jax.run_info import run_info
 
+# The results format's name, kept from when this module was compare.py: files written then
+# still match it.
 SCHEMA = "csa_jax.bench.compare/1"
 
 log = logging.getLogger(__name__)
@@ -41,7 +45,7 @@ init_jitted = jax.jit(init_params, static_argnums=0)
 
 @dataclasses.dataclass
 class Settings:
-  """What ``run`` benchmarks; None means the default for the backend (accelerator or CPU).
+  """What ``run_benchmark`` benchmarks; None means the default for the backend (accelerator or CPU).
 
   Attributes:
     anchors, dim, depth, heads, mlp_ratio: the model (defaults: the paper model).
@@ -99,7 +103,7 @@ class Settings:
   curve_train_batches: list[int] | None = None
 
 
-def run(s: Settings, command: str = "csa-jax bench") -> dict:
+def run_benchmark(s: Settings, command: str = "csa-jax bench") -> dict:
   """Runs the whole benchmark.
 
   Args:
