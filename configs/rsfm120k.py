@@ -46,7 +46,7 @@ def get_config() -> ConfigDict:
       seed=0,
       # Gradient accumulation: each device's batch in this many microbatches, one optimizer
       # update per global batch; the same mean loss and gradient, about 1/m of the activation
-      # memory (csa_jax/train/accumulate.py, measured in tools/README.md, bench_train.py).
+      # memory (csa_jax/train/accumulate.py, measured in docs/benchmarks.md, bench_train.py).
       microbatches=1,
   )
   # 91,642 images // 256 = 357 steps per epoch (the original's 4-GPU sampler rounded up to 358).

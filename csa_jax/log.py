@@ -1,4 +1,4 @@
-"""The one logger: ``logging.getLogger(__name__)`` in every module, shown by the CLI.
+"""The one logger: ``log = logging.getLogger(__name__)`` in every module, shown by the CLI.
 
 Library code never prints; it logs to ``csa_jax.*`` loggers, which a library user configures (or
 silences) like any other. ``csa-jax`` shows INFO and above on stderr, one line each, prefixed

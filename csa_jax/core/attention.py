@@ -35,7 +35,7 @@ __all__ = ["chunked_attention", "dot_product_attention", "resolve", "xla_attenti
 def resolve(cfg: ModelConfig, backend: str, dropout: bool) -> str:
   """The implementation ``cfg.attention`` stands for on ``backend``.
 
-  "auto" follows the measurements in tools/README.md: on CPU the chunked form (one head's blocks
+  "auto" follows the measurements in docs/benchmarks.md: on CPU the chunked form (one head's blocks
   stay in cache: 1.6-1.8x faster than XLA's for one K=1024 layer, forward and backward); on
   accelerators XLA's fusion, the one measured there so far. "cudnn" needs an NVIDIA GPU,
   bfloat16 and no attention dropout (the fused kernel has no dropout mask shared with the other

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from csa_jax.core.dropout import keep_mask
 
 F32 = jnp.float32
-# Chosen on a 2-core AMD EPYC (tools/README.md): one block of queries against all keys was the
+# Chosen on a 2-core AMD EPYC (docs/benchmarks.md): one block of queries against all keys was the
 # fastest re-ranking at K=1024 (N = 1025 tokens: 1032 rows, 5% faster than blocks of 256) and as
 # fast as blocks of 256 for training at K=512; keys are only split past 2048, where a block's
 # logits would no longer fit in cache.

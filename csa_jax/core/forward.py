@@ -52,7 +52,7 @@ def rerank_scores(params, aff_BxNxL: jax.Array, cfg: ModelConfig) -> jax.Array:
 
   if jax.default_backend() == "cpu" and aff_BxNxL.shape[0] > 1:
     # One query at a time keeps its (H, N, N) attention (50 MB at K=1024) in cache; on CPU that
-    # beats the batched matmuls (measured in tools/README.md, csa-jax bench).
+    # beats the batched matmuls (measured in docs/benchmarks.md, csa-jax bench).
     return jax.lax.map(lambda a: scores(a[None])[0], aff_BxNxL)
   return scores(aff_BxNxL)
 

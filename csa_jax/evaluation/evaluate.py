@@ -21,7 +21,7 @@ from csa_jax.evaluation.revisited import PROTOCOLS, percent, revisited_map_from_
 from csa_jax.retrieval import validate
 from csa_jax.retrieval.search import top_k_search
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 # Ranked list kept without a model: the exact evaluation needs only the scores, so any T would do.
 FIRST_ROUND_T = 100
@@ -73,7 +73,7 @@ def evaluate(q_QxC, db, gnd, model=None, K: int = 1024, *, batch_size: int | Non
       raise fail(source, "db", f"at least L-1 = {L - 1} images (the model's anchors)",
                  f"{n} images")
     if K > n:
-      logger.warning("K=%d exceeds the %d database images; re-ranking all of them", K, n)
+      log.warning("K=%d exceeds the %d database images; re-ranking all of them", K, n)
       K = n
     t = max(K, L - 1)  # the candidates and the anchors both come from the first-round list
     info.update(K=K, L=L)

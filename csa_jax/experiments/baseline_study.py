@@ -24,7 +24,7 @@ from csa_jax.experiments.output import fmt_s, subplots
 from csa_jax.experiments.scoring import mean_ap
 from csa_jax.retrieval import baselines
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 K_GRID = (1, 2, 3, 5, 10, 20, 30, 50, 100)
 K_GRID_TINY = (1, 3)
@@ -77,7 +77,7 @@ def run_baselines(ctx: Context, k_grid=None, alpha: float = ALPHA) -> tuple[dict
     for ds, ts in sets.items():
       dba_db[ds, k] = np.asarray(baselines.augment_database(ts.db_NxC, k, alpha))
     grid["alpha_dba"][k] = first_round(lambda ds, ts: (ts.q_QxC, dba_db[ds, k]))
-    logger.info("experiment: %s: k=%d: %s", ctx.name, k,
+    log.info("experiment: %s: k=%d: %s", ctx.name, k,
                 ", ".join(f"{m} M {_mean_m(grid[m][k]):.2f}" for m in grid))
   best = {m: max(g, key=lambda k: _mean_m(g[k])) for m, g in grid.items()}
   kd, kq = best["alpha_dba"], best["alpha_qe"]
@@ -113,9 +113,9 @@ def run_baselines(ctx: Context, k_grid=None, alpha: float = ALPHA) -> tuple[dict
     ax.legend(loc="lower center", ncol=3, framealpha=0.9)
   fig.tight_layout()
   if ctx.model_path:
-    logger.info("experiment: %s: model from --model %s", ctx.name, ctx.model_path)
+    log.info("experiment: %s: model from --model %s", ctx.name, ctx.model_path)
   else:
-    logger.info("experiment: %s: model %s (%s; training took %s)", ctx.name,
+    log.info("experiment: %s: model %s (%s; training took %s)", ctx.name,
                 "reused" if model.reused else "trained", model.workdir, fmt_s(model.train_s))
   return {"table": rows, "grid": grid, "k_grid": k_grid, "alpha": alpha, "model": model.workdir,
           "model_train_s": round(model.train_s, 1),

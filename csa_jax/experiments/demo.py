@@ -30,7 +30,7 @@ from csa_jax.fileio import check_output_path, write_json
 from csa_jax.run_info import run_info
 from csa_jax.train import train_set as pipeline
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _TRAIN_KEYS = ("epochs", "warmup_epochs", "global_batch", "base_lr")
 MARKER = ".csa-jax-demo"  # <out> is the demo's own: a re-run replaces what the last one wrote
@@ -136,14 +136,14 @@ def run(out: str, size: str = "default", seed: int = 0, progress: bool = True,
   _prepare_out(out)
   root = os.path.join(out, "data")
   paths = synthetic.write_benchmark(root, benchmark.replace(seed=seed))
-  logger.info("demo: benchmark written to %s (%.0f s)", root, time.time() - t0)
+  log.info("demo: benchmark written to %s (%.0f s)", root, time.time() - t0)
   config = demo_config(root, seed=seed, cache_dir=os.path.join(out, "neighbors"), **overrides)
   train_data = pipeline.load_train_set([paths["train_features"]], paths["annotations"],
                                        K=config.data.K, L=config.model.anchors,
                                        cache_dir=config.data.cache_dir)
   result = loop.train(config, os.path.join(out, "train"), train_set=train_data,
                       progress=progress)
-  logger.info("demo: trained %d steps (%.0f s)", result.step, time.time() - t0)
+  log.info("demo: trained %d steps (%.0f s)", result.step, time.time() - t0)
   results = evaluate_test_set(result.params, result.model_cfg, paths["test_features"],
                               paths["gnd"], test_k)
   run = run_info(command_argv, config={"size": size, "test_K": test_k,

@@ -16,7 +16,7 @@ from csa_jax.evaluation.plots import agg_figure
 from csa_jax.experiments.context import Context
 from csa_jax.fileio import atomic_path, write_json
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def fmt_s(seconds: float) -> str:
@@ -64,6 +64,6 @@ def finish(ctx: Context, result: dict, fig, t0: float) -> dict:
             **result, "seconds": round(time.perf_counter() - t0, 1)}
   write_json(ctx.path(f"{ctx.name}.json"), result)
   save_figure(fig, ctx.path(f"{ctx.name}.png"))
-  logger.info("experiment: %s: wrote %s and .png in %s", ctx.name,
+  log.info("experiment: %s: wrote %s and .png in %s", ctx.name,
               ctx.path(ctx.name + ".json"), fmt_s(result["seconds"]))
   return result

@@ -24,7 +24,7 @@ from csa_jax.fileio import write_json
 from csa_jax.interop import export
 from csa_jax.retrieval import neighbors
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -80,11 +80,11 @@ def train(ctx: Context, overrides: dict | None = None, feature: str | None = Non
     params, cfg = export.load_model(done)
     with open(record) as f:
       train_s = float(json.load(f).get("train_s", 0.0))
-    logger.info("experiment: %s: reusing the finished run %s", label or key, workdir)
+    log.info("experiment: %s: reusing the finished run %s", label or key, workdir)
     return Run(params, cfg, workdir, train_s, True)
   from csa_jax.train import loop  # noqa: PLC0415  (heavy; only when training)
   train_data = ctx.data.train_set(feature, K, L, ctx.path("cache"), rows)
-  logger.info("experiment: %s: training on %d samples of %s -> %s", label or key,
+  log.info("experiment: %s: training on %d samples of %s -> %s", label or key,
               train_data.num_samples, feature, workdir)
   t0 = time.perf_counter()
   config.lock()

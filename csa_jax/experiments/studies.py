@@ -19,7 +19,7 @@ from csa_jax.experiments.output import fmt_s, subplots
 from csa_jax.experiments.runs import Run
 from csa_jax.experiments.scoring import evaluate_all
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 # The supplement's Figure 1 grids; "tiny" keeps two points per axis (tests).
 ABLATION_AXES = {
@@ -40,7 +40,7 @@ class Eta:
     self.done += 1
     el = time.perf_counter() - self.t0
     eta = el / self.done * (self.total - self.done)
-    logger.info("experiment: %s [%d/%d] %s: %s; elapsed %s, ETA %s", self.name, self.done,
+    log.info("experiment: %s [%d/%d] %s: %s; elapsed %s, ETA %s", self.name, self.done,
                 self.total, label, summary, fmt_s(el), fmt_s(eta))
 
 

@@ -1,7 +1,7 @@
 """The first-round search on the CPU backend: XLA's dot per block, the top-T merged in numpy.
 
 On CPU "the device" is the host, so only the dot products are worth handing to XLA (whose
-XLA:CPU dot beats numpy's OpenBLAS at these shapes, measured in tools/README.md). Each block of
+XLA:CPU dot beats numpy's OpenBLAS at these shapes, measured in docs/benchmarks.md). Each block of
 mapped db rows (aliased by ``device_put``, not copied) becomes one (B, Q) dot, whose result is
 already host memory; it is copied once, transposed, into its slice of ``scores_out``, and the
 running top-T is merged in numpy: once a query's list is full only scores above its T-th can

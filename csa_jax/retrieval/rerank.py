@@ -37,7 +37,7 @@ from csa_jax.retrieval import validate
 from csa_jax.retrieval.batching import auto_batch_size
 from csa_jax.retrieval.search import top_k_search
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 # Traced, so rerank_affinity skips its host check of the ids: _scores made them itself (from
@@ -148,7 +148,7 @@ def _scores(params, cfg: ModelConfig, q_QxC, db_NxC, top_QxT, K: int,
       done = min(nq, p + bs)
       if progress and (now - last > 5 or done == nq):
         last = now
-        logger.info("rerank: %d/%d queries, %.1f queries/s", done, nq, done / (now - t0))
+        log.info("rerank: %d/%d queries, %.1f queries/s", done, nq, done / (now - t0))
     pending = (s, scores) if s < nq else None
   validate.check_scores(out, "csa_scores")
   return out
@@ -234,7 +234,7 @@ def _search_and_rerank(who: str, q_QxC, db, model, K: int, T: int | None, batch_
                                     devices=devices, progress=progress, source=source)
   t1 = time.perf_counter()
   new_QxK = _scores(params, cfg, q_QxC, db, top_QxT, K, batch_size, mesh, progress, source)
-  logger.info("rerank: %d queries, %d db images: search %.2f s, CSA top-%d %.2f s", len(q_QxC),
+  log.info("rerank: %d queries, %d db images: search %.2f s, CSA top-%d %.2f s", len(q_QxC),
               n, t1 - t0, K, time.perf_counter() - t1)
   ids, scores_QxK = reorder_top(top_QxT[:, :T].astype(np.int64), new_QxK, with_scores=True)
   scores = first_QxT[:, :T].astype(np.float32)

@@ -20,7 +20,7 @@ from csa_jax.formats import containers
 from csa_jax.retrieval import rerank as rerank_lib
 from csa_jax.retrieval import validate
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 def _entry(obj, path: str, key: str):
   """``obj[key]`` when a dict holds it (a test-set file with 'db' and 'query'), else its one

@@ -33,7 +33,7 @@ from csa_jax.core.config import Model, ModelConfig
 from csa_jax.core.normalize import NORM_TOL, l2_normalize
 from csa_jax.errors import fail
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def _first(mask) -> int:
@@ -53,7 +53,7 @@ def _unit_rows(x, who: str, field: str, source: str):
   off = np.abs(norms - 1) > NORM_TOL
   if not off.any():
     return x
-  logger.warning("%s: %s: %d of %d rows are not L2-normalised (row %d has norm %.4g); "
+  log.warning("%s: %s: %d of %d rows are not L2-normalised (row %d has norm %.4g); "
                  "re-normalised", who, field, int(off.sum()), len(norms), _first(off),
                  float(norms[_first(off)]))
   return l2_normalize(x)
