@@ -124,3 +124,16 @@ def mean_ap_percent(results: dict) -> dict:
     has a positive in that protocol.
   """
   return {p: percent(results[p]["map"]) for p in PROTOCOLS}
+
+
+def mean_ap_table(res: dict) -> dict:
+  """An ``evaluate`` result as the tables print it: {'first_round', 'csa' (with a model)}, each
+  ``mean_ap_percent``'s {'easy', 'medium', 'hard'}.
+
+  Args:
+    res: what ``evaluate`` returned.
+
+  Returns:
+    The mAP in percent of each round evaluated.
+  """
+  return {k: mean_ap_percent(res[k]) for k in ("first_round", "csa") if res[k] is not None}

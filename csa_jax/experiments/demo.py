@@ -25,7 +25,7 @@ import ml_collections
 from csa_jax import configs
 from csa_jax.data import ground_truth, synthetic
 from csa_jax.errors import fail
-from csa_jax.evaluation.evaluate import evaluate, mean_ap_percent
+from csa_jax.evaluation.evaluate import evaluate, mean_ap_table
 from csa_jax.fileio import check_output_path, write_json
 from csa_jax.run_info import run_info
 from csa_jax.train import train_set as pipeline
@@ -112,7 +112,7 @@ def evaluate_test_set(params, model_cfg, test_features: str, gnd_path: str, K: i
   q_QxC, db_NxC, gnd = ground_truth.load_test_set(test_features, gnd_path)
   res = evaluate(q_QxC, db_NxC, gnd, model=(params, model_cfg), K=min(K, len(db_NxC)),
                  batch_size=RERANK_BATCH)
-  return {k: mean_ap_percent(res[k]) for k in ("first_round", "csa")}
+  return mean_ap_table(res)
 
 
 def run(out: str, size: str = "default", seed: int = 0, progress: bool = True,

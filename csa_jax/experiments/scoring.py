@@ -6,7 +6,7 @@ section 7), rounded as every table and JSON of csa_jax rounds it (two decimals).
 
 from __future__ import annotations
 
-from csa_jax.evaluation.evaluate import evaluate, mean_ap_percent
+from csa_jax.evaluation.evaluate import evaluate, mean_ap_table
 from csa_jax.experiments.datasets import TestSet
 from csa_jax.experiments.context import Context
 from csa_jax.experiments.runs import Run
@@ -27,7 +27,7 @@ def mean_ap(q_QxC, db_NxC, gnd, run: Run | None = None, K: int = 1024) -> dict:
   """
   model = None if run is None else (run.params, run.cfg)
   res = evaluate(q_QxC, db_NxC, gnd, model=model, K=min(K, len(db_NxC)))
-  return {k: mean_ap_percent(res[k]) for k in ("first_round", "csa") if res[k] is not None}
+  return mean_ap_table(res)
 
 
 def evaluate_run(run: Run, ts: TestSet, K: int) -> dict:

@@ -16,7 +16,7 @@ import jax
 
 from csa_jax.core.config import Model, ModelConfig
 from csa_jax.data import ground_truth
-from csa_jax.evaluation.evaluate import evaluate, mean_ap_percent
+from csa_jax.evaluation.evaluate import evaluate, mean_ap_table
 
 
 class Evaluator:
@@ -55,8 +55,7 @@ class Evaluator:
       q_QxC, db_NxC, gnd = self._load(name)
       res = evaluate(q_QxC, db_NxC, gnd, Model(params, model_cfg), K=min(self.K, len(db_NxC)),
                      batch_size=self.batch, devices=self.devices, source=self.sets[name][0])
-      out[name] = {"first_round": mean_ap_percent(res["first_round"]),
-                   "csa": mean_ap_percent(res["csa"]), "K": res["info"]["K"]}
+      out[name] = {**mean_ap_table(res), "K": res["info"]["K"]}
     return out
 
 
