@@ -39,6 +39,13 @@ def test_smoke_runs_small():
   assert 0.0 <= r["fraction_of_top_k_moved"] <= 1.0 and r["queries_per_s"] > 0
 
 
+def test_smoke_command_prints_its_shapes(capsys):
+  assert cli.main(["smoke", "--queries", "2", "--db", "64", "--dim", "32", "--K", "16",
+                   "--L", "8"]) == 0
+  out = capsys.readouterr().out
+  assert "affinity  (2, 17, 8)" in out and "new_top   (2, 16)" in out
+
+
 def test_bench_command_is_the_cli_module(capsys):
   assert cli.COMMANDS["bench"][0] == "csa_jax.cli.bench"
   with pytest.raises(SystemExit) as e:
