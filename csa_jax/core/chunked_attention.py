@@ -127,8 +127,8 @@ def _forward(rate, scale, max_q, max_k, q, k, v, rng):
         p = jnp.exp(s - m_new[..., None])
         l = l * alpha + jnp.sum(p, axis=-1)
         if rate:  # the normaliser counts every key; only the output sees the dropout
-          keep, scale = _keep(rng, (h * nq + i) * nk + j, rate, p.shape)
-          p = jnp.where(keep, p * scale, 0.0)
+          keep, inv_keep = _keep(rng, (h * nq + i) * nk + j, rate, p.shape)
+          p = jnp.where(keep, p * inv_keep, 0.0)
         pv = jnp.einsum("bqk,bkd->bqd", p.astype(v_j.dtype), v_j, preferred_element_type=F32)
         return (m_new, l, acc * alpha[..., None] + pv), None
 
@@ -174,9 +174,9 @@ def _chunked_bwd(rate, scale, max_q, max_k, res, do_BxNxHxd):
         dp = jnp.einsum("bqd,bkd->bqk", do_i, v_j, preferred_element_type=F32)
         pd = p
         if rate:
-          keep, scale = _keep(rng, (h * nq + i) * nk + j, rate, p.shape)
-          pd = jnp.where(keep, p * scale, 0.0)
-          dp = jnp.where(keep, dp * scale, 0.0)
+          keep, inv_keep = _keep(rng, (h * nq + i) * nk + j, rate, p.shape)
+          pd = jnp.where(keep, p * inv_keep, 0.0)
+          dp = jnp.where(keep, dp * inv_keep, 0.0)
         dv_j = jnp.einsum("bqk,bqd->bkd", pd.astype(do_i.dtype), do_i,
                           preferred_element_type=F32)
         ds = (p * (dp - d_i[..., None])).astype(q_i.dtype)

@@ -73,20 +73,22 @@ class Attention(nn.Module):
     rate = 0.0 if deterministic else cfg.attn_drop
     impl = attention.resolve(cfg, jax.default_backend(), dropout=rate > 0)
     qkv = _dense(cfg, 3 * d_model, "qkv", use_bias=cfg.qkv_bias)(x_BxNxD)
-    # PyTorch order (B, N, 3, H, d). Every implementation scales q by hd**-0.5 itself.
+    # PyTorch order (B, N, 3, H, d). For XLA's and the chunked attention q is scaled here, by a
+    # constant XLA folds into the qkv matmul (no pass over q, and the numbers every earlier
+    # result was measured with); cuDNN's fused kernel takes the scale itself.
     qkv = qkv.reshape(b, n, 3, cfg.heads, hd)
     if impl == "xla":
       # (3, B, H, N, d): both attention matmuls read contiguous operands.
       qkv = qkv.transpose(2, 0, 3, 1, 4)
       out = attention.xla_attention(
-          qkv[0], qkv[1], qkv[2],
+          qkv[0] * (hd ** -0.5), qkv[1], qkv[2], scale=1.0,
           drop=lambda p: Dropout(cfg.attn_drop)(p, deterministic=deterministic))
       out = out.transpose(0, 2, 1, 3)
     else:  # both take (B, N, H, d) as it comes; their blocking does the one transpose
       q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
       if impl == "chunked":
         rng = self.make_rng("dropout") if rate else None
-        out = attention.chunked_attention(q, k, v, rng, rate)
+        out = attention.chunked_attention(q * (hd ** -0.5), k, v, rng, rate, scale=1.0)
       else:
         out = attention.dot_product_attention(q, k, v, implementation="cudnn")
     out = _dense(cfg, d_model, "proj")(out.reshape(b, n, d_model))
