@@ -16,6 +16,9 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The CLI keeps compiled programs in ~/.cache by default; tests leave the user's cache alone
+# (tests/test_compile_cache.py turns it on in a folder of its own).
+os.environ.setdefault("CSA_JAX_CACHE_DIR", "off")
 
 import pathlib  # noqa: E402
 import sys  # noqa: E402

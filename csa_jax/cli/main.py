@@ -4,7 +4,8 @@ Each command lives in its own module exposing ``main(argv) -> int``; it is impor
 run, so ``csa-jax --help`` stays fast and a command's optional dependencies stay optional.
 Bad input (``InputError``) becomes one line on stderr and exit code 2, with no traceback; control
 characters and line separators in it are escaped (``errors.one_line``), so it stays one line.
-``csa-jax --version`` (``-V``) prints csa_jax's and its libraries' versions and the devices.
+Compiled programs are kept for the next process (``compile_cache``; ``--no-compile-cache`` turns
+that off for one command). ``csa-jax --version`` (``-V``) prints csa_jax's and its libraries' versions and the devices.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import importlib.util
 import logging
 import sys
 
-from csa_jax import log
+from csa_jax import compile_cache, log
 from csa_jax.errors import InputError, one_line
 
 COMMANDS = {
@@ -34,7 +35,7 @@ COMMANDS = {
 
 
 def _usage() -> str:
-  lines = ["usage: csa-jax [--quiet|--verbose] <command> [args...]",
+  lines = ["usage: csa-jax [--quiet|--verbose] [--no-compile-cache] <command> [args...]",
            "       csa-jax --version", "", "commands:"]
   for name, (mod, helptext) in COMMANDS.items():
     if importlib.util.find_spec(mod) is not None:
@@ -52,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     if flag in argv:
       argv.remove(flag)
       level = lvl
+  use_cache = "--no-compile-cache" not in argv
+  if not use_cache:
+    argv.remove("--no-compile-cache")
   if not argv:
     print(_usage())
     return 0
@@ -68,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
   # the error line: those reports become debug records, so the error stays the last word.
   from csa_jax.train.orbax_errors import quiet_background_errors  # noqa: PLC0415
   quiet_background_errors()
+  if use_cache:  # compiled programs kept for the next process (compile_cache)
+    compile_cache.enable(compile_cache.default_dir())
   try:
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)
