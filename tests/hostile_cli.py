@@ -132,3 +132,28 @@ def assert_tree_unchanged(before: dict, root, new_ok=()) -> None:
   lost = sorted(k for k in before if k not in after)
   stray = sorted(k for k in after if k not in before and k not in set(map(str, new_ok)))
   assert not (changed or lost or stray), f"changed {changed}, lost {lost}, stray {stray}"
+
+
+TINY_CONFIG = str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "tiny.py")
+
+
+def fast_compile_env(cache_dir) -> dict:
+  """Environment for training cases that all run the same tiny program: compiled once, at low
+  optimisation, and shared through a compilation cache."""
+  return {"XLA_FLAGS": "--xla_backend_optimization_level=0",
+          "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
+def train_cli(cwd, env, workdir, *extra, config=TINY_CONFIG, **kw) -> CliResult:
+  """``csa-jax train --config CONFIG --workdir WORKDIR --no-progress *extra`` (``run_cli``)."""
+  return run_cli(["train", "--config", config, "--workdir", workdir, "--no-progress", *extra],
+                 cwd=cwd, env=env, **kw)
+
+
+def finished_tiny_run(tmp, env) -> str:
+  """A finished tiny run in ``tmp/run`` (2 epochs, 12 steps, checkpoints at 4, 8 and 12; 2 kept:
+  8 and 12); returns its workdir."""
+  workdir = str(pathlib.Path(tmp) / "run")
+  expect_ok(train_cli(tmp, env, workdir))
+  return workdir

@@ -18,11 +18,10 @@ import stat
 import numpy as np
 import pytest
 
-from hostile_cli import (assert_tree_unchanged, expect_input_error, expect_ok,
-                         leftover_temp_files, run_cli, tree_snapshot)
+from hostile_cli import (assert_tree_unchanged, expect_input_error, expect_ok, fast_compile_env,
+                         finished_tiny_run, leftover_temp_files, train_cli, tree_snapshot)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = os.path.join(ROOT, "configs", "tiny.py")
 RSFM = os.path.join(ROOT, "configs", "rsfm120k.py")
 SYNTH = os.path.join(ROOT, "configs", "synthetic.py")
 
@@ -45,24 +44,15 @@ needs_modes = pytest.mark.skipif(not _can_drop_root_overrides(),
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-  """Fast compiles shared through a cache: every case runs the same tiny program."""
-  cache = str(tmp_path_factory.mktemp("jax_cache"))
-  return {"XLA_FLAGS": "--xla_backend_optimization_level=0", "JAX_COMPILATION_CACHE_DIR": cache,
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  return fast_compile_env(tmp_path_factory.mktemp("jax_cache"))
 
 
-def train(cwd, env, workdir, *extra, config=TINY, **kw):
-  return run_cli(["train", "--config", config, "--workdir", workdir, "--no-progress", *extra],
-                 cwd=cwd, env=env, **kw)
+train = train_cli
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, env):
-  """A finished tiny run (2 epochs, 12 steps, checkpoints at 4, 8 and 12; 2 kept: 8 and 12)."""
-  tmp = tmp_path_factory.mktemp("finished")
-  workdir = str(tmp / "run")
-  expect_ok(train(tmp, env, workdir))
-  return workdir
+  return finished_tiny_run(tmp_path_factory.mktemp("finished"), env)
 
 
 def _copy(finished, tmp_path, drop_latest=True):

@@ -14,10 +14,10 @@ import shutil
 import numpy as np
 import pytest
 
-from hostile_cli import expect_input_error, expect_ok, leftover_temp_files, run_cli
+from hostile_cli import (expect_input_error, expect_ok, fast_compile_env, finished_tiny_run,
+                         leftover_temp_files, run_cli, train_cli)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = os.path.join(ROOT, "configs", "tiny.py")
 RSFM = os.path.join(ROOT, "configs", "rsfm120k.py")
 
 # Each case boots csa-jax in a subprocess: the slow tier (see tests/conftest.py).
@@ -26,15 +26,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-  """Fast compiles shared through a cache: every case runs the same tiny program."""
-  cache = str(tmp_path_factory.mktemp("jax_cache"))
-  return {"XLA_FLAGS": "--xla_backend_optimization_level=0", "JAX_COMPILATION_CACHE_DIR": cache,
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  return fast_compile_env(tmp_path_factory.mktemp("jax_cache"))
 
 
-def train(tmp, env, workdir, *extra, config=TINY):
-  return run_cli(["train", "--config", config, "--workdir", workdir, "--no-progress", *extra],
-                 cwd=tmp, env=env)
+train = train_cli
 
 
 def _params(workdir):
@@ -44,11 +39,7 @@ def _params(workdir):
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, env):
-  """A finished tiny run (2 epochs, 12 steps, checkpoints at 4, 8 and 12; 2 kept: 8 and 12)."""
-  tmp = tmp_path_factory.mktemp("finished")
-  workdir = str(tmp / "run")
-  expect_ok(train(tmp, env, workdir))
-  return workdir
+  return finished_tiny_run(tmp_path_factory.mktemp("finished"), env)
 
 
 def _resumable_copy(finished, tmp_path):
