@@ -93,18 +93,34 @@ class Checkpointer:
       raise fail(e.filename or self.directory, "checkpoints", "a directory it can create",
                  errno_text(e.errno) if e.errno else str(e)) from None
 
-  def _remove_temps(self) -> None:
-    """Removes orbax's temporary directories of unfinished saves (process 0; only those)."""
+  def _remove_temps(self, warn: bool = True) -> int:
+    """Removes orbax's temporary directories of unfinished saves (process 0; only those).
+
+    Returns:
+      How many there were.
+    """
     if jax.process_index() != 0 or not os.path.isdir(self.directory):
-      return
+      return 0
+    found = 0
     for name in os.listdir(self.directory):
       path = os.path.join(self.directory, name)
       if _ORBAX_TMP.fullmatch(name) and os.path.isdir(path) and not os.path.islink(path):
+        found += 1
         try:
           shutil.rmtree(path)
         except OSError as e:
-          log.warning("%s: cannot remove an unfinished save (%s)", path,
-                      e.strerror or type(e).__name__)
+          if warn:
+            log.warning("%s: cannot remove an unfinished save (%s)", path,
+                        e.strerror or type(e).__name__)
+    return found
+
+  def _remove_temps_settled(self, timeout_s: float = 5.0) -> None:
+    """``_remove_temps`` until none is left: after a failed save tensorstore's own threads may
+    still write into the temporary directory (recreating it) for a moment after orbax stops."""
+    deadline = time.monotonic() + timeout_s
+    while self._remove_temps(warn=False) and time.monotonic() < deadline:
+      time.sleep(0.05)
+    self._remove_temps()  # a last pass that says what it could not remove
 
   def latest_step(self) -> int | None:
     self._mgr.reload()
@@ -297,7 +313,7 @@ class Checkpointer:
       # The failure was already reported; orbax re-raises it from the save it could not finish.
       log.debug("closing the checkpointer after a failed save: %s", short_reason(e))
     if self._failed:
-      self._remove_temps()
+      self._remove_temps_settled()
 
 
 def _record_problem(raw: bytes) -> str | None:
