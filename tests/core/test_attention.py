@@ -90,7 +90,8 @@ def test_chunked_dropout_zeroes_probabilities_and_rescales_the_rest():
 @pytest.mark.parametrize("max_q,max_k", BLOCKS)
 def test_default_scale_is_a_drop_in_for_jax_dot_product_attention(max_q, max_k):
   # scale=None means d**-0.5 in every implementation, as in jax.nn.dot_product_attention; the
-  # unscaled call differs from it by far more than the tolerance (the issue measured up to 2.27).
+  # unscaled call differs from it by far more than the tolerance (a drop-in use of the old
+  # pre-scaled convention was seen to differ by up to 2.27).
   q, k, v, w = (_t(a) for a in _qkvw(d=16))  # (B, N, H, d)
   q, k = q * 2, k * 2  # peaked logits, where a wrong scale shows
   want = jax.nn.dot_product_attention(q, k, v)
