@@ -78,7 +78,7 @@ def run_baselines(ctx: Context, k_grid=None, alpha: float = ALPHA) -> tuple[dict
       dba_db[ds, k] = np.asarray(baselines.augment_database(ts.db_NxC, k, alpha))
     grid["alpha_dba"][k] = first_round(lambda ds, ts: (ts.q_QxC, dba_db[ds, k]))
     log.info("experiment: %s: k=%d: %s", ctx.name, k,
-                ", ".join(f"{m} M {_mean_m(grid[m][k]):.2f}" for m in grid))
+             ", ".join(f"{m} M {_mean_m(grid[m][k]):.2f}" for m in grid))
   best = {m: max(g, key=lambda k: _mean_m(g[k])) for m, g in grid.items()}
   kd, kq = best["alpha_dba"], best["alpha_qe"]
 
@@ -116,7 +116,7 @@ def run_baselines(ctx: Context, k_grid=None, alpha: float = ALPHA) -> tuple[dict
     log.info("experiment: %s: model from --model %s", ctx.name, ctx.model_path)
   else:
     log.info("experiment: %s: model %s (%s; training took %s)", ctx.name,
-                "reused" if model.reused else "trained", model.workdir, fmt_s(model.train_s))
+             "reused" if model.reused else "trained", model.workdir, fmt_s(model.train_s))
   return {"table": rows, "grid": grid, "k_grid": k_grid, "alpha": alpha, "model": model.workdir,
           "model_train_s": round(model.train_s, 1),
           "selection": "k of each classic method: best mean Medium mAP on the test set (oracle)"

@@ -65,5 +65,5 @@ def finish(ctx: Context, result: dict, fig, t0: float) -> dict:
   write_json(ctx.path(f"{ctx.name}.json"), result)
   save_figure(fig, ctx.path(f"{ctx.name}.png"))
   log.info("experiment: %s: wrote %s and .png in %s", ctx.name,
-              ctx.path(ctx.name + ".json"), fmt_s(result["seconds"]))
+           ctx.path(ctx.name + ".json"), fmt_s(result["seconds"]))
   return result

@@ -85,7 +85,7 @@ def train(ctx: Context, overrides: dict | None = None, feature: str | None = Non
   from csa_jax.train import loop  # noqa: PLC0415  (heavy; only when training)
   train_data = ctx.data.train_set(feature, K, L, ctx.path("cache"), rows)
   log.info("experiment: %s: training on %d samples of %s -> %s", label or key,
-              train_data.num_samples, feature, workdir)
+           train_data.num_samples, feature, workdir)
   t0 = time.perf_counter()
   config.lock()
   res = loop.train(config, workdir, resume=True, train_set=train_data, progress=ctx.progress)

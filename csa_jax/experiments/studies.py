@@ -41,7 +41,7 @@ class Eta:
     el = time.perf_counter() - self.t0
     eta = el / self.done * (self.total - self.done)
     log.info("experiment: %s [%d/%d] %s: %s; elapsed %s, ETA %s", self.name, self.done,
-                self.total, label, summary, fmt_s(el), fmt_s(eta))
+             self.total, label, summary, fmt_s(el), fmt_s(eta))
 
 
 def summary_line(res: dict) -> str:

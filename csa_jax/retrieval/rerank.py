@@ -139,7 +139,7 @@ def _scores(params, cfg: ModelConfig, q_QxC, db_NxC, top_QxT, K: int,
       rows, local = np.unique(tb, return_inverse=True)
       sub = _gather_rows(db_NxC, rows, bs * need, source)
       aff = _affinity(put(qb), put_all(sub),
-                            put(local.reshape(tb.shape).astype(np.int32)), K, L)
+                      put(local.reshape(tb.shape).astype(np.int32)), K, L)
       scores = rerank_scores(params, aff, cfg)  # dispatched: fetched on the next step
     if pending is not None:  # the previous batch, fetched while this one runs
       p, v = pending
@@ -214,6 +214,7 @@ def _search_and_rerank(who: str, q_QxC, db, model, K: int, T: int | None, batch_
                        search_dtype: str, block, devices, progress: bool, source: str):
   """``search_and_rerank`` with its messages naming ``who`` (the public function called)."""
   params, cfg = validate.check_model(model, who)
+  db = validate.check_database(db, who, source)  # first: a db that is not (N, C) is one line
   n, c = db.shape
   L = cfg.anchors
   T = K if T is None else T
@@ -226,7 +227,6 @@ def _search_and_rerank(who: str, q_QxC, db, model, K: int, T: int | None, batch_
   if L - 1 > n:
     raise fail(source, "db", f"at least L-1 = {L - 1} images (the model's anchors)",
                f"{n} images")
-  db = validate.check_database(db, who, source)
   q_QxC = validate.check_queries(q_QxC, c, who)
   mesh = None if devices is None else parallel.make_mesh(devices)
   t0 = time.perf_counter()
@@ -235,7 +235,7 @@ def _search_and_rerank(who: str, q_QxC, db, model, K: int, T: int | None, batch_
   t1 = time.perf_counter()
   new_QxK = _scores(params, cfg, q_QxC, db, top_QxT, K, batch_size, mesh, progress, source)
   log.info("rerank: %d queries, %d db images: search %.2f s, CSA top-%d %.2f s", len(q_QxC),
-              n, t1 - t0, K, time.perf_counter() - t1)
+           n, t1 - t0, K, time.perf_counter() - t1)
   ids, scores_QxK = reorder_top(top_QxT[:, :T].astype(np.int64), new_QxK, with_scores=True)
   scores = first_QxT[:, :T].astype(np.float32)
   scores[:, :K] = scores_QxK

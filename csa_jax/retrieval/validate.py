@@ -54,8 +54,8 @@ def _unit_rows(x, who: str, field: str, source: str):
   if not off.any():
     return x
   log.warning("%s: %s: %d of %d rows are not L2-normalised (row %d has norm %.4g); "
-                 "re-normalised", who, field, int(off.sum()), len(norms), _first(off),
-                 float(norms[_first(off)]))
+              "re-normalised", who, field, int(off.sum()), len(norms), _first(off),
+              float(norms[_first(off)]))
   return l2_normalize(x)
 
 
