@@ -30,6 +30,24 @@ def test_an_unusable_directory_only_turns_the_cache_off(tmp_path, caplog):
   assert compile_cache.enable(None) is None
 
 
+def test_the_cli_keeps_programs_that_compile_in_a_tenth_of_a_second(tmp_path, monkeypatch):
+  import jax  # noqa: PLC0415
+  before = (jax.config.jax_compilation_cache_dir,
+            jax.config.jax_persistent_cache_min_compile_time_secs)
+  try:
+    monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
+    assert compile_cache.enable(str(tmp_path / "a")) == str(tmp_path / "a")
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == compile_cache.MIN_COMPILE_S
+    # The user's own JAX setting is left as it is.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.5)
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2.5")
+    compile_cache.enable(str(tmp_path / "b"))
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 2.5
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+
+
 def _files(d):
   return sorted(p for p in (str(x) for x in d.rglob("*")) if os.path.isfile(p))
 

@@ -25,7 +25,8 @@ import jax
 
 from csa_jax.bench import arena as arena_lib
 from csa_jax.bench import curves as curves_lib
-from csa_jax.bench import flops, machine, memory, parity, peak, race, rows
+from csa_jax.bench import compiled_attention, flops, machine, memory, parity, peak, race, rows
+from csa_jax.bench import warm_start as warm_start_lib
 from csa_jax.core import attention as attention_lib
 from csa_jax.core.config import ModelConfig
 from csa_jax.core.forward import init_params
@@ -57,6 +58,8 @@ class Settings:
     train_k: tokens per training sample.
     train_batch: training batch (None: 256 on an accelerator, halved on out-of-memory; 8 on CPU).
     train: race the training step too.
+    warm_start: measure a second process's first call with the compilation cache
+      (``warm_start``), re-ranking at the smallest batch and (with ``train``) one training step.
     repeats: timed rounds (None: 10; 3 on CPU).
     dtype: csa_jax's compute dtype, "auto" (bfloat16 on an accelerator), "float32", "bfloat16".
     torch: race PyTorch too (when it is installed), after the parity check.
@@ -86,6 +89,7 @@ class Settings:
   train_k: int = 512
   train_batch: int | None = None
   train: bool = True
+  warm_start: bool = True
   repeats: int | None = None
   dtype: str = "auto"
   torch: bool = True
@@ -180,12 +184,16 @@ def run_benchmark(s: Settings, command: str = "csa-jax bench") -> dict:
   probe = memory.memory_probe(tdev)
 
   for b in batches:
-    timed = race.race(a.rerank_fns(q[:b], top[:b], s.k, s.compile), repeats, probe,
-                      f"re-rank batch {b}")
+    fns = a.rerank_fns(q[:b], top[:b], s.k, s.compile)
+    timed = race.race(fns, repeats, probe, f"re-rank batch {b}")
+    _attention_ran(timed, fns, b, cfg.heads, s.k + 1)
     res["rerank"] += rows.result_rows(timed, b, flops.rerank_flops(cfg, s.k, s.descriptor_dim),
                                       top_flops)
   if s.train:
     res["train"] = _train(s, a, repeats, probe, top_flops, accel, res)
+  if s.warm_start:
+    res["warm_start"] = _warm_start(s, jax_cfgs[a.primary], min(batches),
+                                    res["train"][0]["batch"] if res["train"] else None)
   if s.curves:
     header = {k: res[k] for k in ("command", "machine", "config")}
     res["curves"] = curves_lib.run(a, sizes, s.k, s.train_k, repeats, probe, top_flops, s.seed,
@@ -208,6 +216,25 @@ def _attention_record(jax_cfgs: dict) -> dict:
           for n, c in jax_cfgs.items()}
 
 
+def _attention_ran(timed: dict, fns: dict, batch: int, heads: int, tokens: int) -> None:
+  """Adds to each csa_jax contestant's timings the attention its compiled program runs."""
+  for name, fn in fns.items():
+    if hasattr(fn, "hlo_text") and "error" not in timed[name]:
+      timed[name]["attention_ran"] = compiled_attention.attention_ran(fn.hlo_text(), batch, heads,
+                                                                      tokens)
+
+
+def _warm_start(s: Settings, cfg: ModelConfig, batch: int, train_batch: int | None) -> dict:
+  """``warm_start.measure`` of the csa_jax contestant's re-ranking and training step."""
+  base = {"model": cfg.__dict__, "descriptor_dim": s.descriptor_dim, "db": s.db, "seed": s.seed}
+  out = {"rerank": {"batch": batch, **warm_start_lib.measure(
+      warm_start_lib.Spec(k=s.k, batch=batch, part="rerank", **base))}}
+  if train_batch:
+    out["train"] = {"batch": train_batch, **warm_start_lib.measure(
+        warm_start_lib.Spec(k=s.train_k, batch=train_batch, part="train", **base))}
+  return out
+
+
 def _worst(per: dict, field: str) -> float:
   return max(p[field] for p in per.values())
 
@@ -224,12 +251,13 @@ def _train(s, a, repeats, probe, top_flops, accel, res):
         res["parity"]["per_impl"][name]["train_loss_max_abs_diff"] = d
       res["parity"]["train_loss_max_abs_diff"] = _worst(res["parity"]["per_impl"],
                                                         "train_loss_max_abs_diff")
-    timed = race.race(a.train_fns(aff, targets, s.seed, s.compile), repeats, probe,
-                      f"train batch {bt}")
+    fns = a.train_fns(aff, targets, s.seed, s.compile)
+    timed = race.race(fns, repeats, probe, f"train batch {bt}")
     oom = [n for n, r in timed.items() if r.get("error", "").startswith("out of memory")]
     if not oom or bt == 1 or s.train_batch:
       break
     res["notes"].append(f"train batch {bt}: out of memory for {oom}; halving")
     bt //= 2
-    del timed
+    del timed, fns
+  _attention_ran(timed, fns, bt, a.cfg.heads, s.train_k)
   return rows.result_rows(timed, bt, flops.train_flops(a.cfg, s.train_k), top_flops)

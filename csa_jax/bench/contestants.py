@@ -59,6 +59,10 @@ def jax_rerank_fn(params, cfg: ModelConfig, q_QxC, db_NxC, top_QxT, k: int):
         p, rerank_affinity(q, db, top, k, cfg.anchors), cfg))
     return both.lower(params, q_QxC, db_NxC, top_QxT).compile().memory_analysis()
   run.xla_memory = xla_memory
+  # The model's program (the affinity's is a gather and a matmul): what ``compiled_attention``
+  # reads. The executable comes from JAX's in-memory cache after the first call.
+  run.hlo_text = lambda: rerank_scores.lower(
+      params, rerank_affinity(q_QxC, db_NxC, top_QxT, k, cfg.anchors), cfg).compile().as_text()
   return run
 
 
@@ -121,8 +125,9 @@ def jax_train_fn(params, cfg: ModelConfig, aff_BxKxL, targets_BxK, lr: float, al
     state["i"] += 1
     return metrics["loss"].block_until_ready()
 
-  run.xla_memory = lambda: step.jitted.lower(state["s"], aff_BxKxL, targets_BxK, key).compile(
-      ).memory_analysis()
+  compiled = lambda: step.jitted.lower(state["s"], aff_BxKxL, targets_BxK, key).compile()
+  run.xla_memory = lambda: compiled().memory_analysis()
+  run.hlo_text = lambda: compiled().as_text()
   return run
 
 

@@ -76,6 +76,8 @@ def parse_args(argv) -> benchmark.Settings:
   g.add_argument("--train-batch", type=_positive, default=None,
                  help="training batch (default: 256 on an accelerator, halved until it fits; "
                  "8 on CPU)")
+  g.add_argument("--no-warm-start", action="store_true",
+                 help="skip the warm start (two extra processes: a cold and a warm first call)")
   g.add_argument("--no-train", action="store_true",
                  help="no training race in the table (--curves still sweeps training)")
   g = p.add_argument_group("cost curves (csa_jax and PyTorch eager; --repeats rounds a point)")
@@ -107,8 +109,8 @@ def parse_args(argv) -> benchmark.Settings:
   return benchmark.Settings(
       anchors=a.anchors, dim=a.dim, depth=a.depth, heads=a.heads, mlp_ratio=a.mlp_ratio,
       dropout=a.dropout, k=a.k, batches=a.batches, descriptor_dim=a.descriptor_dim, db=a.db,
-      train_k=a.train_k, train_batch=a.train_batch, train=not a.no_train, repeats=a.repeats,
-      dtype=a.dtype, torch=not a.no_torch, torch_device=a.torch_device,
+      train_k=a.train_k, train_batch=a.train_batch, train=not a.no_train,
+      warm_start=not a.no_warm_start, repeats=a.repeats, dtype=a.dtype, torch=not a.no_torch, torch_device=a.torch_device,
       compile=not a.no_compile, matmul_size=a.matmul_size, tol=a.tol, seed=a.seed, out=a.out,
       attention=a.attention, curves=a.curves, curve_ks=a.curve_ks, curve_k_batch=a.curve_k_batch,
       curve_batches=a.curve_batches, curve_train_batches=a.curve_train_batches)
@@ -142,7 +144,8 @@ def format_table(res: dict) -> str:
       if par["checked"] else "not checked (no torch)"))
   w = max([14] + [len(r["impl"]) + 2 for r in res["rerank"] + res["train"]])
   hdr = (f"{'':6}{'batch':>6}  {'impl':<{w}}{'first s':>9}{'steady s':>10}{'items/s':>10}"
-         f"{'x eager':>9}{'GFLOP/s':>9}{'%peak':>7}{'mem MiB':>9}{'MiB/item':>10}")
+         f"{'x eager':>9}{'GFLOP/s':>9}{'%peak':>7}{'mem MiB':>9}{'MiB/item':>10}"
+         "  attention ran")
   for part, unit in (("rerank", f"re-ranking K={cfgd['K']} (affinity included), queries/s"),
                      ("train", f"training K={cfgd['train_k']}, samples/s")):
     if not res[part]:
@@ -160,9 +163,34 @@ def format_table(res: dict) -> str:
           f"{(f'{sp:.2f}' if sp else '-'):>9}{r['achieved_flops'] / 1e9:>9.1f}"
           f"{100 * r['frac_of_matmul_peak']:>7.1f}"
           f"{(f'{mem / 2**20:.0f}' if mem is not None else '-'):>9}"
-          f"{(f'{per / 2**20:.1f}' if per is not None else '-'):>10}")
+          f"{(f'{per / 2**20:.1f}' if per is not None else '-'):>10}"
+          f"  {r.get('attention_ran', '-')}")
+  lines += _warm_start_lines(res.get("warm_start"))
   lines += [""] + [f"note: {n}" for n in res["notes"]]
   return "\n".join(lines)
+
+
+def _warm_start_lines(ws: dict | None) -> list[str]:
+  """The warm-start section: each part's first call in a cold and in a warm process."""
+  if not ws:
+    return []
+  lines = ["", "warm start (csa_jax, a second process with the compilation cache; "
+           "first call = compile or load + one call)"]
+  for part, w in ws.items():
+    head = f"{part[:6]:6}{w['batch']:>6}  "
+    if "error" in w:
+      lines.append(head + w["error"])
+      continue
+    c, h = w["cold"], w["warm"]
+    ratio = w.get("overhead_ratio")
+    lines.append(
+        head + f"first call cold {c['first_call_s']:.2f} s, warm {h['first_call_s']:.2f} s "
+        f"({100 * w['warm_over_cold']:.0f}%); beyond a steady call "
+        f"{c['first_call_s'] - c['second_call_s']:.2f} -> "
+        f"{max(h['first_call_s'] - h['second_call_s'], 0):.2f} s "
+        f"({f'{100 * ratio:.0f}%' if ratio is not None else '-'}); process "
+        f"{c['process_s']:.1f} -> {h['process_s']:.1f} s")
+  return lines
 
 
 def main(argv: list[str]) -> int:

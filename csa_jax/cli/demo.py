@@ -8,6 +8,7 @@ steps are ``csa_jax.experiments.demo.run``'s.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import jax
@@ -18,14 +19,34 @@ from csa_jax.experiments import demo
 
 
 def format_table(results: dict, K: int) -> str:
-  """The demo's table: first round, CSA and their difference, mAP (%) per protocol."""
-  lines = [f"{'mAP (%)':<22}{'Easy':>8}{'Medium':>8}{'Hard':>8}"]
-  for key, name in (("first_round", "first round (cosine)"), ("csa", f"CSA re-rank (K={K})")):
-    r = results[key]
-    lines.append(f"{name:<22}" + "".join(f"{r[p]:>8.2f}" for p in PROTOCOLS))
-  d = {p: results["csa"][p] - results["first_round"][p] for p in PROTOCOLS}
-  lines.append(f"{'CSA - first round':<22}" + "".join(f"{d[p]:>+8.2f}" for p in PROTOCOLS))
+  """The demo's table: first round, CSA and their difference, mAP (%) per protocol; with a
+  bfloat16 re-ranking in ``results``, its row and its difference to float32 below."""
+  w = 24
+  lines = [f"{'mAP (%)':<{w}}{'Easy':>8}{'Medium':>8}{'Hard':>8}"]
+  rows = [("first_round", "first round (cosine)"), ("csa", f"CSA re-rank (K={K})")]
+  diffs = [("CSA - first round", "csa", "first_round")]
+  if "csa_bf16" in results:
+    rows.append(("csa_bf16", "CSA re-rank, bfloat16"))
+    diffs.append(("bfloat16 - float32", "csa_bf16", "csa"))
+  for key, name in rows:
+    lines.append(f"{name:<{w}}" + "".join(f"{results[key][p]:>8.2f}" for p in PROTOCOLS))
+  for name, a, b in diffs:
+    lines.append(f"{name:<{w}}" + "".join(f"{results[a][p] - results[b][p]:>+8.2f}"
+                                          for p in PROTOCOLS))
   return "\n".join(lines)
+
+
+def next_steps(out: str) -> str:
+  """Where the demo's outputs are and the commands that take them further."""
+  data, train = os.path.join(out, "data"), os.path.join(out, "train")
+  return "\n".join([
+      f"results: {os.path.join(out, 'results.json')}; trained model and curves: {train}",
+      "next:",
+      f"  csa-jax eval --data {data} --features {synthetic.FEATURES} --datasets "
+      f"{synthetic.DATASET} --model {train}    # the same table from the saved model",
+      f"  csa-jax train --config synthetic --config.data.root={data} --workdir "
+      "my_run    # train it yourself",
+      "  docs/data.md: the layout to put your own descriptors in"])
 
 
 def main(argv: list[str]) -> int:
@@ -40,4 +61,5 @@ def main(argv: list[str]) -> int:
   print(f"synthetic landmark benchmark ({synthetic.DATASET}, seed {args.seed}): "
         f"{time.time() - t0:.0f} s on {jax.devices()[0].platform}")
   print(format_table(results, demo.SIZES[args.size][2]))
+  print(next_steps(args.out))
   return 0

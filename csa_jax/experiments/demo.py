@@ -96,7 +96,8 @@ def _prepare_out(out: str) -> None:
     os.remove(os.path.join(out, "results.json"))
 
 
-def evaluate_test_set(params, model_cfg, test_features: str, gnd_path: str, K: int) -> dict:
+def evaluate_test_set(params, model_cfg, test_features: str, gnd_path: str, K: int,
+                      bfloat16: bool = True) -> dict:
   """The demo's table: first round and CSA's re-ranking of the top-K on one test set.
 
   Args:
@@ -105,14 +106,23 @@ def evaluate_test_set(params, model_cfg, test_features: str, gnd_path: str, K: i
     test_features: the test set's descriptors file ('db' and 'query').
     gnd_path: its ground truth.
     K: candidates re-ranked per query (at most the database size).
+    bfloat16: also re-rank with bfloat16 matmuls (the accelerators' default in ``csa-jax
+      bench``), to show what that precision costs in mAP.
 
   Returns:
-    {'first_round'|'csa': {'easy', 'medium', 'hard'}}: exact mAP in percent, two decimals.
+    {'first_round'|'csa' [|'csa_bf16']: {'easy', 'medium', 'hard'}}: exact mAP in percent, two
+    decimals; 'csa' is float32.
   """
   q_QxC, db_NxC, gnd = ground_truth.load_test_set(test_features, gnd_path)
-  res = evaluate(q_QxC, db_NxC, gnd, model=(params, model_cfg), K=min(K, len(db_NxC)),
-                 batch_size=RERANK_BATCH)
-  return mean_ap_table(res)
+  k = min(K, len(db_NxC))
+  f32 = model_cfg.replace(dtype="float32")
+  table = mean_ap_table(evaluate(q_QxC, db_NxC, gnd, model=(params, f32), K=k,
+                                 batch_size=RERANK_BATCH))
+  if bfloat16:
+    res = evaluate(q_QxC, db_NxC, gnd, model=(params, f32.replace(dtype="bfloat16")), K=k,
+                   batch_size=RERANK_BATCH)
+    table["csa_bf16"] = mean_ap_table(res)["csa"]
+  return table
 
 
 def run(out: str, size: str = "default", seed: int = 0, progress: bool = True,

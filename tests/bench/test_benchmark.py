@@ -57,6 +57,12 @@ def test_tiny_bench_end_to_end(tiny_run):
         assert r["mem_per_item_bytes"] == pytest.approx(r["peak_mem_bytes"] / r["batch"])
       if r["impl"] == ct.EAGER:
         assert r["speedup_vs_torch_eager"] == pytest.approx(1.0)
+  for part, batch in (("rerank", 1), ("train", 2)):
+    w = res["warm_start"][part]
+    assert w["batch"] == batch and "error" not in w, w
+    assert w["warm_over_cold"] == pytest.approx(w["warm"]["first_call_s"]
+                                                / w["cold"]["first_call_s"])
+    assert w["cache_files_after_warm"] == w["cache_files_after_cold"]
 
 
 @needs_torch
@@ -66,10 +72,14 @@ def test_tiny_bench_prints_a_table(tiny_run):
   table = bench.format_table(res)
   assert "parity:" in table and "OK" in table
   assert table.count("MiB/item") == 2  # one header per part
-  rows = [line.split() for line in table.splitlines() if line.startswith(("rerank ", "train "))]
+  rows = [line.split() for line in table.splitlines() if line.startswith(("rerank ", "train "))
+          and "first call cold" not in line]
   for r in rows:  # the per-item memory column: the peak over the batch, to 0.1 MiB
-    if r[-2] != "-":
-      assert float(r[-1]) == pytest.approx(float(r[-2]) / int(r[1]), abs=0.6)
+    if r[-3] != "-":
+      assert float(r[-2]) == pytest.approx(float(r[-3]) / int(r[1]), abs=0.6)
+    # The attention read from the compiled program: chunked ("auto" on CPU) never makes N x N.
+    assert r[-1] == ("blocked" if r[2] == ct.JAX else "-")
+  assert "warm start" in table and table.count("first call cold") == 2
   assert sorted((r[0], r[1], r[2]) for r in rows) == sorted(
       (part, b, impl) for part, b in (("rerank", "1"), ("rerank", "2"), ("train", "2"))
       for impl in (ct.JAX, ct.EAGER))
@@ -77,9 +87,11 @@ def test_tiny_bench_prints_a_table(tiny_run):
 
 def test_bench_runs_without_torch(tmp_path, capsys):
   out = tmp_path / "jax_only.json"
-  assert bench.main(TINY_ARGS + ["--no-torch", "--no-train", "--out", str(out)]) == 0
+  assert bench.main(TINY_ARGS + ["--no-torch", "--no-train", "--no-warm-start", "--out",
+                                 str(out)]) == 0
   res = json.loads(out.read_text())
   assert res["parity"] == {"checked": False} and res["train"] == []
+  assert "warm_start" not in res
   assert [(r["batch"], r["impl"]) for r in res["rerank"]] == [(1, ct.JAX), (2, ct.JAX)]
   assert "not checked" in capsys.readouterr().out
 

@@ -1,6 +1,8 @@
 """``csa-jax demo`` in its tiny size: the whole path runs and writes results.json as documented.
 (The full demo's quality claim is measured by running it; see tools/README.md.)"""
 
+import contextlib
+import io
 import json
 import math
 
@@ -14,7 +16,10 @@ from csa_jax.experiments import demo
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
   out = tmp_path_factory.mktemp("demo")
-  rc = cli.main(["demo", "--out", str(out), "--size", "tiny", "--seed", "3"])
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    rc = cli.main(["demo", "--out", str(out), "--size", "tiny", "--seed", "3"])
+  (out.parent / f"{out.name}.stdout").write_text(printed.getvalue())
   return out, rc
 
 
@@ -22,10 +27,10 @@ def test_results_json(tiny_run):
   out, rc = tiny_run
   assert rc == 0
   res = json.loads((out / "results.json").read_text())
-  assert set(res) == {"first_round", "csa", "run"}
+  assert set(res) == {"first_round", "csa", "csa_bf16", "run"}
   assert res["run"]["seed"] == 3 and res["run"]["config"]["size"] == "tiny"
   assert res["run"]["versions"]["csa_jax"] and res["run"]["command"]
-  for k in ("first_round", "csa"):
+  for k in ("first_round", "csa", "csa_bf16"):
     assert set(res[k]) == {"easy", "medium", "hard"}
     assert all(isinstance(v, float) and math.isfinite(v) and 0 <= v <= 100
                for v in res[k].values())
@@ -41,11 +46,26 @@ def test_results_are_the_evaluation_routines(tiny_run):
   out, _ = tiny_run
   q, db, gnd = ground_truth.load_test_set(out / "data" / "test" / "synth5k" / "synth-gem.npz",
                                      out / "data" / "annotations" / "synth5k" / "gnd_synth5k.json")
-  res = evaluate(q, db, gnd, model=load_model(str(out / "train")), K=demo.SIZES["tiny"][2],
-                 batch_size=demo.RERANK_BATCH)
+  model = load_model(str(out / "train"))
+  res = evaluate(q, db, gnd, model=model, K=demo.SIZES["tiny"][2], batch_size=demo.RERANK_BATCH)
+  res16 = evaluate(q, db, gnd, model=model._replace(cfg=model.cfg.replace(dtype="bfloat16")),
+                   K=demo.SIZES["tiny"][2], batch_size=demo.RERANK_BATCH)
   written = json.loads((out / "results.json").read_text())
   assert {k: v for k, v in written.items() if k != "run"} == {
-      k: mean_ap_percent(res[k]) for k in ("first_round", "csa")}
+      "first_round": mean_ap_percent(res["first_round"]), "csa": mean_ap_percent(res["csa"]),
+      "csa_bf16": mean_ap_percent(res16["csa"])}
+  # bfloat16 re-ranking keeps float32's mAP here (the full demo's figures: docs/benchmarks.md).
+  for p in ("easy", "medium", "hard"):
+    assert abs(written["csa_bf16"][p] - written["csa"][p]) <= 0.1
+
+
+def test_the_demo_says_where_its_results_are_and_what_to_run_next(tiny_run):
+  out, _ = tiny_run
+  text = (out.parent / f"{out.name}.stdout").read_text()
+  assert f"results: {out / 'results.json'}" in text
+  eval_line = next(line for line in text.splitlines() if "csa-jax eval" in line)
+  assert f"--data {out / 'data'}" in eval_line and f"--model {out / 'train'}" in eval_line
+  assert "bfloat16 - float32" in text
 
 
 def test_rerun_replaces_its_own_dir_and_refuses_others(tiny_run, tmp_path):
@@ -67,6 +87,11 @@ def test_table_format():
   assert lines[1].split()[-3:] == ["90.00", "60.50", "40.25"]
   assert "K=128" in lines[2] and lines[2].split()[-3:] == ["91.00", "70.00", "55.00"]
   assert lines[3].split()[-3:] == ["+1.00", "+9.50", "+14.75"]
+  res["csa_bf16"] = {"easy": 91.0, "medium": 69.9, "hard": 55.25}
+  lines = demo_cli.format_table(res, 128).splitlines()
+  assert "bfloat16" in lines[3] and lines[3].split()[-3:] == ["91.00", "69.90", "55.25"]
+  assert lines[5].startswith("bfloat16 - float32") and lines[5].split()[-3:] == [
+      "+0.00", "-0.10", "+0.25"]
 
 
 def test_the_demo_trains_the_shipped_synthetic_recipe():
