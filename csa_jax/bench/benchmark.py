@@ -24,8 +24,8 @@ import shlex
 import jax
 
 from csa_jax.bench import arena as arena_lib
-from csa_jax.bench import curves as curves_lib
 from csa_jax.bench import compiled_attention, flops, machine, memory, parity, peak, race, rows
+from csa_jax.bench import curves as curves_lib
 from csa_jax.bench import warm_start as warm_start_lib
 from csa_jax.core import attention as attention_lib
 from csa_jax.core.config import ModelConfig

@@ -123,10 +123,11 @@ def measure(spec: Spec) -> dict:
 
   Returns:
     {'cold': {...}, 'warm': {...}} (each ``first_call``'s fields plus 'process_s', the whole
-    process), 'warm_over_cold' (warm first call / cold first call), 'cache_files_after_cold' and
-    'cache_files_after_warm' (the programs in the cache after each), 'overhead_ratio' (what the first call costs beyond a steady one,
-    warm over cold: the start-up the cache saves, without the work itself, which dominates a CPU
-    re-ranking call), or {'error': one line} when a process failed.
+    process), 'warm_over_cold' (warm first call / cold first call), 'cache_files_after_cold'
+    and 'cache_files_after_warm' (the programs in the cache after each), 'overhead_ratio' (what
+    the first call costs beyond a steady one, warm over cold: the start-up the cache saves,
+    without the work itself, which dominates a CPU re-ranking call), or {'error': one line}
+    when a process failed.
   """
   tmp = tempfile.mkdtemp(prefix="csa_jax_warm_start_")
   try:

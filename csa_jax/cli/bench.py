@@ -110,7 +110,8 @@ def parse_args(argv) -> benchmark.Settings:
       anchors=a.anchors, dim=a.dim, depth=a.depth, heads=a.heads, mlp_ratio=a.mlp_ratio,
       dropout=a.dropout, k=a.k, batches=a.batches, descriptor_dim=a.descriptor_dim, db=a.db,
       train_k=a.train_k, train_batch=a.train_batch, train=not a.no_train,
-      warm_start=not a.no_warm_start, repeats=a.repeats, dtype=a.dtype, torch=not a.no_torch, torch_device=a.torch_device,
+      warm_start=not a.no_warm_start, repeats=a.repeats, dtype=a.dtype, torch=not a.no_torch,
+      torch_device=a.torch_device,
       compile=not a.no_compile, matmul_size=a.matmul_size, tol=a.tol, seed=a.seed, out=a.out,
       attention=a.attention, curves=a.curves, curve_ks=a.curve_ks, curve_k_batch=a.curve_k_batch,
       curve_batches=a.curve_batches, curve_train_batches=a.curve_train_batches)

@@ -1,6 +1,5 @@
 """``compiled_attention``: the attention a compiled program runs, read from its HLO."""
 
-import jax
 import numpy as np
 import pytest
 
