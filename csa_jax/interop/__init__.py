@@ -1,2 +1,3 @@
 """The original PyTorch world: state_dict mapping, a torch-free ``.pth`` reader, csa_jax's own
-export format, and the reference PyTorch model used for parity and benchmarks."""
+exports (``.npz`` and ``.safetensors``), conversion between the three formats, and the reference
+PyTorch model used for parity and benchmarks."""

@@ -7,12 +7,13 @@ of docs/method.md section 3, so any PyTorch user can ``load_state_dict`` it afte
 every export records them and ``load_model`` uses the recorded count).
 No pickles: ``np.load(..., allow_pickle=False)`` reads it; csa_jax reads it through ``npyio``,
 which checks every member's size against the bytes present first.
+
+The same weights and config also go to ``.safetensors`` (``safetensors_export``): ``save_export``
+and ``load_model`` pick the format by the path's suffix.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 
 import numpy as np
@@ -22,16 +23,29 @@ from csa_jax.errors import InputError
 from csa_jax.fileio import save_npz
 from csa_jax.formats.npyio import load_npz
 from csa_jax.formats.regular_file import check_regular
-from csa_jax.interop.pth import load_torch_checkpoint, resolve_heads
-from csa_jax.interop.state_dict import params_from_torch_state_dict, params_to_torch_state_dict
+from csa_jax.interop.model_record import config_json, model_from_record
+from csa_jax.interop.pth import load_torch_checkpoint
+from csa_jax.interop.safetensors_export import load_safetensors_model, save_safetensors_export
+from csa_jax.interop.state_dict import params_to_torch_state_dict
 
 EXPORT_NAME = "state_dict.npz"
 
 
 def save_export(path, params, cfg: ModelConfig) -> None:
-  """Writes params (original names, float32) and cfg to ``path`` atomically."""
+  """Writes params (original names, float32) and cfg to ``path`` atomically.
+
+  Args:
+    path: a ``.safetensors`` path writes that format (``safetensors_export``: only a new path or
+      a csa_jax ``.safetensors`` is replaced); any other path an ``.npz`` export.
+    params: the parameter pytree; a NaN/inf anywhere is refused (``ValueError``) before anything
+      is written.
+    cfg: its ``ModelConfig``.
+  """
+  if os.fspath(path).endswith(".safetensors"):
+    save_safetensors_export(path, params, cfg)
+    return
   arrays = {f"param/{k}": v for k, v in params_to_torch_state_dict(params).items()}
-  save_npz(path, model_config=np.array(json.dumps(dataclasses.asdict(cfg))), **arrays)
+  save_npz(path, model_config=np.array(config_json(cfg)), **arrays)
 
 
 def load_export(path, heads: int | None = None) -> Model:
@@ -53,44 +67,20 @@ def load_export(path, heads: int | None = None) -> Model:
   if mc.ndim != 0 or mc.dtype.kind != "U":
     raise InputError(f"{path}: model_config: expected one JSON string, found an array of shape "
                      f"{mc.shape} ({mc.dtype})")
-  try:
-    cfg_dict = json.loads(str(mc))
-  except (ValueError, RecursionError) as e:
-    raise InputError(f"{path}: model_config: expected JSON text, found {type(e).__name__}: "
-                     f"{str(e)[:100]}") from None
-  if not isinstance(cfg_dict, dict):
-    raise InputError(f"{path}: model_config: expected a JSON object, found "
-                     f"{type(cfg_dict).__name__}")
   sd = {k[len("param/"):]: v for k, v in z.items() if k.startswith("param/")}
-  known = {f.name for f in dataclasses.fields(ModelConfig)}
-  unknown = sorted(set(cfg_dict) - known)
-  if unknown:
-    raise InputError(f"{path}: model_config.{unknown[0]}: expected a ModelConfig field, found an "
-                     "unknown key")
-  shape_keys = ("anchors", "dim", "depth", "mlp_ratio", "qkv_bias")
-  overrides = {k: v for k, v in cfg_dict.items() if k not in shape_keys + ("heads",)}
-  recorded = cfg_dict.get("heads")
-  if recorded is not None and (type(recorded) is not int or recorded < 1):
-    raise InputError(f"{path}: model_config.heads: expected a positive int, found "
-                     f"{str(recorded)[:40]!r}")
-  heads = resolve_heads(recorded, heads, str(path), "the export")
-  params, cfg = params_from_torch_state_dict(sd, heads=heads, source=str(path), **overrides)
-  for k in shape_keys:
-    if k in cfg_dict and cfg_dict[k] != getattr(cfg, k):
-      raise InputError(f"{path}: model_config.{k}: expected {getattr(cfg, k)} (from the arrays), "
-                       f"found {cfg_dict[k]}")
-  return Model(params, cfg)
+  return model_from_record(sd, str(mc), heads, path, "model_config")
 
 
 def load_model(path, heads: int | None = None) -> Model:
   """Any trained model -> ``Model(params, cfg)``, as every host driver takes it.
 
   Args:
-    path: a csa_jax export (.npz), a training workdir holding ``state_dict.npz``, or an original
-      CSA ``.pth``; a regular file (a FIFO or device is refused before it is read).
+    path: a csa_jax export (.npz or .safetensors), a training workdir holding
+      ``state_dict.npz``, an original CSA ``.pth``, or a ``.safetensors`` state_dict of the
+      original's names; a regular file (a FIFO or device is refused before it is read).
     heads: attention heads. A count the file records wins (a different ``heads`` is refused);
-      a file that records none (an original ``.pth``) uses ``heads``, else 12, the paper
-      model's, with one logged warning.
+      a file that records none (an original ``.pth``, a foreign ``.safetensors``) uses ``heads``,
+      else 12, the paper model's, with one logged warning.
 
   Returns:
     ``Model(params, cfg)``, a NamedTuple: ``params, cfg = load_model(path)`` still works.
@@ -103,9 +93,11 @@ def load_model(path, heads: int | None = None) -> Model:
                        "exported model in it")
     path = inner
   if not os.path.exists(path):
-    raise InputError(f"{path}: file: expected a model (.npz export, workdir or .pth), found no "
-                     "such file")
+    raise InputError(f"{path}: file: expected a model (.npz or .safetensors export, workdir or "
+                     ".pth), found no such file")
   check_regular(path, "a readable model file")  # before any format is probed
   if path.endswith(".npz"):
     return load_export(path, heads)
+  if path.endswith(".safetensors"):
+    return load_safetensors_model(path, heads)
   return Model(*load_torch_checkpoint(path, heads=heads))
