@@ -34,6 +34,10 @@ Host drivers (retrieval and evaluation):
   first-round list with its top-K re-ordered by CSA, batched and sharded.
 - ``search_and_rerank(q_QxC, db, model, K, T=None) -> (ids_QxT, scores_QxT)``: a user's
   retrieval, searched and re-ranked (no ground truth).
+- ``check_first_round(ids_QxT, n_db, K, L, who)``: the rule any engine's first round keeps
+  (-1 only as trailing padding, ids in [0, N), distinct, max(K, L-1) per row);
+  ``faiss_first_round(q_QxC, db, T, index_factory) -> ids_QxT`` and ``build_faiss_index``: an
+  approximate first round by FAISS (the faiss extra). docs/first_round.md.
 - ``evaluate(q_QxC, db, gnd, model=None, K=1024)``: first round and CSA, exact revisited mAP
   over the database.
 - ``revisited_map(ranks_QxT, gnd)``, ``revisited_map_from_scores(scores_QxN, gnd, top_QxK)``:
@@ -71,6 +75,9 @@ from csa_jax.interop.export import save_export
 from csa_jax.interop.pth import load_torch_checkpoint
 from csa_jax.interop.state_dict import params_from_torch_state_dict
 from csa_jax.interop.state_dict import params_to_torch_state_dict
+from csa_jax.retrieval.faiss_search import build_faiss_index
+from csa_jax.retrieval.faiss_search import faiss_first_round
+from csa_jax.retrieval.first_round import check_first_round
 from csa_jax.retrieval.rerank import csa_rerank
 from csa_jax.retrieval.rerank import rerank_shortlist
 from csa_jax.retrieval.rerank import search_and_rerank
@@ -85,11 +92,14 @@ __all__ = (
     "InputError",
     "Model",
     "ModelConfig",
+    "build_faiss_index",
+    "check_first_round",
     "chunked_attention",
     "contrastive_loss",
     "csa_loss",
     "csa_rerank",
     "evaluate",
+    "faiss_first_round",
     "init_params",
     "l2_normalize",
     "load_model",

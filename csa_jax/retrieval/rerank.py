@@ -8,12 +8,14 @@ after the data, and the anchors L from ``model.cfg.anchors``:
 - ``search_and_rerank(q_QxC, db, model, K, T=None)``: first-round search, then the above ->
   (ids_QxT, scores_QxT).
 
-Both check their arguments (``retrieval.validate``), and work without the original's per-query
-loop: a batch of queries at a time, the rows of the database it needs gathered (from an array or
-a memmap: R1M is never read whole), the affinity features and the model run on device, the batch
-split over the devices' data axis (``parallel.make_mesh``). ``reorder_top`` is the one place a
-top-K is re-ordered by new scores. ``csa_rerank`` and ``csa_scores`` are the deprecated
-signatures of before (``params, cfg, ..., K, L``).
+Both check their arguments (``retrieval.validate``; a first-round ranking by
+``retrieval.first_round``'s rule: ids from any engine, -1 padding only after a row's last id),
+and work without the original's per-query loop: a batch of queries at a time, the rows of the
+database it needs gathered (from an array or a memmap: R1M is never read whole), the affinity
+features and the model run on device, the batch split over the devices' data axis
+(``parallel.make_mesh``). ``reorder_top`` is the one place a top-K is re-ordered by new
+scores. ``csa_rerank`` and ``csa_scores`` are the deprecated signatures of before
+(``params, cfg, ..., K, L``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from csa_jax.core.affinity import rerank_affinity
 from csa_jax.core.config import ModelConfig
 from csa_jax.core.forward import rerank_scores
 from csa_jax.errors import fail
-from csa_jax.retrieval import validate
+from csa_jax.retrieval import first_round, validate
 from csa_jax.retrieval.batching import auto_batch_size
 from csa_jax.retrieval.search import top_k_search
 
@@ -161,12 +163,9 @@ def _rerank_shortlist(who: str, q_QxC, db, top_QxT, model, K: int, batch_size, m
   L = cfg.anchors
   if K < 1:
     raise fail(who, "K", "an integer >= 1", str(K))
-  need = max(K, L - 1)
-  top = validate.check_ranking(top_QxT, len(db), need, who)
-  nq, t = top.shape
-  if need > t:
-    raise fail(who, "top_QxT", f"at least max(K, L-1) = {need} ranked images per query "
-               f"(K={K}, L={L}, the model's anchors)", f"{t}")
+  need = first_round.needed(K, L)
+  top = first_round.check_first_round(top_QxT, len(db), K, L, who, "top_QxT", distinct_cols=need)
+  nq = top.shape[0]
   db = validate.check_database(db, who, source)
   q_QxC = validate.check_queries(q_QxC, db.shape[1], who)
   if len(q_QxC) != nq:
@@ -181,14 +180,18 @@ def rerank_shortlist(q_QxC, db, top_QxT, model, K: int, *, batch_size: int | Non
 
   A host driver (it builds a device mesh and returns numpy): it checks its arguments
   (``retrieval.validate``: queries finite and re-normalised if needed, an in-memory db likewise,
-  ids in [0, N) and distinct, finite parameters), batches and shards the work.
+  finite parameters; ``first_round.check_first_round``: ids in [0, N), distinct in the columns
+  CSA reads, -1 only as trailing padding), batches and shards the work. Any engine's first round
+  works (docs/first_round.md); only the db rows the ranking names are read.
 
   Args:
     q_QxC: (Q, C) queries; rows that are not unit-norm are re-normalised (with a warning).
-    db: (N, C) database (jax/numpy array, memmap or ``StackedRows``), unit rows (an in-memory
-      one is re-normalised like the queries; a memmap's rows are refused if not).
-    top_QxT: first-round ranking of 0-based db ids, T >= max(K, L-1) with L the model's
-      anchors, distinct in those columns.
+    db: (N, C) database (jax/numpy array, memmap, ``StackedRows`` or ``first_round.MappedRows``),
+      unit rows (an in-memory one is re-normalised like the queries; a memmap's rows are refused
+      if not, ``MappedRows`` re-normalises them as read).
+    top_QxT: first-round ranking of 0-based db ids, best first (the first L-1 are CSA's anchors,
+      L the model's), T >= max(K, L-1); each row holds at least max(K, L-1) ids, distinct, before
+      any -1 padding, and -1 only after its last id (FAISS's "fewer found").
     model: ``Model(params, cfg)`` or a ``(params, cfg)`` tuple (``csa_jax.load_model``).
     K: candidates re-ranked per query, >= 1.
     batch_size: queries per device call (rounded up to a multiple of the device count); None
@@ -199,8 +202,8 @@ def rerank_shortlist(q_QxC, db, top_QxT, model, K: int, *, batch_size: int | Non
 
   Returns:
     (ids_QxT, scores_QxK): ids_QxT is a copy of top_QxT (its dtype) with columns :K re-ordered
-    by descending CSA score (stable), K.. as in the first round; scores_QxK float32, the CSA
-    score (cosine of refined tokens, in [-1, 1]) of ids_QxT[:, :K].
+    by descending CSA score (stable), K.. as in the first round (-1 padding kept); scores_QxK
+    float32, the CSA score (cosine of refined tokens, in [-1, 1]) of ids_QxT[:, :K].
 
   Raises:
     InputError: any argument that would give a wrong ranking.
@@ -294,14 +297,17 @@ def csa_scores(params, cfg, q_QxC, db_NxC, top_QxT, K: int, L: int,
   """Deprecated: use ``rerank_shortlist(q_QxC, db, top_QxT, (params, cfg), K)``, whose second
   output holds these scores in the re-ranked order.
 
-  CSA's new scores of each query's first-round top-K, in first-round order, the arguments taken
-  as checked; ``L`` must be ``cfg.anchors``.
+  CSA's new scores of each query's first-round top-K, in first-round order; ``L`` must be
+  ``cfg.anchors``, and the ids keep ``first_round``'s rule (a -1 or an id past the end is refused,
+  never gathered as another row). The other arguments are taken as checked.
 
   Returns:
     float32 new_QxK.
   """
   _deprecated("csa_scores", "rerank_shortlist")
   _check_l("csa_scores", L, cfg)
+  first_round.check_first_round(top_QxT, len(db_NxC), K, L, "csa_scores", "top_QxT",
+                                distinct_cols=first_round.needed(K, L))
   return _scores(params, cfg, q_QxC, db_NxC, top_QxT, K, batch_size, mesh, progress, source)
 
 
@@ -318,7 +324,8 @@ def csa_rerank(params, cfg: ModelConfig, q_QxC, db_NxC, top_QxT, K: int, L: int,
     q_QxC: (Q, C) queries; rows that are not unit-norm are re-normalised (with a warning).
     db_NxC: (N, C) database (jax/numpy array, memmap or ``StackedRows``), unit rows (an
       in-memory one is re-normalised like the queries; a memmap's rows are refused if not).
-    top_QxT: first-round ranking of 0-based db ids, T >= max(K, L-1), distinct in those columns.
+    top_QxT: first-round ranking of 0-based db ids, T >= max(K, L-1), as ``rerank_shortlist``
+      takes it (-1 only as trailing padding past the first max(K, L-1) ids).
     K: candidates re-ranked per query, >= 1.
     L: anchors; must be the model's ``cfg.anchors``.
     batch_size: queries per device call (rounded up to a multiple of the device count); None
