@@ -51,7 +51,13 @@ def get_config() -> ConfigDict:
   )
   # 91,642 images // 256 = 357 steps per epoch (the original's 4-GPU sampler rounded up to 358).
   c.checkpoint = dict(every_steps=1000, keep=3)
-  c.log = dict(every_steps=20)
+  c.log = dict(
+      every_steps=20,
+      # jax.profiler trace of steps A to B ('A:B', numbered as metrics.jsonl; '' for none)
+      # into profile_dir (default <workdir>/profile); docs/profiling.md.
+      profile_steps="",
+      profile_dir=placeholder(str),
+  )
   c.eval = dict(
       every_epochs=0,  # 0: no evaluation during training
       root=placeholder(str),  # default: data.root

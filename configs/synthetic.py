@@ -25,7 +25,8 @@ def get_config() -> ConfigDict:
                  final_lr=0.0, momentum=0.9, weight_decay=1e-6, clip_norm=0.0, alpha=0.2,
                  seed=0, microbatches=1)
   c.checkpoint = dict(every_steps=200, keep=2)
-  c.log = dict(every_steps=10)
+  # profile_steps 'A:B': a jax.profiler trace of steps A to B (docs/profiling.md).
+  c.log = dict(every_steps=10, profile_steps="", profile_dir=placeholder(str))
   c.eval = dict(every_epochs=0, root=placeholder(str), datasets=("synth5k",),
                 features="test/{ds}/synth-gem.npz", gnd="annotations/{ds}/gnd_{ds}.json",
                 K=256, batch=16)

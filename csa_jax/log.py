@@ -2,8 +2,10 @@
 
 Library code never prints; it logs to ``csa_jax.*`` loggers, which a library user configures (or
 silences) like any other. ``csa-jax`` shows INFO and above on stderr, one line each, prefixed
-``csa-jax:`` (warnings ``csa-jax: warning:``); ``--quiet`` keeps warnings and errors only,
-``--verbose`` adds DEBUG.
+``csa-jax:`` and the local time (``csa-jax: 23:50:01 train: step ...``; warnings ``csa-jax:
+23:50:01 warning: ...``), so a long run's log says when each line was written; ``--quiet`` keeps
+warnings and errors only, ``--verbose`` adds DEBUG. The one error line a failed command ends with
+is printed by the CLI itself, without a time.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ import sys
 ROOT = "csa_jax"
 
 
+TIME_FORMAT = "%H:%M:%S"  # the record's local time, after the prefix
+
+
 class _Format(logging.Formatter):
   def format(self, record: logging.LogRecord) -> str:
     level = "" if record.levelno < logging.WARNING else record.levelname.lower() + ": "
-    return f"csa-jax: {level}{record.getMessage()}"
+    return f"csa-jax: {self.formatTime(record, TIME_FORMAT)} {level}{record.getMessage()}"
 
 
 def setup(level: int = logging.INFO, stream=None) -> None:

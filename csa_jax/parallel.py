@@ -90,7 +90,7 @@ def init_distributed(coordinator: str | None, num_processes: int | None,
   if not (auto or coordinator or (num_processes or 1) > 1):
     return False
   if not auto and (coordinator is None or num_processes is None or process_id is None):
-    raise InputError("command line: --coordinator_address/--num_processes/--process_id: "
+    raise InputError("command line: --coordinator-address/--num-processes/--process-id: "
                      "expected all three for a multi-process run, found "
                      f"{coordinator!r}/{num_processes!r}/{process_id!r}")
   # Cross-process collectives on CPU need an implementation; GPU/TPU ignore this option.

@@ -6,17 +6,21 @@ Bad input (``InputError``) becomes one line on stderr and exit code 2, with no t
 characters and line separators in it are escaped (``errors.one_line``), so it stays one line.
 Compiled programs are kept for the next process (``compile_cache``; ``--no-compile-cache`` turns
 that off for one command). ``csa-jax --version`` (``-V``) prints csa_jax's and its libraries' versions and the devices.
+``csa-jax --profile DIR <command> ...`` runs the command inside a ``jax.profiler`` trace written to
+``DIR/plugins/profile/<session>/`` (``csa_jax.profiling``; for TensorBoard and Perfetto).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
+import os
 import sys
 
 from csa_jax import compile_cache, log
-from csa_jax.errors import InputError, one_line
+from csa_jax.errors import InputError, fail, one_line
 
 COMMANDS = {
     "smoke": ("csa_jax.cli.smoke", "re-rank a generated retrieval set with a fresh model (shapes, "
@@ -34,13 +38,58 @@ COMMANDS = {
 }
 
 
+# What a multi-process training is started with: jax.distributed must come before the trace.
+_MULTI_PROCESS = ("--distributed", "--coordinator-address", "--num-processes", "--process-id",
+                  "--coordinator_address", "--num_processes", "--process_id")
+
+
 def _usage() -> str:
-  lines = ["usage: csa-jax [--quiet|--verbose] [--no-compile-cache] <command> [args...]",
+  lines = ["usage: csa-jax [--quiet|--verbose] [--no-compile-cache] [--profile DIR] <command> "
+           "[args...]",
            "       csa-jax --version", "", "commands:"]
   for name, (mod, helptext) in COMMANDS.items():
     if importlib.util.find_spec(mod) is not None:
       lines.append(f"  {name:<13} {helptext}")
+  lines += ["", "options before the command:",
+            "  --quiet, --verbose  warnings and errors only / debug lines too",
+            "  --no-compile-cache  do not keep compiled programs for the next run",
+            "  --profile DIR       trace the whole command with jax.profiler into",
+            "                      DIR/plugins/profile/<session>/ (tensorboard --logdir DIR, or",
+            "                      its perfetto_trace.json.gz at ui.perfetto.dev); for training",
+            "                      steps alone: train --config.log.profile_steps=A:B"]
   return "\n".join(lines)
+
+
+def _pop_profile(argv: list[str]) -> tuple[str | None, list[str]]:
+  """``--profile DIR`` (or ``--profile=DIR``) among the options before the command, and argv
+  without it; a command's own arguments are never taken."""
+  for i, a in enumerate(argv):
+    if not a.startswith("-"):
+      break  # the command
+    if a == "--profile":
+      if i + 1 >= len(argv) or not argv[i + 1].strip():
+        raise fail("command line", "--profile", "a directory for the trace (--profile DIR)",
+                   "none")
+      return argv[i + 1], argv[:i] + argv[i + 2:]
+    if a.startswith("--profile="):
+      if not a.split("=", 1)[1].strip():
+        raise fail("command line", "--profile", "a directory for the trace (--profile DIR)",
+                   "none")
+      return a.split("=", 1)[1], argv[:i] + argv[i + 1:]
+  return None, argv
+
+
+def _profiled(profile_dir: str | None, name: str, rest: list[str]):
+  """The context the command runs in: a ``jax.profiler`` trace into ``profile_dir``, if any."""
+  if profile_dir is None:
+    return contextlib.nullcontext()
+  if name == "train" and (any(a.split("=")[0] in _MULTI_PROCESS for a in rest)
+                          or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+    raise fail("command line", "--profile", "a single-process command (trace a multi-process "
+               "training's steps with --config.log.profile_steps=A:B)", "csa-jax train " +
+               " ".join(a for a in rest if a.split("=")[0] in _MULTI_PROCESS))
+  from csa_jax import profiling  # noqa: PLC0415  (imports jax: only when asked)
+  return profiling.trace(profile_dir, "--profile")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     if flag in argv:
       argv.remove(flag)
       level = lvl
+  try:
+    profile_dir, argv = _pop_profile(argv)
+  except InputError as e:
+    print(f"csa-jax: error: {one_line(str(e))}", file=sys.stderr)
+    return 2
   use_cache = "--no-compile-cache" not in argv
   if not use_cache:
     argv.remove("--no-compile-cache")
@@ -76,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     compile_cache.enable(compile_cache.default_dir())
   try:
     module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    with _profiled(profile_dir, name, rest):
+      return int(module.main(rest) or 0)
   except InputError as e:
     # one_line again: an InputError built without ``fail`` may quote raw user text too.
     print(f"csa-jax {name}: error: {one_line(str(e))}", file=sys.stderr)

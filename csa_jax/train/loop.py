@@ -20,13 +20,13 @@ import time
 import jax
 import numpy as np
 
-from csa_jax import configs, parallel
+from csa_jax import configs, parallel, profiling
 from csa_jax.core.config import ModelConfig
 from csa_jax.errors import InputError, fail
 from csa_jax.fileio import atomic_path, remove_stale_temps, write_json
 from csa_jax.interop import export
 from csa_jax.run_info import run_info
-from csa_jax.train import optim, telemetry, train_set as pipeline
+from csa_jax.train import optim, telemetry, tensorboard, train_set as pipeline
 from csa_jax.train import step as train_step
 from csa_jax.train.checkpoint import Checkpointer
 from csa_jax.train.checks import (check_outcome, check_resume_config, check_workdir, errno_text,
@@ -36,6 +36,7 @@ from csa_jax.train.checks import (check_outcome, check_resume_config, check_work
 CONFIG_NAME = "config.json"
 CHECKPOINTS_NAME = "checkpoints"
 RUN_NAME = "run.json"
+PROFILE_NAME = "profile"  # log.profile_steps' traces, unless log.profile_dir says elsewhere
 PLOT_EVERY_S = 60.0  # redraw the curves at checkpoints at most this often (and at the end)
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,9 @@ def train(config, workdir: str, resume: bool = False, train_set=None, progress: 
 
   Args:
     config: a training config (``configs/*.py``); every value is checked before any work.
-    workdir: checkpoints, metrics, plots and the final model; locked while the run lasts.
+    workdir: checkpoints, metrics (``metrics.jsonl`` and TensorBoard event files in
+      ``tensorboard/``), plots, traces of ``log.profile_steps`` (``profile/``) and the final
+      model; locked while the run lasts.
     resume: continue from the latest intact checkpoint in ``workdir`` (from scratch if there is
       none); without it a workdir that already holds checkpoints is an error.
     train_set: a ready ``pipeline.TrainSet`` instead of ``config.data`` (library use).
@@ -171,6 +174,7 @@ def train(config, workdir: str, resume: bool = False, train_set=None, progress: 
     are still empty, and nothing else.
   """
   validate_config(config, check_data=train_set is None)
+  profiling.parse_step_range(config.log.get("profile_steps"))  # refused before any work
   model_cfg = model_config(config)
   # What this start creates, to be removed again (only while empty) when it fails: a failed
   # start leaves the workdir as it found it.
@@ -263,98 +267,111 @@ def _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
     raise fail(ckpt.directory, "train.epochs",
                f"at least the {-(-start // spe)} epochs the resumed run has reached (step "
                f"{start}, {spe} steps per epoch)", f"{tc.epochs} ({total} steps)")
-  if lead and not (resume and os.path.exists(cfg_path) and not allow_config_change):
-    with io_path(cfg_path):
-      write_json(cfg_path, configs.as_plain(config))
-  if lead:  # config.json is what a resume compares against; run.json is the provenance
-    record_start(os.path.join(workdir, RUN_NAME), {
-        **run_info(command_argv, config=configs.as_plain(config), seed=tc.seed),
-        "started_at_step": start})
+  # Before anything is written: an unwritable trace directory is refused at the start.
+  prof = profiling.StepRange(profiling.parse_step_range(config.log.get("profile_steps")),
+                             config.log.get("profile_dir") or os.path.join(workdir, PROFILE_NAME),
+                             start, total, enabled=lead)
+  events = tensorboard.EventLog(workdir, start, enabled=lead)
+  try:
+    if lead and not (resume and os.path.exists(cfg_path) and not allow_config_change):
+      with io_path(cfg_path):
+        write_json(cfg_path, configs.as_plain(config))
+    if lead:  # config.json is what a resume compares against; run.json is the provenance
+      record_start(os.path.join(workdir, RUN_NAME), {
+          **run_info(command_argv, config=configs.as_plain(config), seed=tc.seed),
+          "started_at_step": start})
 
-  metrics_log = telemetry.MetricsLog(workdir, enabled=lead)
-  metrics_log.truncate_after(start)
-  bar = telemetry.Progress(total, start, tc.global_batch, enabled=progress and lead)
-  mb = microbatches(config)
-  _say(lead, f"train: {n} samples, {spe} steps/epoch x {tc.epochs} epochs = {total} steps, "
-       f"global batch {tc.global_batch} on {mesh.size} devices ({jax.process_count()} processes"
-       + (f", {mb} microbatches per device" if mb > 1 else "") + "), "
-          f"K={config.data.K} L={model_cfg.anchors} D={model_cfg.dim} depth={model_cfg.depth} "
-          f"{model_cfg.dtype}" + (f"; resumed at step {start}" if start else ""))
-  arrays = parallel.put_replicated((data.feats_NxC, data.nbrs_NxM, data.clusters_N), mesh)
-  step_fn = train_step.make_train_step(model_cfg, tx, mesh, tc.alpha, config.data.K,
-                                       model_cfg.anchors, schedule=schedule, microbatches=mb)
-  evaluator = _make_evaluator(config, workdir)
+    metrics_log = telemetry.MetricsLog(workdir, enabled=lead)
+    metrics_log.truncate_after(start)
+    bar = telemetry.Progress(total, start, tc.global_batch, enabled=progress and lead)
+    mb = microbatches(config)
+    _say(lead, f"train: {n} samples, {spe} steps/epoch x {tc.epochs} epochs = {total} steps, "
+         f"global batch {tc.global_batch} on {mesh.size} devices ({jax.process_count()} processes"
+         + (f", {mb} microbatches per device" if mb > 1 else "") + "), "
+            f"K={config.data.K} L={model_cfg.anchors} D={model_cfg.dim} depth={model_cfg.depth} "
+            f"{model_cfg.dtype}" + (f"; resumed at step {start}" if start else ""))
+    arrays = parallel.put_replicated((data.feats_NxC, data.nbrs_NxM, data.clusters_N), mesh)
+    step_fn = train_step.make_train_step(model_cfg, tx, mesh, tc.alpha, config.data.K,
+                                         model_cfg.anchors, schedule=schedule, microbatches=mb)
+    evaluator = _make_evaluator(config, workdir)
 
-  history, pending, order, order_epoch = [], [], None, None
-  every_log, every_ckpt = max(config.log.every_steps, 1), max(config.checkpoint.every_steps, 1)
-  t_first, t_plot = None, time.perf_counter()
-  for step in range(start, total):
-    epoch, i = divmod(step, spe)
-    if order_epoch != epoch:
-      order, order_epoch = pipeline.epoch_order(n, tc.seed, epoch), epoch
-    if i == 0:
-      epoch_start_skipped = int(jax.device_get(state.opt_state.skipped))
-    local = pipeline.batch_indices(order, i, tc.global_batch, jax.process_index(),
-                                   jax.process_count())
-    idx = train_step.global_batch_array(local, mesh, tc.global_batch)
-    if t_first is None:
-      t0 = time.perf_counter()
-    state, m = step_fn(state, arrays, idx, jax.random.fold_in(rng, step))
-    pending.append(m)
-    if t_first is None:
-      jax.block_until_ready(m)
-      t_first = time.perf_counter() - t0
-      bar.rate(step + 1)  # throughput intervals start after compilation
-    done = step + 1
-    ckpt_due = done % every_ckpt == 0 or done == total
-    # Also flushed at checkpoints, so a resumed run logs exactly the intervals an uninterrupted
-    # one does.
-    if done % every_log == 0 or ckpt_due:
-      recs = jax.device_get(pending)
-      pending = []
-      rec = {"kind": "train", "step": done, "epoch": epoch,
-             **telemetry.summarize([{k: v.item() for k, v in r.items()} for r in recs]),
-             "samples_per_s": bar.rate(done)}
-      if not history:
-        rec["first_step_s"] = t_first  # compilation included
-      history.append(rec)
-      metrics_log.write(rec)
-      bar.update(done, epoch, tc.epochs, {k: rec[k] for k in ("loss", "lr", "grad_norm")
-                                          if k in rec}, rec["samples_per_s"])
-    if ckpt_due:
-      t0 = time.perf_counter()
-      ckpt.save(done, state, rng, {"step": done, "epoch": done // spe,
-                                   "step_in_epoch": done % spe, "seed": tc.seed,
-                                   "steps_per_epoch": spe, "num_samples": n,
-                                   "skipped_at_epoch_start": epoch_start_skipped,
-                                   "config": configs.as_plain(config)})
-      if lead and time.perf_counter() - t_plot > PLOT_EVERY_S:
-        telemetry.plot_curves(metrics_log.path, os.path.join(workdir, telemetry.PLOT_NAME))
-        t_plot = time.perf_counter()
-      bar.exclude(time.perf_counter() - t0)
-    if evaluator is not None and done % spe == 0 and (done // spe) % evaluator.every == 0:
-      t0 = time.perf_counter()
-      res = evaluator(jax.device_get(state.params), model_cfg)
-      bar.exclude(time.perf_counter() - t0)
-      rec = {"kind": "eval", "step": done, "epoch": done // spe, **res}
-      history.append(rec)
-      metrics_log.write(rec)
-      _say(lead, f"eval after epoch {done // spe}: {json.dumps(res)}")
+    history, pending, order, order_epoch = [], [], None, None
+    every_log, every_ckpt = max(config.log.every_steps, 1), max(config.checkpoint.every_steps, 1)
+    t_first, t_plot = None, time.perf_counter()
+    for step in range(start, total):
+      epoch, i = divmod(step, spe)
+      if order_epoch != epoch:
+        order, order_epoch = pipeline.epoch_order(n, tc.seed, epoch), epoch
+      if i == 0:
+        epoch_start_skipped = int(jax.device_get(state.opt_state.skipped))
+      local = pipeline.batch_indices(order, i, tc.global_batch, jax.process_index(),
+                                     jax.process_count())
+      idx = train_step.global_batch_array(local, mesh, tc.global_batch)
+      if t_first is None:
+        t0 = time.perf_counter()
+      bar.exclude(prof.before(step + 1))
+      state, m = step_fn(state, arrays, idx, jax.random.fold_in(rng, step))
+      bar.exclude(prof.after(step + 1, (state, m)))
+      pending.append(m)
+      if t_first is None:
+        jax.block_until_ready(m)
+        t_first = time.perf_counter() - t0
+        bar.rate(step + 1)  # throughput intervals start after compilation
+      done = step + 1
+      ckpt_due = done % every_ckpt == 0 or done == total
+      # Also flushed at checkpoints, so a resumed run logs exactly the intervals an uninterrupted
+      # one does.
+      if done % every_log == 0 or ckpt_due:
+        recs = jax.device_get(pending)
+        pending = []
+        rec = {"kind": "train", "step": done, "epoch": epoch,
+               **telemetry.summarize([{k: v.item() for k, v in r.items()} for r in recs]),
+               "samples_per_s": bar.rate(done)}
+        if not history:
+          rec["first_step_s"] = t_first  # compilation included
+        history.append(rec)
+        metrics_log.write(rec)
+        events.write(rec)
+        bar.update(done, epoch, tc.epochs, {k: rec[k] for k in ("loss", "lr", "grad_norm")
+                                            if k in rec}, rec["samples_per_s"])
+      if ckpt_due:
+        t0 = time.perf_counter()
+        ckpt.save(done, state, rng, {"step": done, "epoch": done // spe,
+                                     "step_in_epoch": done % spe, "seed": tc.seed,
+                                     "steps_per_epoch": spe, "num_samples": n,
+                                     "skipped_at_epoch_start": epoch_start_skipped,
+                                     "config": configs.as_plain(config)})
+        if lead and time.perf_counter() - t_plot > PLOT_EVERY_S:
+          telemetry.plot_curves(metrics_log.path, os.path.join(workdir, telemetry.PLOT_NAME))
+          t_plot = time.perf_counter()
+        bar.exclude(time.perf_counter() - t0)
+      if evaluator is not None and done % spe == 0 and (done // spe) % evaluator.every == 0:
+        t0 = time.perf_counter()
+        res = evaluator(jax.device_get(state.params), model_cfg)
+        bar.exclude(time.perf_counter() - t0)
+        rec = {"kind": "eval", "step": done, "epoch": done // spe, **res}
+        history.append(rec)
+        metrics_log.write(rec)
+        events.write(rec)
+        _say(lead, f"eval after epoch {done // spe}: {json.dumps(res)}")
 
-  params = jax.device_get(state.params)
-  skipped = int(jax.device_get(state.opt_state.skipped))
-  if lead:
-    telemetry.plot_curves(metrics_log.path, os.path.join(workdir, telemetry.PLOT_NAME))
-  check_outcome(params, skipped, skipped - epoch_start_skipped, total, spe)
-  if lead:
-    with io_path(os.path.join(workdir, export.EXPORT_NAME)):
-      export.save_export(os.path.join(workdir, export.EXPORT_NAME), params, model_cfg)
-    with io_path(os.path.join(workdir, "state_dict.pth")):
-      has_pth = _save_pth(os.path.join(workdir, "state_dict.pth"), params, tc.epochs)
-    _say(lead, f"train: done at step {total} ({skipped} skipped); wrote "
-            f"{os.path.join(workdir, export.EXPORT_NAME)}" + (" and state_dict.pth" if has_pth
-                                                               else ""))
-  return TrainResult(params, model_cfg, total, skipped, workdir, history)
+    params = jax.device_get(state.params)
+    skipped = int(jax.device_get(state.opt_state.skipped))
+    if lead:
+      telemetry.plot_curves(metrics_log.path, os.path.join(workdir, telemetry.PLOT_NAME))
+    check_outcome(params, skipped, skipped - epoch_start_skipped, total, spe)
+    if lead:
+      with io_path(os.path.join(workdir, export.EXPORT_NAME)):
+        export.save_export(os.path.join(workdir, export.EXPORT_NAME), params, model_cfg)
+      with io_path(os.path.join(workdir, "state_dict.pth")):
+        has_pth = _save_pth(os.path.join(workdir, "state_dict.pth"), params, tc.epochs)
+      _say(lead, f"train: done at step {total} ({skipped} skipped); wrote "
+              f"{os.path.join(workdir, export.EXPORT_NAME)}" + (" and state_dict.pth" if has_pth
+                                                                 else ""))
+    return TrainResult(params, model_cfg, total, skipped, workdir, history)
+  finally:  # every way out: the event file closed, a trace inside the step range written
+    events.close()
+    prof.close()
 
 
 def _say(lead: bool, msg: str) -> None:

@@ -195,7 +195,7 @@ class TestDescriptors:
     got = descriptors.load_descriptors(tmp_path / "s.npy")
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, x, atol=1e-6)
-    assert "csa-jax: warning: " in notes.read()
+    assert re.search(r"^csa-jax: \d\d:\d\d:\d\d warning: ", notes.read(), re.M)
 
   def test_test_set_query_orientation_from_gnd_count(self, tmp_path):
     # 3 queries of C=8 stored (C, n): only the gnd's query count can tell.
@@ -599,3 +599,12 @@ class TestTestFiles:
       np.save(tmp_path / f"{name}.npy", arr)
       with pytest.raises(InputError, match=re.escape(needle)):
         ground_truth.load_test_files(tmp_path / f"{name}.npy", q, gnd)
+
+
+def test_the_orientation_is_logged_only_when_the_file_is_transposed(notes):
+  x = _feats(20, 6)
+  notes.read()
+  descriptors.as_descriptors(x, "f.npz", "db", n=20)
+  assert "found" not in notes.read()  # the usual (n, C): nothing at INFO, for every file read
+  descriptors.as_descriptors(x.T.copy(), "f.npz", "db", n=20)
+  assert "f.npz: db: found (C, n) = (6, 20)" in notes.read()
