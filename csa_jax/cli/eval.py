@@ -203,7 +203,7 @@ def main(argv: list[str]) -> int:
       if distractors is None and args.tfds is not None:
         distractors = tfds_reader.load_r1m_from_tfds(args.tfds, args.features, dim=db.shape[1])
       elif distractors is None:
-        distractors = descriptors.load_r1m(r1m, dim=db.shape[1])
+        distractors = descriptors.load_r1m(r1m, dim=db.shape[1], defer=True)  # checked as searched
       elif distractors.shape[1] != db.shape[1]:
         raise fail(s.features, "db", f"descriptor size C={distractors.shape[1]} (as the R1M "
                    "distractors)", f"C={db.shape[1]}")

@@ -1,38 +1,40 @@
-"""The first-round search on the CPU backend: XLA's dot per block, the top-T merged in numpy.
+"""The first-round search on the CPU: one BLAS sgemm per block in worker threads, top-T in numpy.
 
-On CPU "the device" is the host, so only the dot products are worth handing to XLA (whose
-XLA:CPU dot beats numpy's OpenBLAS at these shapes, measured in docs/benchmarks.md). Each block of
-mapped db rows (aliased by ``device_put``, not copied) becomes one (B, Q) dot, whose result is
-already host memory; it is copied once, transposed, into its slice of ``scores_out``, and the
-running top-T is merged in numpy: once a query's list is full only scores above its T-th can
-enter, so most blocks cost one comparison beyond the dot and that copy. No top_k over the block,
-no device-side lists. The next block's dot is dispatched before this block's copy and merge.
+On CPU "the device" is the host. The db is cut into blocks of rows and one worker thread per core
+takes the next block in index order: one single-threaded sgemm of the queries with the block's
+mapped rows (a view of the memmap, never copied), written straight into the block's slice of
+``scores_out`` (so the dot is the copy), then the block's checks (non-finite scores; a caller's
+``check``, e.g. a file's rows checked as they are searched), the release of its pages and the
+merge into the worker's own running top-T, all in the thread that scored it. One sort merges
+the workers' lists at the end. Independent single-threaded workers beat one
+multi-threaded sgemm per block: that one waits at every block for its slowest thread, and a
+single busy neighbour process stretches every wait. Where a thread's BLAS threads cannot be set
+(numpy not on OpenBLAS), one worker runs the library's multi-threaded sgemm.
+
 Results equal ``search.top_k_search``'s jax path on exact data (same lists, ties by lower db
 index); on real data the two may round a few dot products differently.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
+import itertools
 import logging
+import os
+import threading
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from csa_jax.retrieval import validate
 
 NO_INDEX = np.iinfo(np.int32).max  # empty slots of a running top-T sort after every real entry
-DEFAULT_BLOCK_BYTES = 128 << 20  # db bytes per dot: 64-256 MB ran alike, 512 MB slower
+DEFAULT_BLOCK_BYTES = 32 << 20  # db bytes per sgemm: ~12 ms of one core, a few ms of overhead
+MAX_WORKERS = 64  # one worker per core, up to this: each needs ~3 GB/s of rows at full speed
 
 log = logging.getLogger(__name__)
-
-
-@jax.jit
-def _scores(x_BxC, q_QxC):
-  # (B, Q), not (Q, B): XLA:CPU ran this orientation faster, and the copy out transposes anyway.
-  return jnp.dot(x_BxC, q_QxC.T, precision=jax.lax.Precision.HIGHEST,
-                 preferred_element_type=jnp.float32)
 
 
 class RunningTopT:
@@ -107,63 +109,194 @@ class RunningTopT:
     return self.v_QxP[:, :self.t].copy(), self.i_QxP[:, :self.t].copy()
 
 
+def merge_lists(v_QxM, i_QxM, t: int):
+  """The top-t of several running lists side by side: score descending, then lower index.
+
+  Args:
+    v_QxM: scores; empty slots -inf.
+    i_QxM: their db indices; empty slots ``NO_INDEX`` (after every real -inf).
+    t: entries kept per row.
+
+  Returns:
+    (scores_QxT, idx_QxT).
+  """
+  order = np.lexsort((i_QxM, -v_QxM))[:, :t]  # keys last-first: -score, then index
+  return np.take_along_axis(v_QxM, order, 1), np.take_along_axis(i_QxM, order, 1)
+
+
+@functools.lru_cache(maxsize=1)
+def _thread_blas_setter():
+  """OpenBLAS's ``openblas_set_num_threads_local(k)`` (returns the previous count), or None.
+
+  Looked up in the OpenBLAS numpy has loaded (``/proc/self/maps``, numpy's own copy first); None
+  where there is no such library or function (another BLAS, OpenBLAS before 0.3.27, no /proc).
+  Some builds set the process's count with it, not the calling thread's: callers set it in every
+  thread that needs it and put the previous count back.
+  """
+  try:
+    with open("/proc/self/maps") as f:
+      paths = {line.split(None, 5)[-1].strip() for line in f
+               if "openblas" in line.lower() and ".so" in line and "/" in line}
+  except OSError:
+    return None
+  mine = os.path.dirname(np.__file__)  # .../numpy: also the prefix of a wheel's numpy.libs
+  for path in sorted(paths, key=lambda p: (not p.startswith(mine), p)):
+    try:
+      fn = ctypes.CDLL(path).openblas_set_num_threads_local
+    except (OSError, AttributeError):
+      continue
+    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+    return fn
+  return None
+
+
+class _SingleThreadedBlas:
+  """BLAS at one thread while any search's workers run; the count before is put back after the
+  last one ends (searches may overlap, from several threads)."""
+
+  def __init__(self):
+    self.lock = threading.Lock()
+    self.users = 0
+    self.before = None
+
+  def __enter__(self):
+    with self.lock:
+      if not self.users:
+        self.before = _thread_blas_setter()(1)
+      self.users += 1
+
+  def __exit__(self, *exc):
+    with self.lock:
+      self.users -= 1
+      if not self.users:
+        _thread_blas_setter()(self.before)
+
+
+_single_threaded_blas = _SingleThreadedBlas()
+
+
+def cores() -> int:
+  """CPU cores this process may run on."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):
+    return os.cpu_count() or 1
+
+
 def host_top_k(q_QxC, rows_of, n: int, T: int, block: int | None = None,
-               scores_out: np.ndarray | None = None, progress: bool = False, device=None,
-               source: str = "db"):
-  """Exact float32 top-T of every query over db rows [0, n): XLA:CPU dots, a numpy merge.
+               scores_out: np.ndarray | None = None, progress: bool = False,
+               source: str = "db", check=None, workers: int | None = None):
+  """Exact float32 top-T of every query over db rows [0, n): BLAS sgemm workers, a numpy merge.
 
   Args:
     q_QxC: (Q, C) queries.
     rows_of: ``search._Rows``-like source: ``rows_of(a, b)`` gives rows [a, b) as a numpy array
-      (a view of a memmap), ``prefetch(a, b)`` / ``release(a, b)`` advise their pages.
+      (a view of a memmap), ``prefetch(a, b)`` / ``release(a, b)`` advise their pages (read
+      ahead; dropped once scored).
     n: db rows.
     T: results per query, 1 <= T <= n.
-    block: db rows per dot; default about 128 MB of rows.
-    scores_out: optional (Q, n) array filled with every score.
+    block: db rows per sgemm; default about 32 MB of rows.
+    scores_out: optional (Q, n) array filled with every score (a float32 one is written in
+      place by the sgemm).
     progress: log the rows done, the rate and an ETA every 5 s.
-    device: the CPU device that runs the dots (default: the first).
     source: the database's file, for the error a non-finite row raises.
+    check: optional ``check(start, rows_BxC)`` called on every block once scored, before its
+      scores are used; whatever it raises ends the search (the lowest block's error wins).
+    workers: worker threads (default: one per core where BLAS can run single-threaded in each,
+      else one).
 
   Returns:
     (scores_QxT float32, idx_QxT int32), rows by descending score, ties by lower db index.
-  """
-  q = np.asarray(q_QxC, np.float32)
-  nq, c = q.shape
-  device = device or jax.devices("cpu")[0]
-  q_dev = jax.device_put(q, device)
-  rows = max(1, min(n, block or DEFAULT_BLOCK_BYTES // (4 * c)))
-  top = RunningTopT(nq, T)
-  # The merge reads float32 rows: scores_out's own slice when it is float32, else a buffer.
-  direct = scores_out is not None and scores_out.dtype == np.float32
-  buf = None if direct else np.empty((nq, rows), np.float32)
 
-  def finish(a, b, s_dev):
-    s_BxQ = np.asarray(s_dev)  # waits for the dot; a view of its buffer on CPU
-    rows_of.release(a, b)
+  Raises:
+    InputError: from ``check``, or a block whose scores are not finite; the one of the lowest
+      block when several fail.
+  """
+  q = np.ascontiguousarray(q_QxC, np.float32)
+  nq, c = q.shape
+  rows = max(1, min(n, block or DEFAULT_BLOCK_BYTES // (4 * c)))
+  starts = range(0, n, rows)
+  setter = _thread_blas_setter()
+  if workers is None:
+    workers = min(cores(), MAX_WORKERS) if setter is not None else 1
+  workers = max(1, min(workers, len(starts)))
+  direct = isinstance(scores_out, np.ndarray) and scores_out.dtype == np.float32
+  tops = [RunningTopT(nq, T) for _ in range(workers)]
+  done = [0] * workers  # rows scored, per worker (progress)
+  failures = []  # (block start, exception)
+  taken = itertools.count()  # next block: next() on a count is atomic under the GIL
+  stop = threading.Event()
+
+  def score(w: int, a: int, buf):
+    b = min(n, a + rows)
+    ahead = a + workers * rows  # the next block not yet taken: read ahead of a file not cached
+    rows_of.prefetch(ahead, min(n, ahead + rows))
+    x_BxC = np.ascontiguousarray(rows_of(a, b), np.float32)  # a view unless it must convert
     s_QxB = scores_out[:, a:b] if direct else buf[:, :b - a]
-    np.copyto(s_QxB, s_BxQ.T)
+    np.matmul(q, x_BxC.T, out=s_QxB)
+    if check is not None:
+      check(a, x_BxC)
+    if not np.isfinite(s_QxB).all():  # a NaN never enters the top-T: the row would vanish
+      raise validate.nonfinite_db_error(source, validate.first_nonfinite_row(x_BxC, a), a, b)
+    del x_BxC
+    rows_of.release(a, b)
     if scores_out is not None and not direct:
       scores_out[:, a:b] = s_QxB
-    if not np.isfinite(s_QxB).all():  # a NaN never enters the top-T: the row would vanish
-      rows = rows_of(a, b)
-      raise validate.nonfinite_db_error(source, validate.first_nonfinite_row(rows, a), a, b)
-    top.add(s_QxB, a)
+    tops[w].add(s_QxB, a)
+    done[w] += b - a
 
-  pending = None
-  t0 = last = time.perf_counter()
-  for a in range(0, n, rows):
-    b = min(n, a + rows)
-    rows_of.prefetch(b, min(n, b + rows))
-    x = jax.device_put(np.asarray(rows_of(a, b), np.float32), device)  # aliased when aligned
-    s_dev = _scores(x, q_dev)  # the last, shorter block compiles once more
-    del x
-    if pending is not None:
-      finish(*pending)
-    pending = (a, b, s_dev)
-    now = time.perf_counter()
-    if progress and (now - last > 5 or b == n):
-      last = now
-      log.info("search: %d/%d db rows (%.0f%%), %.0f rows/s, ETA %.0f s", b, n, 100 * b / n,
-               b / (now - t0), (now - t0) * (n - b) / b)
-  finish(*pending)
-  return top.result()
+  single = workers > 1 and setter is not None  # each sgemm on its worker's thread only
+
+  def work(w: int):
+    if single:
+      setter(1)
+    buf = None if direct else np.empty((nq, rows), np.float32)
+    while not stop.is_set():
+      i = next(taken)
+      if i >= len(starts):
+        return
+      try:
+        score(w, starts[i], buf)
+      except BaseException as e:  # pylint: disable=broad-except  (re-raised by the caller)
+        failures.append((starts[i], e))
+        stop.set()  # blocks not yet taken lie after this one: only earlier ones still run
+        return
+
+  threads = [threading.Thread(target=work, args=(w,), name=f"csa_jax-search-{w}", daemon=True)
+             for w in range(workers)]
+  t0 = time.perf_counter()
+  with _single_threaded_blas if single else contextlib.nullcontext():
+    _run(threads, stop, progress, lambda: _log_progress(sum(done), n, time.perf_counter() - t0))
+  if failures:
+    raise min(failures, key=lambda f: f[0])[1]
+  if progress:
+    _log_progress(n, n, time.perf_counter() - t0)
+  lists = [top.result() for top in tops]
+  if workers == 1:
+    return lists[0]
+  return merge_lists(np.concatenate([v for v, _ in lists], 1),
+                     np.concatenate([i for _, i in lists], 1), T)
+
+
+def _run(threads, stop: threading.Event, progress: bool, report) -> None:
+  """Starts the workers and waits for them, calling ``report()`` every 5 s with ``progress``."""
+  last = time.perf_counter()
+  try:
+    for t in threads:
+      t.start()
+    for t in threads:
+      while t.is_alive():
+        t.join(1.0 if progress else None)
+        if progress and time.perf_counter() - last > 5:
+          last = time.perf_counter()
+          report()
+  finally:
+    stop.set()  # an interrupt of the caller: the workers stop after their current block
+    for t in threads:
+      if t.ident is not None:  # started
+        t.join()
+
+
+def _log_progress(b: int, n: int, seconds: float) -> None:
+  log.info("search: %d/%d db rows (%.0f%%), %.0f rows/s, ETA %.0f s", b, n, 100 * b / n,
+           b / max(seconds, 1e-9), seconds * (n - b) / max(b, 1))

@@ -5,8 +5,11 @@ pages are released once scored, so R1M's 8 GB never sit in RAM), scored on devic
 a running top-T. With several devices each step's block is split over the data axis
 (``parallel.make_mesh``),
 every device keeps its own running top-T, and one sort merges them at the end. Ties go to the
-lower db index, as a stable sort would. On the CPU backend the merge runs on the host instead
-(``host_search``): XLA only computes each block's dot products, numpy keeps the running top-T.
+lower db index, as a stable sort would. On the CPU backend the search runs on the host instead
+(``host_search``): BLAS sgemm workers, one per core, score the blocks straight into
+``scores_out`` and numpy keeps the running top-T. A database whose rows are still to be checked
+(``data.descriptors.DeferredRows``, e.g. R1M as ``csa-jax eval`` loads it) is checked block by
+block as it is scored, in the same pass.
 """
 
 from __future__ import annotations
@@ -182,18 +185,20 @@ def top_k_search(q_QxC, db, T: int, block: int | None = None, *, dtype: str = "f
   Args:
     q_QxC: queries (numpy or jax array).
     db: (N, C) jax/numpy array, numpy memmap (``np.load(path, mmap_mode='r')``, never read
-      whole) or ``StackedRows``.
+      whole), ``data.descriptors.DeferredRows`` (a memmap whose rows are checked as they are
+      scored) or ``StackedRows`` of those.
     T: results per query, 1 <= T <= N.
-    block: db rows per step (rounded up to a multiple of the device count); default about 64 MB.
+    block: db rows per step (rounded up to a multiple of the device count); default about 64 MB
+      (on the host path: rows per sgemm, default about 32 MB).
     dtype: "float32" (exact float32 dot products) or "bfloat16" (bfloat16 inputs, float32
       accumulation: faster on accelerators, coarser scores).
     devices: devices to shard the db blocks over (default: all of ``jax.devices()``).
     scores_out: optional float32 (Q, N) host array filled with every score as a by-product (for
       the exact evaluator); it may be a writable memmap.
     progress: log the rows done, the rate and an ETA every 5 s.
-    impl: "jax" (blocks scored and merged by XLA on the devices), "host" (float32 only: dots by
-      XLA:CPU on one CPU device, the merge in numpy, ``host_search``) or "auto": "host" for
-      float32 when every device is a local CPU device, else "jax".
+    impl: "jax" (blocks scored and merged by XLA on the devices), "host" (float32 only: BLAS
+      sgemm workers on the host's cores, the merge in numpy, ``host_search``) or "auto": "host"
+      for float32 when every device is a local CPU device, else "jax".
     source: the database's file, named in error messages.
 
   Returns:
@@ -202,7 +207,8 @@ def top_k_search(q_QxC, db, T: int, block: int | None = None, *, dtype: str = "f
 
   Raises:
     InputError: a query that is not finite (checked first), or a db row whose scores are not
-      finite (found as it is scored): a NaN could never rank, so it would vanish silently.
+      finite (found as it is scored): a NaN could never rank, so it would vanish silently; for
+      ``DeferredRows``, its check's error (the file's first NaN/inf or all-zero row).
   """
   if dtype not in SCORE_DTYPES:
     raise ValueError(f"top_k_search: dtype must be one of {SCORE_DTYPES}, got {dtype!r}")
@@ -231,6 +237,18 @@ def top_k_search(q_QxC, db, T: int, block: int | None = None, *, dtype: str = "f
     vals, idx = np.concatenate(vals, 1), np.concatenate(idx, 1)
     order = np.argsort(-vals, axis=1, kind="stable")[:, :T]
     return np.take_along_axis(vals, order, 1), np.take_along_axis(idx, order, 1)
+  search = functools.partial(_search, q, T=T, block=block, dtype=dtype, devices=devices,
+                             scores_out=scores_out, progress=progress, impl=impl, source=source)
+  checked = getattr(db, "search_checked", None)  # rows checked as they are read (DeferredRows)
+  if checked is not None:
+    return checked(search)
+  return search(db, None)
+
+
+def _search(q, db, check, *, T, block, dtype, devices, scores_out, progress, impl, source):
+  """top_k_search over one (N, C) array or memmap, ``check(start, rows)`` on every block read."""
+  n, c = db.shape
+  nq = q.shape[0]
   devices = list(devices or jax.devices())
   if impl == "auto":
     on_host = all(d.platform == "cpu" and d.process_index == jax.process_index() for d in devices)
@@ -238,9 +256,8 @@ def top_k_search(q_QxC, db, T: int, block: int | None = None, *, dtype: str = "f
   if impl == "host":
     # On CPU a jax array's buffer is host memory already: np.asarray views it (one device).
     rows_of = _Rows(np.asarray(db) if isinstance(db, jax.Array) else db)
-    cpu = devices[0] if devices[0].platform == "cpu" else None  # fake CPU devices share cores
-    return host_search.host_top_k(np.asarray(q), rows_of, n, T, block, scores_out, progress, cpu,
-                                  source)
+    return host_search.host_top_k(np.asarray(q), rows_of, n, T, block, scores_out, progress,
+                                  source, check)
   nd = len(devices)
   if block is None:
     block = max(1, DEFAULT_BLOCK_BYTES // (4 * c))
@@ -264,6 +281,8 @@ def top_k_search(q_QxC, db, T: int, block: int | None = None, *, dtype: str = "f
     a, b = i * rows, min(n, (i + 1) * rows)
     rows_of.prefetch(b, min(n, b + rows))
     x = rows_of(a, b)
+    if check is not None:
+      check(a, np.asarray(x))
     if b - a < rows:  # pad the last block: one compiled shape for every step
       pad = ((0, rows - (b - a)), (0, 0))
       x = jnp.pad(x, pad) if isinstance(x, jax.Array) else np.pad(x, pad)

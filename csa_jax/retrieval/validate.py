@@ -13,7 +13,8 @@ and every problem is an ``InputError`` naming the argument, the row and what was
   copy: the caller's array is never changed). A memory map or ``StackedRows`` is not read up
   front (R1M is 8 GB): its non-finite rows are caught by the search as it scores them, and the
   rows CSA re-ranks are checked as they are gathered; ``data.descriptors.load_large`` checks
-  every row of a file once, as the CLI does;
+  every row of a file once, before the search or, with ``defer`` (``csa-jax eval``'s R1M), in
+  the search's own pass over the rows (``DeferredRows``);
 - rankings: integers in [0, N), no id twice within the columns used;
 - the model: a ``Model`` or ``(params, ModelConfig)`` pair with finite parameters.
 
@@ -95,7 +96,8 @@ def check_queries(q_QxC, c: int, who: str, normalise: bool = True):
 
 
 def in_memory(db) -> bool:
-  """A database held whole in memory (checked up front), not a memmap or ``StackedRows``."""
+  """A database held whole in memory (checked up front), not a memmap, ``DeferredRows`` or
+  ``StackedRows``."""
   return isinstance(db, jax.Array) or (isinstance(db, np.ndarray)
                                        and not isinstance(db, np.memmap))
 

@@ -1,8 +1,11 @@
-"""host_search: the numpy running top-T and the BLAS block loop against a stable argsort."""
+"""host_search: the numpy running top-T and the BLAS workers against a stable argsort."""
+
+import threading
 
 import numpy as np
 import pytest
 
+from csa_jax.errors import InputError
 from csa_jax.retrieval import host_search, search
 
 
@@ -80,3 +83,104 @@ def test_host_top_k_scores_out_and_blocks(tmp_path, out_dtype):
   want_v, want_i = reference(s, 33)
   np.testing.assert_array_equal(i, want_i)
   np.testing.assert_array_equal(v, want_v)
+
+
+@pytest.mark.parametrize("workers,block,t", [(2, 7, 5), (3, 50, 40), (4, 13, 300), (5, 1, 3)])
+def test_workers_equal_stable_argsort(workers, block, t):
+  # Tie-heavy scores over many blocks shared out to several workers: each worker keeps its own
+  # list, and the merge must still give ties to the lower db index.
+  rng = np.random.default_rng(workers * 100 + block)
+  db = rng.integers(-1, 2, (300, 6)).astype(np.float32)
+  q = rng.integers(-1, 2, (5, 6)).astype(np.float32)
+  out = np.full((5, 300), np.nan, np.float32)
+  v, i = host_search.host_top_k(q, search._Rows(db), len(db), t, block=block, scores_out=out,
+                                workers=workers)
+  np.testing.assert_array_equal(out, q @ db.T)
+  want_v, want_i = reference(q @ db.T, t)
+  np.testing.assert_array_equal(i, want_i)
+  np.testing.assert_array_equal(v, want_v)
+
+
+def test_merge_lists_orders_ties_and_padding():
+  v = np.array([[1, -np.inf, 2, 1, -np.inf, -np.inf]], np.float32)
+  i = np.array([[9, 4, 7, 3, host_search.NO_INDEX, 8]], np.int32)
+  got_v, got_i = host_search.merge_lists(v, i, 5)
+  np.testing.assert_array_equal(got_i, [[7, 3, 9, 4, 8]])
+  np.testing.assert_array_equal(got_v, [[2, 1, 1, -np.inf, -np.inf]])
+
+
+def test_without_a_thread_blas_setting_one_worker_runs(monkeypatch):
+  # Another BLAS (or an old OpenBLAS): one worker, the library's own threads.
+  monkeypatch.setattr(host_search, "_thread_blas_setter", lambda: None)
+  started = []
+  real = host_search.threading.Thread
+  monkeypatch.setattr(host_search.threading, "Thread",
+                      lambda *a, **k: started.append(1) or real(*a, **k))
+  rng = np.random.default_rng(5)
+  db = rng.integers(-2, 3, (400, 8)).astype(np.float32)
+  q = rng.integers(-2, 3, (3, 8)).astype(np.float32)
+  _, i = host_search.host_top_k(q, search._Rows(db), len(db), 20, block=16)
+  assert started == [1]
+  np.testing.assert_array_equal(i, reference(q @ db.T, 20)[1])
+
+
+def test_check_sees_every_block_once_and_the_lowest_failure_wins():
+  rng = np.random.default_rng(6)
+  db = rng.integers(-2, 3, (1000, 8)).astype(np.float32)
+  q = rng.integers(-2, 3, (3, 8)).astype(np.float32)
+  seen = []
+
+  def record(a, x):
+    np.testing.assert_array_equal(x, db[a:a + len(x)])
+    seen.append((a, len(x)))
+
+  host_search.host_top_k(q, search._Rows(db), len(db), 10, block=64, check=record, workers=3)
+  assert sorted(seen) == [(a, min(64, 1000 - a)) for a in range(0, 1000, 64)]
+
+  def refuse(a, x):  # blocks from row 320 on fail; a later one may fail first in time
+    if a >= 320:
+      raise InputError(f"block {a}")
+
+  for _ in range(3):
+    with pytest.raises(InputError, match=r"^block 320$"):
+      host_search.host_top_k(q, search._Rows(db), len(db), 10, block=64, check=refuse,
+                             workers=4)
+
+
+def test_nonfinite_row_is_refused_by_any_worker(tmp_path):
+  rng = np.random.default_rng(7)
+  db = rng.standard_normal((900, 8)).astype(np.float32)
+  db[[700, 455], 3] = np.inf, np.nan
+  np.save(tmp_path / "db.npy", db)
+  mm = np.load(tmp_path / "db.npy", mmap_mode="r")
+  q = rng.standard_normal((2, 8)).astype(np.float32)
+  with pytest.raises(InputError, match=r"db\.npy: db\[455\]: expected finite values"):
+    host_search.host_top_k(q, search._Rows(mm), len(mm), 5, block=50, workers=3,
+                           source=str(tmp_path / "db.npy"))
+
+
+def test_workers_leave_the_blas_thread_count_as_it_was():
+  # Some OpenBLAS builds set the process's count from any thread: put back after the search.
+  setter = host_search._thread_blas_setter()
+  if setter is None:
+    pytest.skip("numpy's BLAS threads cannot be set here")
+  rng = np.random.default_rng(9)
+  db = rng.integers(-2, 3, (600, 8)).astype(np.float32)
+  q = rng.integers(-2, 3, (3, 8)).astype(np.float32)
+  before = setter(3)
+  got = []
+  try:
+    _, i = host_search.host_top_k(q, search._Rows(db), len(db), 10, block=50, workers=2)
+    # Searches overlapping in several threads: the count comes back after the last one.
+    threads = [threading.Thread(target=lambda: got.append(host_search.host_top_k(
+        q, search._Rows(db), len(db), 10, block=20, workers=3)[1])) for _ in range(3)]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join()
+  finally:
+    after = setter(before)
+  assert after == 3
+  for idx in [i] + got:
+    np.testing.assert_array_equal(idx, reference(q @ db.T, 10)[1])
+  assert len(got) == 3

@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 
 from csa_jax import parallel
+from csa_jax.data import descriptors
+from csa_jax.errors import InputError
+from csa_jax.evaluation import evaluate, revisited
 from csa_jax.retrieval import search
 
 N, C, Q = 240, 8, 5
@@ -154,3 +157,87 @@ def test_stacked_parts(data, tmp_path, n_dev, impl):
   np.testing.assert_array_equal(got_v, want_v)
   np.testing.assert_array_equal(out, s)
   np.testing.assert_array_equal(stacked[np.array([150, 3, 99, 100])], db[[150, 3, 99, 100]])
+
+
+def _deferred(tmp_path, x, name="r1m.npy"):
+  np.save(tmp_path / name, x)
+  return descriptors.load_r1m(tmp_path / name, defer=True)
+
+
+@pytest.mark.parametrize("impl", ["jax", "host"])
+def test_deferred_rows_are_checked_as_searched(tmp_path, monkeypatch, impl):
+  # A unit-norm file: searched as its memmap, every row checked in that pass, never re-scanned.
+  rng = np.random.default_rng(4)
+  x = rng.standard_normal((700, 16)).astype(np.float32)
+  x /= np.linalg.norm(x, axis=1, keepdims=True)
+  q = x[[3, 500]] + 0.1
+  d = _deferred(tmp_path, x)
+  assert isinstance(d, descriptors.DeferredRows) and d.shape == (700, 16) and len(d) == 700
+  scans = []
+  monkeypatch.setattr(descriptors, "scan_rows", lambda *a, **k: scans.append(a) or True)
+  out = np.zeros((2, 700), np.float32)
+  got_v, got_i = search.top_k_search(q, d, 25, block=64, scores_out=out, impl=impl)
+  want_v, want_i = reference(out, 25)
+  np.testing.assert_array_equal(got_i, want_i)
+  np.testing.assert_array_equal(got_v, want_v)
+  np.testing.assert_allclose(out, q @ x.T, rtol=1e-5, atol=1e-6)
+  assert isinstance(d.rows(), np.memmap) and scans == []  # the search's pass was the check
+  np.testing.assert_array_equal(d[np.array([699, 0])], x[[699, 0]])
+  stacked = search.StackedRows([x[:10], d])
+  np.testing.assert_array_equal(search.top_k_search(q, stacked, 25, block=64, impl=impl)[1],
+                                reference(q @ np.concatenate([x[:10], x]).T, 25)[1])
+
+
+def test_deferred_rows_read_by_index_first_are_scanned_first(tmp_path):
+  x = np.eye(40, 8, dtype=np.float32)
+  x[8:] = x[:8].repeat(4, axis=0)
+  d = _deferred(tmp_path, x)
+  x[33] = 0
+  np.save(tmp_path / "r1m.npy", x)  # the file changed before anything read it
+  with pytest.raises(InputError, match=r"r1m: expected non-zero descriptors, found an all-zero "
+                                       r"row 33 \(of 40\)"):
+    d[np.array([1])]
+
+
+@pytest.mark.parametrize("impl", ["jax", "host"])
+def test_deferred_rows_off_unit_norm_are_renormalised(tmp_path, caplog, impl):
+  rng = np.random.default_rng(8)
+  x = rng.standard_normal((500, 16)).astype(np.float32)
+  x /= np.linalg.norm(x, axis=1, keepdims=True)
+  y = x.copy()
+  y[321] *= 1.01  # off by 1%: re-normalised, as load_r1m does without defer
+  q = x[[4, 9, 321]]
+  d = _deferred(tmp_path, y)
+  out = np.zeros((3, 500), np.float32)
+  got_v, got_i = search.top_k_search(q, d, 30, block=32, scores_out=out, impl=impl)
+  want = descriptors.load_r1m(tmp_path / "r1m.npy")  # the eager reader's re-normalised copy
+  assert type(d.rows()) is np.ndarray
+  np.testing.assert_array_equal(d.rows(), want)
+  np.testing.assert_allclose(out, q @ want.T, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(got_i, reference(out, 30)[1])
+  assert any("not L2-normalised" in r.getMessage() for r in caplog.records), caplog.text
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 7])
+@pytest.mark.parametrize("with_top", [False, True])
+def test_evaluation_in_threads_equals_one_call(workers, with_top):
+  # evaluate scores the search's output with its queries shared out to threads: the numbers must
+  # be those of one call, to the last bit (means over all queries, empty queries left out).
+  rng = np.random.default_rng(workers)
+  s = rng.integers(-3, 4, (7, 400)).astype(np.float32)  # many ties
+  gnd = [{"easy": rng.choice(400, 5, replace=False), "hard": rng.choice(400, 3, replace=False),
+          "junk": rng.choice(400, 4, replace=False)} for _ in range(7)]
+  gnd[2] = {"easy": [], "hard": [], "junk": [1]}  # no positives: NaN, out of the means
+  gnd[5]["easy"] = []
+  top = np.argsort(-s, axis=1, kind="stable")[:, :20][:, ::-1].copy() if with_top else None
+  want = revisited.revisited_map_from_scores(s, gnd, top_QxK=top)
+  got = evaluate.results_from_scores(s, gnd, top_QxK=top, workers=workers)
+  for p in revisited.PROTOCOLS:
+    assert got[p]["map"] == want[p]["map"]
+    np.testing.assert_array_equal(got[p]["mp"], want[p]["mp"])
+    np.testing.assert_array_equal(got[p]["aps"], want[p]["aps"])
+    np.testing.assert_array_equal(got[p]["prs"], want[p]["prs"])
+  bad = [dict(g) for g in gnd]
+  bad[6] = {"easy": [400], "hard": [], "junk": []}
+  with pytest.raises(ValueError, match=r"gnd\[6\]: expected db indices in \[0, 400\)"):
+    evaluate.results_from_scores(s, bad, workers=workers)

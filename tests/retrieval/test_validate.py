@@ -15,7 +15,9 @@ import pytest
 from csa_jax import (InputError, evaluate, rerank_affinity, rerank_shortlist, search_and_rerank,
                      top_k_search)
 from csa_jax.core.config import ModelConfig
+from csa_jax.data import descriptors
 from csa_jax.interop import state_dict as interop
+from csa_jax.retrieval.search import StackedRows
 
 CFG = ModelConfig(anchors=8, dim=16, depth=1, heads=2)
 K = 10
@@ -143,3 +145,38 @@ def test_evaluate_refuses_k0_and_bad_gnd(problem):
     evaluate(q, db, gnd)
   with pytest.raises(InputError, match=r"gnd: expected a list of 5 entries.*found 4 entries"):
     evaluate(q, db, gnd[:4])
+
+
+def _r1m_error(path, **kw):
+  with pytest.raises(InputError) as e:
+    descriptors.load_r1m(path, **kw)
+  return str(e.value)
+
+
+@pytest.mark.parametrize("impl", ["host", "jax"])
+@pytest.mark.parametrize("bad", ["nan", "inf", "zero", "zero_then_nan", "nan_in_next_block"])
+def test_deferred_r1m_refuses_a_bad_row_as_the_eager_scan_does(problem, tmp_path, monkeypatch,
+                                                                impl, bad):
+  # csa-jax eval checks R1M's rows as the search scores them: the error must be the one the
+  # full scan before the search gave, whichever worker meets which bad row first.
+  _, q, db, _ = problem
+  monkeypatch.setattr(descriptors, "_BLOCK_BYTES", 8 * 12 * 100)  # scan blocks of 100 rows
+  x = np.tile(db, (50, 1))  # 3000 unit rows
+  rows = {"nan": [(2345, np.nan)], "inf": [(2345, np.inf)], "zero": [(2345, 0)],
+          # a zero row and, later in the same scan block but another search block, a NaN
+          "zero_then_nan": [(2310, 0), (2390, np.nan)],
+          "nan_in_next_block": [(2399, 0), (2400, np.nan), (2950, np.nan)]}[bad]
+  for r, v in rows:
+    if v == 0:
+      x[r] = 0
+    else:
+      x[r, 7] = v
+  np.save(tmp_path / "r1m.npy", x)
+  want = _r1m_error(tmp_path / "r1m.npy")
+  assert "r1m.npy: r1m: expected " in want
+  deferred = descriptors.load_r1m(tmp_path / "r1m.npy", defer=True)
+  stacked = StackedRows([db, deferred])
+  for _ in range(2):  # the same error each time, also for a second search
+    with pytest.raises(InputError) as e:
+      top_k_search(q, stacked, 5, block=48, impl=impl)
+    assert str(e.value) == want
