@@ -20,6 +20,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # (tests/test_compile_cache.py turns it on in a folder of its own).
 os.environ.setdefault("CSA_JAX_CACHE_DIR", "off")
 
+import io  # noqa: E402
+import logging  # noqa: E402
 import pathlib  # noqa: E402
 import sys  # noqa: E402
 
@@ -34,3 +36,17 @@ DATA = pathlib.Path(__file__).parent / "fixtures"
 @pytest.fixture(scope="session")
 def data_dir() -> pathlib.Path:
   return DATA
+
+
+@pytest.fixture
+def shown():
+  """The csa_jax log lines as the CLI shows them (INFO and above), as a StringIO."""
+  from csa_jax import log  # noqa: PLC0415  (after XLA_FLAGS is set above)
+  logger = logging.getLogger(log.ROOT)
+  handlers, level, propagate = logger.handlers[:], logger.level, logger.propagate
+  stream = io.StringIO()
+  log.setup(logging.INFO, stream)
+  yield stream
+  logger.handlers[:] = handlers
+  logger.setLevel(level)
+  logger.propagate = propagate

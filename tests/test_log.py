@@ -5,21 +5,8 @@ import logging
 import re
 import time
 
-import pytest
 
 from csa_jax import log
-
-
-@pytest.fixture
-def shown():
-  logger = logging.getLogger(log.ROOT)
-  handlers, level, propagate = logger.handlers[:], logger.level, logger.propagate
-  stream = io.StringIO()
-  log.setup(logging.INFO, stream)
-  yield stream
-  logger.handlers[:] = handlers
-  logger.setLevel(level)
-  logger.propagate = propagate
 
 
 def test_lines_carry_the_prefix_the_time_and_the_level(shown):

@@ -3,8 +3,6 @@
 error line and nothing half-written."""
 
 import glob
-import io
-import logging
 import os
 
 import jax
@@ -12,7 +10,7 @@ import jax.numpy as jnp
 import pytest
 from hostile_cli import expect_ok, fast_compile_env, train_cli
 
-from csa_jax import configs, log, profiling
+from csa_jax import configs, profiling
 from csa_jax.cli import main as cli
 from csa_jax.errors import InputError
 from csa_jax.train.loop import train
@@ -26,18 +24,6 @@ def _traces(log_dir) -> list[str]:
 def _perfetto(log_dir) -> list[str]:
   return sorted(glob.glob(os.path.join(str(log_dir), "plugins", "profile", "*",
                                        profiling.PERFETTO_NAME)))
-
-
-@pytest.fixture
-def shown():
-  logger = logging.getLogger(log.ROOT)
-  handlers, level, propagate = logger.handlers[:], logger.level, logger.propagate
-  stream = io.StringIO()
-  log.setup(logging.INFO, stream)
-  yield stream
-  logger.handlers[:] = handlers
-  logger.setLevel(level)
-  logger.propagate = propagate
 
 
 @pytest.mark.parametrize("text,want", [("", None), (None, None), ("  ", None), ("3", (3, 3)),

@@ -2,8 +2,6 @@
 cases that need it skip when the ``tensorboard`` package is absent)."""
 
 import errno
-import io
-import logging
 import math
 import os
 import shutil
@@ -13,7 +11,7 @@ import threading
 import pytest
 from hostile_cli import expect_ok, fast_compile_env, train_cli
 
-from csa_jax import configs, log
+from csa_jax import configs
 from csa_jax.train import telemetry, tensorboard
 from csa_jax.train.loop import train
 
@@ -34,19 +32,6 @@ def _scalars(logdir) -> dict:
   return {run: {tag: [(e.step, e.value) for e in mux.Scalars(run, tag)]
                 for tag in tags["scalars"]}
           for run, tags in mux.Runs().items()}
-
-
-@pytest.fixture
-def shown():
-  """The csa_jax log lines as the CLI shows them (INFO and above)."""
-  logger = logging.getLogger(log.ROOT)
-  handlers, level, propagate = logger.handlers[:], logger.level, logger.propagate
-  stream = io.StringIO()
-  log.setup(logging.INFO, stream)
-  yield stream
-  logger.handlers[:] = handlers
-  logger.setLevel(level)
-  logger.propagate = propagate
 
 
 def _rec(step, loss=0.5, **kw):
