@@ -205,13 +205,18 @@ def _no_constant(name):
   raise ValueError(f"{name} is not JSON")
 
 
-def _read_header(f, size: int, path: str) -> SafetensorsHeader:
-  """Reads and checks the length and the header, leaving ``f`` past it."""
+def _read(f, n: int, path: str) -> bytes:
+  """Up to ``n`` bytes of ``f``; a failing read is one line naming the file."""
   try:
-    raw = f.read(_LENGTH_BYTES)
+    return f.read(n)
   except OSError as e:
     raise fail(path, "file", "a readable .safetensors file",
                e.strerror or type(e).__name__) from None
+
+
+def _read_header(f, size: int, path: str) -> SafetensorsHeader:
+  """Reads and checks the length and the header, leaving ``f`` past it."""
+  raw = _read(f, _LENGTH_BYTES, path)
   if len(raw) < _LENGTH_BYTES:
     raise fail(path, "header length", "an 8-byte little-endian header length",
                f"a file of {size} bytes")
@@ -222,11 +227,7 @@ def _read_header(f, size: int, path: str) -> SafetensorsHeader:
   if hlen > size - _LENGTH_BYTES:
     raise fail(path, "header length", f"a header within the {size - _LENGTH_BYTES} bytes after "
                "the length", f"{hlen} bytes claimed (a truncated file or a lying length)")
-  try:
-    text = f.read(hlen)
-  except OSError as e:
-    raise fail(path, "file", "a readable .safetensors file",
-               e.strerror or type(e).__name__) from None
+  text = _read(f, hlen, path)
   if len(text) < hlen:
     raise fail(path, "header", f"{hlen} bytes", f"only {len(text)} (a truncated file)")
   if not text.startswith(b"{"):
