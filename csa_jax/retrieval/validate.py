@@ -124,40 +124,6 @@ def check_database(db, who: str, source: str = "db"):
   return _unit_rows(db, who, "db", source)
 
 
-def check_ranking(top_QxT, n: int, cols: int, who: str, field: str = "top_QxT") -> np.ndarray:
-  """A ranking of db ids the driver may gather: integers in [0, N), each once per row.
-
-  Args:
-    top_QxT: (Q, T) ids, best first.
-    n: database rows.
-    cols: the leading columns the driver uses (only they must be distinct).
-    who: the public function, for messages.
-    field: the argument's name.
-
-  Returns:
-    top_QxT as a host integer array.
-  """
-  top = np.asarray(top_QxT)
-  if top.ndim != 2:
-    raise fail(who, field, "a (Q, T) ranking of db ids", f"shape {top.shape}")
-  if top.dtype.kind not in "iu":
-    raise fail(who, field, "integer db ids", f"dtype {top.dtype}")
-  if top.size:
-    lo, hi = int(top.min()), int(top.max())
-    if lo < 0 or hi >= n:
-      bad = (top < 0) | (top >= n)
-      q, j = np.argwhere(bad)[0]
-      raise fail(who, f"{field}[{q}, {j}]", f"db ids in [0, N={n}) (0-based; no -1 padding)",
-                 str(int(top[q, j])))
-    used = np.sort(top[:, :cols], axis=1)
-    dup = used[:, 1:] == used[:, :-1]
-    if dup.any():
-      q, j = np.argwhere(dup)[0]
-      raise fail(who, f"{field}[{q}]", f"distinct db ids in the first {cols} columns",
-                 f"id {int(used[q, j])} twice")
-  return top
-
-
 def first_nonfinite_row(rows_BxC, start: int) -> int | None:
   """The index of the first row of a db block holding NaN/inf, or None."""
   ok = np.isfinite(np.asarray(rows_BxC)).all(axis=1)
