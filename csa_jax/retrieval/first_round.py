@@ -26,6 +26,7 @@ import numpy as np
 
 from csa_jax.core.normalize import NORM_TOL, l2_normalize
 from csa_jax.errors import fail
+from csa_jax.retrieval import validate
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +143,7 @@ class MappedRows:
     if flat.size and (int(flat.min()) < 0 or int(flat.max()) >= n):  # never wrap or clamp
       raise IndexError(f"MappedRows: rows in [0, {n}), got {int(flat.min())}..{int(flat.max())}")
     rows = self._read(flat)
-    ok = np.isfinite(rows).all(axis=1)
-    if not ok.all():
-      raise fail(self.source, f"db[{int(flat[np.argmin(ok)])}]", "finite values", "NaN/inf")
-    norms = np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64))
+    norms = validate.finite_row_norms(rows, flat, self.source)
     if (norms == 0).any():
       raise fail(self.source, f"db[{int(flat[np.argmax(norms == 0)])}]", "non-zero descriptors",
                  "an all-zero row")

@@ -138,6 +138,23 @@ def nonfinite_db_error(source: str, row: int | None, a: int, b: int):
               "overflowing scores (values far from unit norm)")
 
 
+def finite_row_norms(rows_RxC: np.ndarray, ids_R: np.ndarray, source: str) -> np.ndarray:
+  """The float64 norms of db rows read from a file, after refusing a row with NaN/inf.
+
+  Args:
+    rows_RxC: the rows as read.
+    ids_R: their db ids (named in the error).
+    source: the database's file.
+
+  Returns:
+    norms_R, float64 (no overflow or underflow of float32 squares).
+  """
+  ok = np.isfinite(rows_RxC).all(axis=1)
+  if not ok.all():
+    raise fail(source, f"db[{int(ids_R[_first(~ok)])}]", "finite values", "NaN/inf")
+  return np.sqrt(np.einsum("ij,ij->i", rows_RxC, rows_RxC, dtype=np.float64))
+
+
 def check_gathered_rows(rows_RxC: np.ndarray, ids_R: np.ndarray, source: str) -> None:
   """Rows of a memmap about to enter CSA: finite and unit-norm (a memmap is not re-normalised).
 
@@ -146,10 +163,7 @@ def check_gathered_rows(rows_RxC: np.ndarray, ids_R: np.ndarray, source: str) ->
     ids_R: their db ids.
     source: the database's file.
   """
-  ok = np.isfinite(rows_RxC).all(axis=1)
-  if not ok.all():
-    raise fail(source, f"db[{int(ids_R[_first(~ok)])}]", "finite values", "NaN/inf")
-  norms = np.sqrt(np.einsum("ij,ij->i", rows_RxC, rows_RxC, dtype=np.float64))
+  norms = finite_row_norms(rows_RxC, ids_R, source)
   off = np.abs(norms - 1) > NORM_TOL
   if off.any():
     i = _first(off)
