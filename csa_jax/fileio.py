@@ -168,6 +168,22 @@ def check_output_path(path: str | os.PathLike, field: str = "--out") -> str:
   return path
 
 
+def check_replaceable(path, field: str, is_ours, what: str) -> None:
+  """Fails unless ``path`` may be written: a new file, or ``what`` csa_jax wrote (then replaced),
+  in a writable directory; a file csa_jax did not write is never replaced.
+
+  Args:
+    path: the output file.
+    field: the argument or flag that named it, for the message.
+    is_ours: ``is_ours(path) -> bool``, whether an existing file is csa_jax's own.
+    what: the kind of file, for the message ("an .npz export").
+  """
+  check_output_path(path, field)
+  if os.path.lexists(path) and not is_ours(path):
+    raise fail(path, field, f"a new file or {what} csa_jax wrote (replaced)",
+               "an existing file csa_jax did not write (left alone)")
+
+
 def _identity(path: str) -> tuple[int, int] | None:
   """(st_dev, st_ino) of an existing file (symlinks followed), else None."""
   try:

@@ -2,17 +2,18 @@
 
   csa-jax eval --features F --gnd G [--r1m R1M.npy] [--model PATH [--K 1024] [--L L]]
                [--out results.json]
-  csa-jax eval --data ROOT --features NAME --datasets roxford5k,rparis6k [--r1m] [--model ...]
-               [--out results.json]
-  csa-jax eval --tfds DATA_DIR --features NAME --datasets roxford5k,rparis6k [--r1m] [...]
+  csa-jax eval --data ROOT --features NAME [--datasets roxford5k,rparis6k] [--r1m]
+               [--model ...] [--out results.json]
+  csa-jax eval --tfds DATA_DIR --features NAME [--datasets roxford5k,rparis6k] [--r1m] [...]
 
 F holds the test set's 'db' and 'query' descriptors (or give them as two files, --db and --query:
 the same cross-checks with G apply), G its ground truth (docs/method.md section 6 pickles, or
 .npz/.npy/.json with the same content). With --data, every dataset's files are found under ROOT
 in the original layout (ROOT/test/<ds>/NAME.*, ROOT/annotations/<ds>/gnd_<ds>.*, and with a bare
---r1m ROOT/test/r1m/NAME.*), each evaluated in turn and all written to one JSON. R1M distractors
-are used only when asked for; a float32 (n, C) .npy is memory-mapped, never read whole, and every
-row is checked. The output path is checked before anything is loaded; neither it nor the PNG
+--r1m ROOT/test/r1m/NAME.*), each evaluated in turn and all written to one JSON; without
+--datasets, every test set under ROOT with NAME descriptors and a gnd file is evaluated. R1M
+distractors are used only when asked for; a float32 (n, C) .npy is memory-mapped, never read
+whole, and every row is checked. The output path is checked before anything is loaded; neither it nor the PNG
 beside it may be a file the command reads (same path, symlink or hard link), or lie inside a
 TFDS copy or a workdir given as --model. The evaluation is exact over the whole database (every
 positive's rank counts, as with a full sort), printed as the reference tools print it (one table
@@ -51,11 +52,12 @@ def _dataset_name(gnd_path: str, r1m: bool) -> str:
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="csa-jax eval", description=__doc__.split("\n\n")[0])
   p.add_argument("--data", default=None, help="a data root in the original layout (with "
-                 "--features NAME --datasets D1,D2)")
+                 "--features NAME [--datasets D1,D2])")
   p.add_argument("--tfds", default=None, help="instead of --data: a TFDS data_dir written by "
-                 "convert-data --to tfds (with --features NAME --datasets D1,D2)")
+                 "convert-data --to tfds (with --features NAME [--datasets D1,D2])")
   p.add_argument("--datasets", default=None,
-                 help="with --data or --tfds: comma-separated test sets")
+                 help="with --data or --tfds: comma-separated test sets (default: every test set "
+                 "present with NAME descriptors)")
   p.add_argument("--features", default=None, help="test-set descriptors: 'db' and 'query' (with "
                  "--data: the descriptor set's name)")
   p.add_argument("--db", default=None, help="instead of --features: db descriptors (.npy, ...)")
@@ -84,12 +86,12 @@ def _check_flags(args) -> None:
     flag = "--data" if args.data is not None else "--tfds"
     mixed = [f"--{f}" for f in ("gnd", "db", "query", "dataset") if getattr(args, f) is not None]
     if mixed:
-      raise fail("command line", flag, "--features NAME --datasets D1,D2 (found under "
+      raise fail("command line", flag, "--features NAME [--datasets D1,D2] (found under "
                  f"{flag[2:].upper()}), without --gnd, --db, --query or --dataset",
                  " ".join(mixed))
-    if args.features is None or args.datasets is None:
-      raise fail("command line", flag, "--features NAME and --datasets D1,D2",
-                 f"--features {args.features}, --datasets {args.datasets}")
+    if args.features is None:
+      raise fail("command line", flag, "--features NAME (the descriptor set's name)",
+                 "no --features")
     layout.check_name(args.features, "--features")
     if args.tfds is not None and args.r1m not in (None, _R1M_FROM_ROOT):
       raise fail("command line", "--r1m", "a bare --r1m with --tfds (its r1m split)",
@@ -109,11 +111,16 @@ def _check_flags(args) -> None:
                f"--features {args.features}, --db {args.db}, --query {args.query}")
 
 
-def _tfds_sets(data_dir: str, features: str, names: list[str], r1m: bool):
+def _tfds_sets(data_dir: str, features: str, names: list[str] | None, r1m: bool):
   """The test sets (and the R1M split) of a TFDS copy, all checked present before any is read."""
   from csa_jax.data import tfds_reader  # noqa: PLC0415  (the optional tfds extra)
   where = tfds_reader.dataset_dir(data_dir, features)
   sources = tfds_reader.open_tfds(data_dir, features)
+  if names is None:
+    names = tfds_reader.tfds_test_sets(data_dir, features)
+    if not names:
+      raise fail(where, "--tfds", "at least one test set (<ds>_db and <ds>_query splits)",
+                 f"splits {sorted(sources)}")
   for ds in names:
     layout.check_name(ds, "--datasets")
     if f"{ds}_db" not in sources or f"{ds}_query" not in sources:
@@ -124,6 +131,18 @@ def _tfds_sets(data_dir: str, features: str, names: list[str], r1m: bool):
                f"splits {sorted(sources)}")
   sets = [layout.TestSetFiles(ds, where, f"{where}: {ds}_query") for ds in names]
   return sets, (f"{where}: r1m" if r1m else None)
+
+
+def _present(root: str, features: str) -> list[str]:
+  """Every test set under a data root with ``features`` descriptors and a gnd file."""
+  if not os.path.isdir(root):
+    raise fail(root, "--data", "a data root directory (test/, annotations/)", "no such directory")
+  layout.check_name(features, "--features")
+  names = layout.test_set_names(root, features)
+  if not names:
+    raise fail(root, "--features", f"test sets with {features} descriptors "
+               f"(test/<ds>/{features}.* beside a gnd file)", "none under this root")
+  return names
 
 
 def _one(args, name, q, db, n_db, gnd, model, source) -> tuple[dict, tuple]:
@@ -138,8 +157,8 @@ def _one(args, name, q, db, n_db, gnd, model, source) -> tuple[dict, tuple]:
     print(format_results(res["csa"], f"{name} CSA(K={res['info']['K']})"))
     out.update(model=args.model, csa=results_to_json(res["csa"]))
   print(f"csa-jax eval: {name}: {len(q)} queries, {len(db)} images ({out['distractors']} "
-        f"distractors), {args.search_dtype} first-round scores; times {res['info']['seconds']} "
-        "s", file=sys.stderr)
+        f"distractors), {args.search_dtype} first-round scores; "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in res["info"]["seconds"].items()), file=sys.stderr)
   return out, (res["first_round"], res["csa"])
 
 
@@ -155,17 +174,23 @@ def main(argv: list[str]) -> int:
   _check_flags(args)
   by_name = args.data is not None or args.tfds is not None
   if by_name:
-    names = [d.strip() for d in args.datasets.split(",") if d.strip()]
-    if not names or len(set(names)) != len(names):
-      raise fail("command line", "--datasets", "distinct comma-separated dataset names",
-                 repr(args.datasets))
+    names = None  # every test set present
+    if args.datasets is not None:
+      names = [d.strip() for d in args.datasets.split(",") if d.strip()]
+      if not names or len(set(names)) != len(names):
+        raise fail("command line", "--datasets", "distinct comma-separated dataset names",
+                   repr(args.datasets))
     if args.tfds is not None:
       sets, r1m = _tfds_sets(args.tfds, args.features, names, args.r1m is not None)
     else:
+      if names is None:
+        names = _present(args.data, args.features)
       sets = layout.test_set_files(args.data, args.features, names)
       r1m = args.r1m or (layout.r1m_file(args.data, args.features)
                          if args.r1m is not None else None)
     default_out = f"eval_{args.features}{'+1m' if r1m else ''}.json"
+    if args.datasets is None:
+      print(f"csa-jax eval: test sets found: {', '.join(s.name for s in sets)}", file=sys.stderr)
   else:
     r1m = args.r1m
     sets = [layout.TestSetFiles(args.dataset or _dataset_name(args.gnd, bool(r1m)),

@@ -5,7 +5,8 @@ run, so ``csa-jax --help`` stays fast and a command's optional dependencies stay
 Bad input (``InputError``) becomes one line on stderr and exit code 2, with no traceback; control
 characters and line separators in it are escaped (``errors.one_line``), so it stays one line.
 Compiled programs are kept for the next process (``compile_cache``; ``--no-compile-cache`` turns
-that off for one command). ``csa-jax --version`` (``-V``) prints csa_jax's and its libraries' versions and the devices.
+that off for one command). ``csa-jax --version`` (``-V``) prints csa_jax's and its libraries'
+versions and the devices.
 ``csa-jax --profile DIR <command> ...`` runs the command inside a ``jax.profiler`` trace written to
 ``DIR/plugins/profile/<session>/`` (``csa_jax.profiling``; for TensorBoard and Perfetto).
 """
@@ -33,6 +34,8 @@ COMMANDS = {
                "CSA re-ranking of your own queries and database (no ground truth)"),
     "convert-data": ("csa_jax.cli.convert_data",
                      "turn the original pickle layout into .npy/.json or a TFDS copy"),
+    "convert": ("csa_jax.cli.convert",
+                "a trained model from one weights format to another (.pth, .npz, .safetensors)"),
     "bench": ("csa_jax.cli.bench", "csa_jax vs PyTorch throughput, same weights"),
     "experiment": ("csa_jax.cli.experiment", "the paper's studies and re-ranking baselines"),
 }

@@ -15,7 +15,9 @@ FAISS's (the faiss extra) over an index built from that factory string. ranks.np
 first-round score, the descriptors' dot product, after; -1 padding kept, its score NaN) and
 'run' (JSON text: provenance and settings). With --query-names and/or --db-names (a text file,
 one name per line, or a JSON list; a gnd file's qimlist / imlist), ranks.json and ranks.csv
-(query, rank, db, score; ranks from 1; padding left out) are written beside it.
+(query, rank, db, score, score_from, first_round_rank; ranks from 1; padding left out) are
+written beside it: score_from is 'csa' for the K ranks CSA re-ordered and 'first_round' after,
+first_round_rank where the image stood before re-ranking ('first_round_rank' (Q, T) in the .npz).
 All files are written at the end, atomically, all or none; the output paths are checked first,
 and none of them may be an input (same path, a symlink or a hard link to it, or inside a workdir
 given as --model). ranks.json holds the names exactly; in ranks.csv a name that starts with =, +,
@@ -38,7 +40,7 @@ from csa_jax.cli.rerank_flags import add_rerank_flags, check_positive
 from csa_jax.errors import fail
 from csa_jax.fileio import atomic_paths, check_distinct, check_output_path
 from csa_jax.retrieval import faiss_search, first_round, user_rerank
-from csa_jax.retrieval.rerank import rerank_shortlist, search_and_rerank
+from csa_jax.retrieval.rerank import first_round_ranks, rerank_shortlist, search_and_rerank
 from csa_jax.run_info import run_info
 
 SCORES_DOC = ("ranks 1..K: CSA score (cosine of the refined query and candidate tokens); ranks "
@@ -86,38 +88,43 @@ def csv_cell(name: str) -> str:
   return "'" + name if name.startswith(_FORMULA_START) else name
 
 
-def _table(ids_QxT, scores_QxT, qnames, dbnames):
-  """(query index, query, rank from 1, db, score) rows; a side without names is given by index;
-  -1 padding (only ever at a row's end) is left out."""
-  for i, (row, srow) in enumerate(zip(ids_QxT, scores_QxT)):
+def _table(ids_QxT, scores_QxT, first_QxT, K, qnames, dbnames):
+  """(query index, query, rank from 1, db, score, score_from, first-round rank) rows; a side
+  without names is given by index; -1 padding (only ever at a row's end) is left out."""
+  for i, (row, srow, frow) in enumerate(zip(ids_QxT, scores_QxT, first_QxT)):
     qn = qnames[i] if qnames else str(i)
-    for r, (j, s) in enumerate(zip(row.tolist(), srow)):
+    for r, (j, s, f) in enumerate(zip(row.tolist(), srow, frow.tolist())):
       if j == first_round.PAD:
         break
-      yield i, qn, r + 1, dbnames[j] if dbnames else str(j), float(str(s))  # float32's shortest
+      yield (i, qn, r + 1, dbnames[j] if dbnames else str(j), float(str(s)),  # float32's shortest
+             "csa" if r < K else "first_round", f)
 
 
-def write_outputs(paths, ids, scores, run, qnames=None, dbnames=None,
+def write_outputs(paths, ids, scores, first_ranks, K, run, qnames=None, dbnames=None,
                   scores_doc: str = SCORES_DOC) -> None:
-  """The .npz (and JSON and CSV with names), all or none; ``scores_doc`` says what the scores
+  """The .npz (and JSON and CSV with names), all or none; ``first_ranks`` (Q, T) the 1-based
+  first-round rank of each entry (``first_round_ranks``), ``scores_doc`` says what the scores
   are, in ranks.json."""
   with atomic_paths(paths) as tmps:
     with open(tmps[0], "wb") as f:
-      np.savez(f, ids=ids, scores=scores, run=np.array(json.dumps(run)))
+      np.savez(f, ids=ids, scores=scores, first_round_rank=first_ranks,
+               run=np.array(json.dumps(run)))
     if len(tmps) == 1:
       return
-    rows = list(_table(ids, scores, qnames, dbnames))
+    rows = list(_table(ids, scores, first_ranks, K, qnames, dbnames))
     doc = {"run": run, "scores": scores_doc, "queries": [
-        {"query": qrows[0][1], "ranking": [{"rank": r, "db": d, "score": s}
-                                           for _, _, r, d, s in qrows]}
+        {"query": qrows[0][1],
+         "ranking": [{"rank": r, "db": d, "score": s, "score_from": by, "first_round_rank": f}
+                     for _, _, r, d, s, by, f in qrows]}
         for qrows in (list(g) for _, g in itertools.groupby(rows, key=lambda row: row[0]))]}
     with open(tmps[1], "w", encoding="utf-8") as f:
       json.dump(doc, f, indent=1, ensure_ascii=False)
       f.write("\n")
     with open(tmps[2], "w", encoding="utf-8", newline="") as f:
       w = csv.writer(f)
-      w.writerow(["query", "rank", "db", "score"])
-      w.writerows((csv_cell(qn), r, csv_cell(d), sc) for _, qn, r, d, sc in rows)
+      w.writerow(["query", "rank", "db", "score", "score_from", "first_round_rank"])
+      w.writerows((csv_cell(qn), r, csv_cell(d), sc, by, fr)
+                  for _, qn, r, d, sc, by, fr in rows)
 
 
 def _check_first_round_flags(args) -> None:
@@ -141,8 +148,8 @@ def _check_first_round_flags(args) -> None:
 
 
 def _rerank_given_first_round(args, q, db, model):
-  """(ids_QxT, scores_QxT, T) for a first round from a file or FAISS: rerank_shortlist on it,
-  then the dot products of ranks K+1..T, each from the db rows the ranking names."""
+  """(ids_QxT, scores_QxT, first_QxT) for a first round from a file or FAISS: rerank_shortlist
+  on it, then the dot products of ranks K+1..T, each from the db rows the ranking names."""
   K, L, n = args.K, model.cfg.anchors, len(db)
   if args.first_round is not None:
     ids = user_rerank.load_first_round(args.first_round, len(q), n, K, L)
@@ -157,11 +164,11 @@ def _rerank_given_first_round(args, q, db, model):
     ids = first_round.check_first_round(ids, n, K, L, f"--faiss {args.faiss}", "ids")
   new, csa_QxK = rerank_shortlist(q, db, ids, model, K, batch_size=args.batch_size,
                                   progress=True, source=args.db)
-  ids = new[:, :T].astype(np.int64)
+  first, ids = ids[:, :T].astype(np.int64), new[:, :T].astype(np.int64)
   scores = np.empty(ids.shape, np.float32)
   scores[:, :K] = csa_QxK
   scores[:, K:] = first_round.first_round_scores(q, db, ids, K)
-  return ids, scores, T
+  return ids, scores, first
 
 
 def main(argv: list[str]) -> int:
@@ -197,12 +204,12 @@ def main(argv: list[str]) -> int:
   if args.db_names:
     dbnames = user_rerank.load_names(args.db_names, len(db), "imlist")
   if given:
-    ids, scores, T = _rerank_given_first_round(args, q, db, model)
+    ids, scores, first = _rerank_given_first_round(args, q, db, model)
   else:
-    T = args.K if args.T is None else args.T
-    ids, scores = search_and_rerank(q, db, model, args.K, T, batch_size=args.batch_size,
-                                    search_dtype=args.search_dtype, block=args.block,
-                                    progress=True, source=args.db)
+    ids, scores, first = search_and_rerank(
+        q, db, model, args.K, args.T, batch_size=args.batch_size, search_dtype=args.search_dtype,
+        block=args.block, progress=True, source=args.db, return_first_round=True)
+  T = ids.shape[1]
   settings = {"query": args.query, "db": args.db, "model": args.model, "K": args.K, "T": T,
               "L": model.cfg.anchors, "queries": len(q), "db_images": len(db),
               "first_round": args.first_round or ("faiss" if given else "exact search"),
@@ -212,7 +219,8 @@ def main(argv: list[str]) -> int:
               "model_config": model.cfg, "scores": SCORES_DOC + (PAD_DOC if given else "")}
   run = run_info(["csa-jax", "rerank", *argv], config=settings)
   try:
-    write_outputs(paths, ids, scores, run, qnames, dbnames, settings["scores"])
+    write_outputs(paths, ids, scores, first_round_ranks(ids, first, args.K), args.K, run,
+                  qnames, dbnames, settings["scores"])
   except OSError as e:
     raise fail(args.out, "--out", "a writable file",
                e.strerror or type(e).__name__) from None

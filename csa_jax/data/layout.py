@@ -129,9 +129,16 @@ def test_set_files(root: str, features: str, datasets: list[str]) -> list[TestSe
   if not os.path.isdir(root):
     raise fail(root, "--data", "a data root directory (test/, annotations/)", "no such directory")
   check_name(features, "--features")
+  present = test_set_names(root, features)
   out = []
   for ds in datasets:
     check_name(ds, "--datasets")
+    if ds not in present:  # say what is missing, and which test sets the root does have
+      has_features = any(os.path.isfile(test_base(root, ds, features) + e) for e in FEATURE_EXTS)
+      missing = (f"gnd_{ds}.* (annotations/{ds}/ or test/{ds}/)" if has_features
+                 else f"test/{ds}/{features}.*")
+      raise fail(root, "--datasets", f"test sets with {features} descriptors and a gnd file "
+                 f"(this root has: {', '.join(present) or 'none'})", f"'{ds}': no {missing}")
     out.append(TestSetFiles(ds, test_features_file(root, ds, features), gnd_file(root, ds)))
   return out
 

@@ -64,10 +64,15 @@ DESCRIPTION = (
 def import_tfds():
   """``tensorflow_datasets``, imported on first use; one ``InputError`` line when it is missing."""
   try:
-    import array_record  # noqa: F401,PLC0415  (the ArrayRecord reader/writer)
     import tensorflow_datasets as tfds  # noqa: PLC0415  (optional extra)
   except ImportError as e:
     raise fail("tensorflow_datasets", "import", f"the optional extra 'tfds' ({INSTALL})",
+               f"{type(e).__name__}: {e}") from None
+  try:
+    import array_record  # noqa: F401,PLC0415  (the ArrayRecord reader/writer)
+  except ImportError as e:  # the extra skips it where it has no wheels (Windows, Intel macOS)
+    raise fail("array_record", "import", "the ArrayRecord package the TFDS format needs (wheels "
+               "for Linux and Apple-silicon macOS only; elsewhere keep the data root's files)",
                f"{type(e).__name__}: {e}") from None
   return tfds
 

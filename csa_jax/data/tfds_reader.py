@@ -2,7 +2,8 @@
 
 Every reader opens ``<data_dir>/csa_data/<feature>/1.0.0`` through ``tfds.data_source`` (random
 access to the ArrayRecord files; tensorflow_datasets imported on first use) and returns exactly
-what the matching file reader (``data.descriptors``, ``data.ground_truth``, ``data.annotations``) returns for the files the dataset was packed from:
+what the matching file reader (``data.descriptors``, ``data.ground_truth``,
+``data.annotations``) returns for the files the dataset was packed from:
 
   load_train_from_tfds        (feats_NxC, clusters_N)  = load_descriptors + load_annotations
   load_annotations_from_tfds  load_annotations' dict

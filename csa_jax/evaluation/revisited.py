@@ -211,11 +211,25 @@ def percent(x, decimals: int | None = 2):
 
 
 def format_results(results: dict, dataset: str, kappas=KAPPAS) -> str:
-  """The two lines the reference tools print (``compute_map_and_print``), in percent."""
-  m = [percent(results[p]["map"]) for p in PROTOCOLS]
-  mp = [percent(results[p]["mp"]) for p in PROTOCOLS]
+  """The two lines the reference tools print (``compute_map_and_print``), in percent.
+
+  The numbers are the reference's (rounded to two decimals), written with two decimals each;
+  mP@k as ``mP@1/5/10 E: 0.00/50.00/50.00`` rather than as a printed numpy array.
+
+  Args:
+    results: ``{protocol: {'map', 'mp', ...}}`` as ``revisited_map`` returns it.
+    dataset: the name the lines start with.
+    kappas: the k of mP@k, in the order of ``results[p]['mp']``.
+
+  Returns:
+    Two lines, without a trailing newline.
+  """
+  m = [f"{percent(results[p]['map']):.2f}" for p in PROTOCOLS]
+  mp = ["/".join(f"{v:.2f}" for v in np.atleast_1d(percent(results[p]["mp"])))
+        for p in PROTOCOLS]
+  ks = "/".join(str(k) for k in kappas)
   return (f">> {dataset}: mAP E: {m[0]}, M: {m[1]}, H: {m[2]}\n"
-          f">> {dataset}: mP@k{list(kappas)} E: {mp[0]}, M: {mp[1]}, H: {mp[2]}")
+          f">> {dataset}: mP@{ks} E: {mp[0]}, M: {mp[1]}, H: {mp[2]}")
 
 
 def results_to_json(results: dict, kappas=KAPPAS) -> dict:

@@ -20,7 +20,7 @@ import numpy as np
 from csa_jax.core.config import Model, ModelConfig
 from csa_jax.errors import fail
 from csa_jax.fileio import atomic_path, check_distinct, check_output_path
-from csa_jax.interop.export import load_model, save_export
+from csa_jax.interop.export import check_npz_target, load_model, save_export
 from csa_jax.interop.safetensors_export import check_safetensors_target
 from csa_jax.interop.state_dict import params_to_torch_state_dict
 
@@ -90,7 +90,7 @@ def convert_model(src, dst, heads: int | None = None) -> Model:
   elif dst.endswith(".safetensors"):
     check_safetensors_target(dst, "dst")
   else:
-    check_output_path(dst, "dst")
+    check_npz_target(dst, "dst")
   check_distinct([("dst", dst)], [("src", src)])
   model = load_model(src, heads)
   if dst.endswith(".pth"):

@@ -15,12 +15,13 @@ and ``load_model`` pick the format by the path's suffix.
 from __future__ import annotations
 
 import os
+import zipfile
 
 import numpy as np
 
 from csa_jax.core.config import Model, ModelConfig
 from csa_jax.errors import InputError
-from csa_jax.fileio import save_npz
+from csa_jax.fileio import check_replaceable, save_npz
 from csa_jax.formats.npyio import load_npz
 from csa_jax.formats.regular_file import check_regular
 from csa_jax.interop.model_record import config_json, model_from_record
@@ -35,8 +36,8 @@ def save_export(path, params, cfg: ModelConfig) -> None:
   """Writes params (original names, float32) and cfg to ``path`` atomically.
 
   Args:
-    path: a ``.safetensors`` path writes that format (``safetensors_export``: only a new path or
-      a csa_jax ``.safetensors`` is replaced); any other path an ``.npz`` export.
+    path: a ``.safetensors`` path writes that format (``safetensors_export``); any other path an
+      ``.npz`` export. Either way only a new path or an export csa_jax wrote is replaced.
     params: the parameter pytree; a NaN/inf anywhere is refused (``ValueError``) before anything
       is written.
     cfg: its ``ModelConfig``.
@@ -45,7 +46,32 @@ def save_export(path, params, cfg: ModelConfig) -> None:
     save_safetensors_export(path, params, cfg)
     return
   arrays = {f"param/{k}": v for k, v in params_to_torch_state_dict(params).items()}
+  check_npz_target(path, "path")
   save_npz(path, model_config=np.array(config_json(cfg)), **arrays)
+
+
+def check_npz_target(path, field: str = "path") -> None:
+  """Fails unless ``save_export`` may write an ``.npz`` at ``path``: a new file, or an export
+  csa_jax wrote, in a writable directory.
+
+  Args:
+    path: the output file.
+    field: the argument or flag that named it, for the message.
+  """
+  check_replaceable(path, field, is_csa_jax_npz, "an .npz export")
+
+
+def is_csa_jax_npz(path) -> bool:
+  """Whether ``path`` is a regular zip file whose members include an export's model_config
+  (only the zip directory is read)."""
+  path = os.fspath(path)
+  if os.path.islink(path) or not os.path.isfile(path):
+    return False
+  try:
+    with zipfile.ZipFile(path) as z:
+      return "model_config.npy" in z.namelist()
+  except (OSError, zipfile.BadZipFile, ValueError):
+    return False
 
 
 def load_export(path, heads: int | None = None) -> Model:

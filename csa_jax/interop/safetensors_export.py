@@ -20,7 +20,7 @@ import numpy as np
 
 from csa_jax.core.config import Model, ModelConfig
 from csa_jax.errors import InputError, fail
-from csa_jax.fileio import check_output_path
+from csa_jax.fileio import check_replaceable
 from csa_jax.formats import safetensors_file as stf
 from csa_jax.interop.model_record import config_json, model_from_record
 from csa_jax.interop.pth import resolve_heads
@@ -67,10 +67,7 @@ def check_safetensors_target(path, field: str = "path") -> None:
     path: the output file.
     field: the argument or flag that named it, for the message.
   """
-  check_output_path(path, field)
-  if os.path.lexists(path) and not is_csa_jax_safetensors(path):
-    raise fail(path, field, "a new file or a .safetensors export csa_jax wrote (replaced)",
-               "an existing file csa_jax did not write (left alone)")
+  check_replaceable(path, field, is_csa_jax_safetensors, "a .safetensors export")
 
 
 def is_csa_jax_safetensors(path) -> bool:

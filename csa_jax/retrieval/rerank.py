@@ -71,6 +71,35 @@ def reorder_top(top_QxT, new_scores_QxK, *, with_scores: bool = False):
   return (top, np.take_along_axis(new, order, axis=1)) if with_scores else top
 
 
+def first_round_ranks(ids_QxT, first_QxT, K: int) -> np.ndarray:
+  """Where each entry of a re-ranked list stood in the first round (what CSA moved).
+
+  Args:
+    ids_QxT: the re-ranked list, ``reorder_top(first_QxT, ...)``: its first K columns a
+      permutation of first_QxT's (distinct ids), the rest as in the first round.
+    first_QxT: the first-round ranking.
+    K: the columns re-ordered.
+
+  Returns:
+    int64 (Q, T), 1-based: entry [i, j] is the first-round rank of ids_QxT[i, j] (j + 1 from
+    column K on, where nothing moved).
+  """
+  ids, first = np.asarray(ids_QxT), np.asarray(first_QxT)
+  if ids.shape != first.shape or not 0 <= K <= ids.shape[1]:
+    raise ValueError(f"first_round_ranks: expected two (Q, T) rankings and K <= T, found "
+                     f"{ids.shape}, {first.shape}, K={K}")
+  ranks = np.broadcast_to(np.arange(1, ids.shape[1] + 1, dtype=np.int64), ids.shape).copy()
+  by_id = np.argsort(first[:, :K], axis=1, kind="stable")
+  sorted_ids = np.take_along_axis(first[:, :K], by_id, axis=1)
+  for i in range(len(ids)):  # per row: searchsorted has no batched form
+    at = np.searchsorted(sorted_ids[i], ids[i, :K])
+    if not np.array_equal(sorted_ids[i, np.minimum(at, K - 1)], ids[i, :K]):
+      raise ValueError(f"first_round_ranks: row {i}'s first {K} ids are not a re-ordering of "
+                       "the first round's")
+    ranks[i, :K] = by_id[i, at] + 1
+  return ranks
+
+
 def _gather_rows(db_NxC, rows: np.ndarray, total: int, source: str):
   """db rows ``rows`` (sorted, unique) padded with zero rows to ``total``: one shape per batch.
 
@@ -214,7 +243,8 @@ def rerank_shortlist(q_QxC, db, top_QxT, model, K: int, *, batch_size: int | Non
 
 
 def _search_and_rerank(who: str, q_QxC, db, model, K: int, T: int | None, batch_size,
-                       search_dtype: str, block, devices, progress: bool, source: str):
+                       search_dtype: str, block, devices, progress: bool, source: str,
+                       return_first_round: bool = False):
   """``search_and_rerank`` with its messages naming ``who`` (the public function called)."""
   params, cfg = validate.check_model(model, who)
   db = validate.check_database(db, who, source)  # first: a db that is not (N, C) is one line
@@ -242,13 +272,15 @@ def _search_and_rerank(who: str, q_QxC, db, model, K: int, T: int | None, batch_
   ids, scores_QxK = reorder_top(top_QxT[:, :T].astype(np.int64), new_QxK, with_scores=True)
   scores = first_QxT[:, :T].astype(np.float32)
   scores[:, :K] = scores_QxK
+  if return_first_round:
+    return ids, scores, top_QxT[:, :T].astype(np.int64)
   return ids, scores
 
 
 def search_and_rerank(q_QxC, db, model, K: int, T: int | None = None, *,
                       batch_size: int | None = None, search_dtype: str = "float32",
                       block: int | None = None, devices=None, progress: bool = False,
-                      source: str = "db"):
+                      source: str = "db", return_first_round: bool = False):
   """First-round top-T search, then CSA re-ranking of the top-K: a user's retrieval, re-ranked.
 
   A host driver (it builds device meshes and returns numpy); no ground truth needed. Its
@@ -270,15 +302,17 @@ def search_and_rerank(q_QxC, db, model, K: int, T: int | None = None, *,
     devices: devices to search and re-rank on; default all of ``jax.devices()``.
     progress: search and re-ranking progress through logging.
     source: the database's file, named in error messages.
+    return_first_round: also return the first round's ranking (what CSA re-ordered).
 
   Returns:
     (ids_QxT int64, scores_QxT float32), best first. Positions :K hold the first-round top-K
     re-ordered by CSA, with their CSA scores (cosine of refined tokens, in [-1, 1]); positions
     K: hold the first round's ranks K..T-1 in its order, with their first-round scores (the dot
     product of the descriptors). The ids are exactly ``rerank_shortlist``'s of the first round.
+    With ``return_first_round``, a third entry: first_QxT int64, the first round's top-T.
   """
   return _search_and_rerank("search_and_rerank", q_QxC, db, model, K, T, batch_size,
-                            search_dtype, block, devices, progress, source)
+                            search_dtype, block, devices, progress, source, return_first_round)
 
 
 def _deprecated(old: str, new: str) -> None:

@@ -3,6 +3,7 @@
 import json
 import pathlib
 import pickle
+import re
 import shutil
 
 import jax
@@ -77,11 +78,12 @@ def test_first_round(files, capsys):
   assert rc == 0, err
   lines = out.splitlines()
   assert len(lines) == 2 and lines[0].startswith(">> toy: mAP E: ")
-  assert lines[1].startswith(">> toy: mP@k[1, 5, 10] E: [")
+  assert re.fullmatch(r">> toy: mP@1/5/10 E: [\d./]+, M: [\d./]+, H: [\d./]+", lines[1])
   js, m = maps(d / "a.json")
   np.testing.assert_allclose(m["first_round"], expected(q, db, gnd), rtol=1e-9)
   assert js["db_images"] == NDB and js["distractors"] == 0 and js["search_dtype"] == "float32"
-  assert f"{np.around(m['first_round'][1], 2)}" in lines[0]  # the table is the JSON's numbers
+  assert f"M: {m['first_round'][1]:.2f}," in lines[0]  # the table is the JSON's numbers
+  assert re.search(r"; search \d+\.\d\d s, evaluate \d+\.\d\d s$", err, re.M), err
 
 
 def test_r1m_and_two_npy_files(files, capsys):
@@ -300,9 +302,25 @@ def test_data_root_without_model_or_r1m(root, capsys, tmp_path, monkeypatch):
   assert pathlib.Path(f"eval_{synthetic.FEATURES}.png").exists()
 
 
+def test_data_root_without_datasets_evaluates_every_test_set(root, capsys):
+  r = root[0]
+  args = ["--data", r / "data", "--features", synthetic.FEATURES]
+  rc, out, err = run_eval(args + ["--out", r / "every.json"], capsys)
+  assert rc == 0, err
+  assert f"test sets found: {synthetic.DATASET}, synthb" in err
+  rc, named_out, err = run_eval(args + ["--datasets", f"{synthetic.DATASET},synthb", "--out",
+                                        r / "named.json"], capsys)
+  assert rc == 0, err
+  every, named = (json.loads((r / f).read_text()) for f in ("every.json", "named.json"))
+  assert list(every["datasets"]) == [synthetic.DATASET, "synthb"]
+  for ds in every["datasets"]:
+    assert every["datasets"][ds]["first_round"] == named["datasets"][ds]["first_round"]
+  assert out == named_out
+
+
 @pytest.mark.parametrize("bad", ["with_gnd", "features_file", "datasets_without_data",
-                                 "bare_r1m_without_data", "missing_dataset", "no_datasets",
-                                 "twice"])
+                                 "bare_r1m_without_data", "missing_dataset", "no_features",
+                                 "no_test_sets", "twice"])
 def test_data_root_flag_errors(root, files, capsys, bad):
   r = root[0]
   d = files[0]
@@ -317,8 +335,12 @@ def test_data_root_flag_errors(root, files, capsys, bad):
       "bare_r1m_without_data": (["--features", d / "feats.npz", "--gnd", d / "gnd_toy.json",
                                  "--r1m"], "--r1m: expected a file path"),
       "missing_dataset": (base[:5] + ["synthb,nope"] + base[6:],
-                          "test/nope/synth-gem.*: file: expected one of"),
-      "no_datasets": (base[:4], "--data: expected --features NAME and --datasets"),
+                          f"--datasets: expected test sets with {synthetic.FEATURES} descriptors "
+                          f"and a gnd file (this root has: {synthetic.DATASET}, synthb), found "
+                          f"'nope': no test/nope/{synthetic.FEATURES}.*"),
+      "no_features": (base[:2] + base[4:], "--data: expected --features NAME"),
+      "no_test_sets": (["--data", r / "data", "--features", "other"],
+                       "--features: expected test sets with other descriptors"),
       "twice": (base[:5] + ["synthb,synthb"] + base[6:], "--datasets: expected distinct"),
   }[bad]
   rc, out, err = run_eval(args, capsys)

@@ -118,7 +118,8 @@ def test_ranks_csv_neutralises_formulas_and_json_keeps_the_names(tmp_path):
   ids = np.array([[0, 1, 2], [3, 4, 5], [6, 0, 1]], np.int64)
   scores = np.array([[0.9, -0.5, 0.1]] * 3, np.float32)
   paths = rerank_cmd.output_paths(str(tmp_path / "ranks.npz"), names=True)
-  rerank_cmd.write_outputs(paths, ids, scores, {"command": "test"}, qnames, dbnames)
+  rerank_cmd.write_outputs(paths, ids, scores, np.tile(np.arange(1, 4), (3, 1)), 2,
+                           {"command": "test"}, qnames, dbnames)
   with open(paths[2], newline="", encoding="utf-8") as f:
     rows = list(csv.reader(f))[1:]
   cells = {r[0] for r in rows} | {r[2] for r in rows}

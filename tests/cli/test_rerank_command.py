@@ -60,19 +60,22 @@ def ranked(files):
   expect_ok(res)
   assert "memory-mapped" in res.stderr
   z = np.load(out / "ranks.npz", allow_pickle=False)
-  assert sorted(z.files) == ["ids", "run", "scores"]
-  return z["ids"], z["scores"], json.loads(str(z["run"])), out
+  assert sorted(z.files) == ["first_round_rank", "ids", "run", "scores"]
+  return z["ids"], z["scores"], json.loads(str(z["run"])), out, z["first_round_rank"]
 
 
 def test_rerank_is_rerank_shortlist_of_first_round(files, ranked):
   _, q, db, _, params, _, _ = files
-  ids, scores, run, _ = ranked
-  assert ids.shape == scores.shape == (NQ, T)
+  ids, scores, run, _, first_rank = ranked
+  assert ids.shape == scores.shape == first_rank.shape == (NQ, T)
   assert ids.dtype == np.int64 and scores.dtype == np.float32
   first = np.argsort(-(q.astype(np.float64) @ db.T.astype(np.float64)), axis=1, kind="stable")
   for i in range(NQ):
     assert sorted(ids[i, :K]) == sorted(first[i, :K])  # a permutation of the top-K
   np.testing.assert_array_equal(ids[:, K:], first[:, K:T])  # the tail: first-round order
+  # Each entry's first-round rank, by hand from the first-round order.
+  np.testing.assert_array_equal(np.take_along_axis(first, first_rank - 1, 1), ids)
+  assert (first_rank[:, :K] != np.arange(1, K + 1)).any()  # CSA moved something
   _, top = top_k_search(q, db, T)
   np.testing.assert_array_equal(ids, rerank_shortlist(q, db, top, (params, CFG), K)[0])
   assert np.all(np.diff(scores[:, :K], axis=1) <= 0)
@@ -101,21 +104,24 @@ def test_rerank_equals_evals_reranking(files, ranked):
 
 def test_names_json_and_csv(files, ranked):
   qnames, dbnames = files[5], files[6]
-  ids, scores, run, out = ranked
+  ids, scores, run, out, first_rank = ranked
   with open(out / "ranks.csv", newline="", encoding="utf-8") as f:
     rows = list(csv.reader(f))
-  assert rows[0] == ["query", "rank", "db", "score"]
+  assert rows[0] == ["query", "rank", "db", "score", "score_from", "first_round_rank"]
   assert len(rows) == 1 + NQ * T
-  for n, (qn, rank, dn, s) in enumerate(rows[1:]):
+  for n, (qn, rank, dn, s, by, fr) in enumerate(rows[1:]):
     i, r = divmod(n, T)
     assert (qn, int(rank), dn) == (qnames[i], r + 1, dbnames[ids[i, r]])
     assert np.float32(s) == scores[i, r]  # exact: the float32's shortest repr
+    assert by == ("csa" if r < K else "first_round") and int(fr) == first_rank[i, r]
   js = json.loads((out / "ranks.json").read_text(encoding="utf-8"))
   assert js["run"] == run and "CSA score" in js["scores"]
   assert [e["query"] for e in js["queries"]] == qnames
   for i, e in enumerate(js["queries"]):
     assert [x["rank"] for x in e["ranking"]] == list(range(1, T + 1))
     assert [x["db"] for x in e["ranking"]] == [dbnames[j] for j in ids[i]]
+    assert [x["first_round_rank"] for x in e["ranking"]] == first_rank[i].tolist()
+    assert [x["score_from"] for x in e["ranking"]] == ["csa"] * K + ["first_round"] * (T - K)
     np.testing.assert_array_equal(np.float32([x["score"] for x in e["ranking"]]), scores[i])
   assert leftover_temp_files(out) == []
 

@@ -54,13 +54,14 @@ def ranked(files):
   (d / "qnames.txt").write_text("".join(f"q{i}\n" for i in range(NQ)))
   assert rerank(d, "--first-round", d / "ids.npy", "--query-names", d / "qnames.txt") == 0
   z = np.load(d / "r.npz", allow_pickle=False)
-  return z["ids"], z["scores"], json.loads(str(z["run"]))
+  return z["ids"], z["scores"], json.loads(str(z["run"])), z["first_round_rank"]
 
 
 def test_first_round_is_rerank_shortlist_of_the_same_ids(files, ranked):
   _, q, db, params, ids_in = files
-  ids, scores, run = ranked
+  ids, scores, run, first_rank = ranked
   assert ids.shape == scores.shape == ids_in.shape and ids.dtype == np.int64
+  np.testing.assert_array_equal(np.take_along_axis(ids_in, first_rank - 1, 1), ids)
   want, want_scores = rerank_shortlist(q, db, ids_in, (params, CFG), K, batch_size=3)
   np.testing.assert_array_equal(ids, want)
   np.testing.assert_array_equal(scores[:, :K], want_scores)

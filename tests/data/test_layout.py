@@ -30,12 +30,14 @@ def test_finds_each_dataset_and_prefers_the_layout_order(tmp_path):
 def test_missing_or_bad_names_fail_at_once(tmp_path, bad):
   touch(tmp_path / "test" / "a" / "f.npz")
   touch(tmp_path / "annotations" / "a" / "gnd_a.json")
-  root, features, ds, want = tmp_path, "f", ["a", "b"], "test/b/f.*: file: expected one of"
+  root, features, ds = tmp_path, "f", ["a", "b"]
+  want = "--datasets: expected test sets with f descriptors and a gnd file (this root has: a), " \
+      "found 'b': no test/b/f.*"
   if bad == "no_root":
     root, want = tmp_path / "nope", "nope: --data: expected a data root directory"
   elif bad == "no_gnd":
     touch(tmp_path / "test" / "b" / "f.npz")
-    want = "annotations/b/gnd_b.* or "
+    want = "found 'b': no gnd_b.* (annotations/b/ or test/b/)"
   elif bad == "path_name":
     features, want = "x/f.npz", "command line: --features: expected a name under --data"
   elif bad == "dotdot":

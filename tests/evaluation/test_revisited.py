@@ -198,9 +198,9 @@ def test_format_and_json():
   text = evaluate.format_results(r, "roxford5k")
   # By hand: E and H have their one positive at adjusted rank 1 (AP 1/4); M has positives at
   # adjusted ranks 1 and 2 (AP (1/2 + 1/2 + 2/3) / 4 = 5/12).
-  assert text.splitlines()[0] == ">> roxford5k: mAP E: 25.0, M: 41.67, H: 25.0"
-  assert text.splitlines()[1] == (">> roxford5k: mP@k[1, 5, 10] E: [ 0. 50. 50.], "
-                                  "M: [ 0.   66.67 66.67], H: [ 0. 50. 50.]")
+  assert text.splitlines()[0] == ">> roxford5k: mAP E: 25.00, M: 41.67, H: 25.00"
+  assert text.splitlines()[1] == (">> roxford5k: mP@1/5/10 E: 0.00/50.00/50.00, "
+                                  "M: 0.00/66.67/66.67, H: 0.00/50.00/50.00")
   empty = evaluate.revisited_map(ranks, [{"easy": [], "hard": [3], "junk": []}])
   js = json.loads(json.dumps(evaluate.results_to_json(empty)))
   assert js["easy"]["map"] is None and js["hard"]["map"] == 100.0

@@ -43,3 +43,28 @@ def test_loader_errors(tmp_path):
   save_export(tmp_path / "m.npz", init_params(cfg, jax.random.key(0)), cfg)
   with pytest.raises(InputError, match=r"heads: expected 2 \(recorded in the export\), found"):
     load_model(tmp_path / "m.npz", heads=4)
+
+
+def test_npz_export_replaces_only_its_own_files(tmp_path):
+  cfg = ModelConfig(anchors=8, dim=8, depth=1, heads=2)
+  params = init_params(cfg, jax.random.key(0))
+  foreign = tmp_path / "user.npz"
+  np.savez(foreign, a=np.arange(3))  # a user's .npz: never replaced
+  text = tmp_path / "notes.npz"
+  text.write_text("not a zip")
+  link = tmp_path / "link.npz"
+  link.symlink_to(foreign)
+  for path in (foreign, text, link):
+    before = path.read_bytes()
+    with pytest.raises(InputError, match=r"expected a new file or an \.npz export csa_jax "
+                       r"wrote \(replaced\), found an existing file csa_jax did not write"):
+      save_export(path, params, cfg)
+    assert path.read_bytes() == before
+  ours = tmp_path / "ours.npz"
+  save_export(ours, params, cfg)
+  save_export(ours, init_params(cfg, jax.random.key(1)), cfg)  # csa_jax's own: replaced
+  leaf = lambda p: np.asarray(jax.tree.leaves(p)[0])  # noqa: E731
+  np.testing.assert_array_equal(leaf(load_model(ours).params),
+                                leaf(init_params(cfg, jax.random.key(1))))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["link.npz", "notes.npz", "ours.npz",
+                                                         "user.npz"]

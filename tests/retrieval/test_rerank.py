@@ -15,7 +15,8 @@ from csa_jax.core.config import Model, ModelConfig
 from csa_jax.core.forward import rerank_scores
 from csa_jax.errors import InputError
 from csa_jax.interop import state_dict as interop
-from csa_jax.retrieval.rerank import csa_rerank, reorder_top, rerank_shortlist
+from csa_jax.retrieval.rerank import (csa_rerank, first_round_ranks, reorder_top,
+                                      rerank_shortlist)
 
 CFG = ModelConfig(anchors=8, dim=16, depth=1, heads=2)
 K, T = 10, 14
@@ -99,6 +100,16 @@ def test_reorder_top_is_stable():
   np.testing.assert_array_equal(ids, got)
   np.testing.assert_array_equal(scores, [[0.9, 0.9, 0.5, 0.5]])
   np.testing.assert_array_equal(top, [[7, 3, 5, 9, 1]])  # the caller's array untouched
+
+
+def test_first_round_ranks_undo_the_reordering():
+  top = np.array([[7, 3, 5, 9, 1], [2, 4, 6, 8, -1]])
+  ids = reorder_top(top, np.array([[0.5, 0.9, 0.5, 0.9], [0.1, 0.2, 0.3, 0.4]]))
+  got = first_round_ranks(ids, top, 4)
+  # By hand: row 0 is [3, 9, 7, 5, 1] (first-round ranks 2, 4, 1, 3, 5); row 1 reversed.
+  np.testing.assert_array_equal(got, [[2, 4, 1, 3, 5], [4, 3, 2, 1, 5]])
+  with pytest.raises(ValueError, match="row 0's first 4 ids are not a re-ordering"):
+    first_round_ranks(np.array([[7, 3, 5, 1, 9]]), top[:1], 4)
 
 
 def test_bad_sizes(problem):

@@ -152,9 +152,11 @@ def test_two_process_distributed_run_equals_one_process(reference):
   tmp, ref = reference
   workdir = os.path.join(tmp, "distributed")
   addr = f"127.0.0.1:{_free_port()}"
+  spellings = (("--coordinator-address", "--num-processes", "--process-id"),  # process 0
+               ("--coordinator_address", "--num_processes", "--process_id"))  # the old aliases
   procs = [subprocess.Popen(
-      _cmd(workdir, ONLY_FINAL, "--coordinator_address", addr,
-           "--num_processes", "2", "--process_id", str(i)),
+      _cmd(workdir, ONLY_FINAL, spellings[i][0], addr, spellings[i][1], "2", spellings[i][2],
+           str(i)),
       env=_env(tmp, devices=4, cache=False), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
       text=True) for i in range(2)]
   outs = []
