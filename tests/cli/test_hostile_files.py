@@ -21,8 +21,9 @@ import pytest
 from hostile_cli import (MEM_LIMIT_MB, CliResult, _TRAMPOLINE, assert_tree_unchanged,
                          expect_input_error, run_cli, tree_snapshot)
 
+from toy_retrieval import spread_params
+
 from csa_jax.core.config import ModelConfig
-from csa_jax.interop import state_dict as interop
 from csa_jax.interop.export import save_export
 
 C, NQ, NDB = 16, 3, 40
@@ -42,9 +43,7 @@ def base(tmp_path_factory):
   d = tmp_path_factory.mktemp("inputs")
   np.save(d / "q.npy", _unit(NQ, seed=1))
   np.save(d / "db.npy", _unit(NDB))
-  sd = {k: np.random.default_rng(1).normal(0, 0.3, s).astype(np.float32)
-        for k, s in interop._expected_shapes(CFG).items()}
-  save_export(d / "model.npz", interop.params_from_torch_state_dict(sd, heads=CFG.heads)[0], CFG)
+  save_export(d / "model.npz", spread_params(CFG, np.random.default_rng(1)), CFG)
   gnd = [{"easy": [q], "hard": [10 + q], "junk": [20 + q]} for q in range(NQ)]
   (d / "gnd_toy.json").write_text(json.dumps({"imlist": [f"im{i}" for i in range(NDB)],
                                               "gnd": gnd}))

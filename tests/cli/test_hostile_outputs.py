@@ -17,10 +17,10 @@ import pytest
 
 from hostile_cli import assert_tree_unchanged, expect_input_error, run_cli, tree_snapshot
 
+from toy_retrieval import queries_and_db, spread_params
+
 from csa_jax.cli import rerank as rerank_cmd
 from csa_jax.core.config import ModelConfig
-from csa_jax.core.normalize import l2_normalize
-from csa_jax.interop import state_dict as interop
 from csa_jax.interop.export import save_export
 
 C, NQ, NDB = 16, 3, 20
@@ -31,9 +31,7 @@ CFG = ModelConfig(anchors=4, dim=16, depth=1, heads=2)
 def source(tmp_path_factory):
   """Valid inputs for rerank and eval (a run without the checks would go ahead and write)."""
   d = tmp_path_factory.mktemp("inputs")
-  rng = np.random.default_rng(0)
-  q = l2_normalize(rng.standard_normal((NQ, C)).astype(np.float32))
-  db = l2_normalize(rng.standard_normal((NDB, C)).astype(np.float32))
+  q, db = queries_and_db(np.random.default_rng(0), NQ, NDB, C)
   np.savez(d / "q.npz", query=q)
   np.savez(d / "db.npz", db=db)
   np.savez(d / "feats.npz", db=db, query=q)
@@ -43,9 +41,7 @@ def source(tmp_path_factory):
   with open(d / "gnd.pkl", "wb") as f:
     pickle.dump({"gnd": gnd, "imlist": [f"db{i}" for i in range(NDB)],
                  "qimlist": [f"q{i}" for i in range(NQ)]}, f)
-  sd = {k: np.random.default_rng(1).normal(0, 0.3, s).astype(np.float32)
-        for k, s in interop._expected_shapes(CFG).items()}
-  save_export(d / "model.npz", interop.params_from_torch_state_dict(sd, heads=CFG.heads)[0], CFG)
+  save_export(d / "model.npz", spread_params(CFG, np.random.default_rng(1)), CFG)
   return d
 
 

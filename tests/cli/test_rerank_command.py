@@ -10,13 +10,13 @@ import pytest
 
 from hostile_cli import expect_input_error, expect_ok, leftover_temp_files, run_cli
 
+from toy_retrieval import queries_and_db, spread_params
+
 from csa_jax import fileio
 from csa_jax.cli import main as cli
 from csa_jax.cli import rerank as rerank_cmd
 from csa_jax.core.config import ModelConfig
-from csa_jax.core.normalize import l2_normalize
 from csa_jax.evaluation.revisited import PROTOCOLS, percent, revisited_map_from_scores
-from csa_jax.interop import state_dict as interop
 from csa_jax.interop.export import save_export
 from csa_jax.retrieval.rerank import rerank_shortlist
 from csa_jax.retrieval.search import top_k_search
@@ -28,10 +28,7 @@ CFG = ModelConfig(anchors=8, dim=16, depth=1, heads=2)
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
   d = tmp_path_factory.mktemp("rerank")
-  rng = np.random.default_rng(0)
-  q = l2_normalize(rng.standard_normal((NQ, C)).astype(np.float32))
-  db = l2_normalize(rng.standard_normal((NDB, C)).astype(np.float32))
-  db[:25] = l2_normalize(np.repeat(q, 5, 0) + 0.9 * rng.standard_normal((25, C)))
+  q, db = queries_and_db(np.random.default_rng(0), NQ, NDB, C, near=25)
   gnd = [{"easy": list(range(5 * i, 5 * i + 2)), "hard": list(range(5 * i + 2, 5 * i + 4)) + [40],
           "junk": [5 * i + 4]} for i in range(NQ)]
   dbnames = [f"db/img_{i:03d}.jpg" for i in range(NDB)]
@@ -41,9 +38,7 @@ def files(tmp_path_factory):
   np.save(d / "q.npy", q)
   np.save(d / "db.npy", db)
   np.savez(d / "feats.npz", db=db, query=q)
-  sd = {k: np.random.default_rng(1).normal(0, 0.3, s).astype(np.float32)
-        for k, s in interop._expected_shapes(CFG).items()}
-  params = interop.params_from_torch_state_dict(sd, heads=CFG.heads)[0]
+  params = spread_params(CFG, np.random.default_rng(1))
   save_export(d / "model.npz", params, CFG)
   return d, q, db, gnd, params, qnames, dbnames
 

@@ -8,11 +8,11 @@ import os
 import numpy as np
 import pytest
 
+from toy_retrieval import queries_and_db, spread_params
+
 from csa_jax.cli import main as cli
 from csa_jax.core.config import ModelConfig
-from csa_jax.core.normalize import l2_normalize
 from csa_jax.formats import npyio
-from csa_jax.interop import state_dict as interop
 from csa_jax.interop.export import save_export
 from csa_jax.retrieval.rerank import rerank_shortlist
 
@@ -25,14 +25,10 @@ NEED = max(K, CFG.anchors - 1)
 def files(tmp_path_factory):
   d = tmp_path_factory.mktemp("first_round")
   rng = np.random.default_rng(0)
-  q = l2_normalize(rng.standard_normal((NQ, C)).astype(np.float32))
-  db = l2_normalize(rng.standard_normal((NDB, C)).astype(np.float32))
-  db[:25] = l2_normalize(np.repeat(q, 5, 0) + 0.9 * rng.standard_normal((25, C)))
+  q, db = queries_and_db(rng, NQ, NDB, C, near=25)
   np.save(d / "q.npy", q)
   np.save(d / "db.npy", db)
-  sd = {k: np.random.default_rng(1).normal(0, 0.3, s).astype(np.float32)
-        for k, s in interop._expected_shapes(CFG).items()}
-  params = interop.params_from_torch_state_dict(sd, heads=CFG.heads)[0]
+  params = spread_params(CFG, np.random.default_rng(1))
   save_export(d / "model.npz", params, CFG)
   # Some engine's first round: not the exact order, one row padded after 9 ids.
   exact = np.argsort(-(q @ db.T), axis=1, kind="stable")

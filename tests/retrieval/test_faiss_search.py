@@ -8,11 +8,12 @@ import sys
 import numpy as np
 import pytest
 
+from toy_retrieval import spread_params
+
 from csa_jax.cli import main as cli
 from csa_jax.core.config import ModelConfig
 from csa_jax.core.normalize import l2_normalize
 from csa_jax.errors import InputError
-from csa_jax.interop import state_dict as interop
 from csa_jax.interop.export import save_export
 from csa_jax.retrieval.faiss_search import build_faiss_index, faiss_first_round
 from csa_jax.retrieval.first_round import check_first_round
@@ -33,9 +34,7 @@ def data():
   rng = np.random.default_rng(0)
   db = l2_normalize(rng.standard_normal((NDB, C)).astype(np.float32))
   q = l2_normalize(rng.standard_normal((NQ, C)).astype(np.float32))
-  sd = {k: rng.normal(0, 0.3, s).astype(np.float32)
-        for k, s in interop._expected_shapes(CFG).items()}
-  params = interop.params_from_torch_state_dict(sd, heads=CFG.heads)[0]
+  params = spread_params(CFG, rng)
   return q, db, params
 
 

@@ -10,10 +10,11 @@ import warnings
 import numpy as np
 import pytest
 
+from toy_retrieval import spread_params
+
 from csa_jax.core.config import ModelConfig
 from csa_jax.core.normalize import l2_normalize
 from csa_jax.errors import InputError
-from csa_jax.interop import state_dict as interop
 from csa_jax.retrieval import first_round, user_rerank
 from csa_jax.retrieval.first_round import MappedRows, check_first_round, first_round_scores
 from csa_jax.retrieval.rerank import csa_rerank, csa_scores, rerank_shortlist
@@ -29,10 +30,7 @@ def problem():
   db = l2_normalize(rng.standard_normal((NDB, C)).astype(np.float32))
   q = l2_normalize(rng.standard_normal((NQ, C)).astype(np.float32))
   top = np.argsort(-(q @ db.T), axis=1, kind="stable")[:, :T].astype(np.int64)
-  sd = {k: rng.normal(0, 0.3, s).astype(np.float32)
-        for k, s in interop._expected_shapes(CFG).items()}
-  params = interop.params_from_torch_state_dict(sd, heads=CFG.heads)[0]
-  return params, q, db, top
+  return spread_params(CFG, rng), q, db, top
 
 
 def check(ids, **kw):

@@ -8,12 +8,13 @@ import re
 import numpy as np
 import pytest
 
+from toy_retrieval import spread_params
+
 from csa_jax.core.affinity import rerank_affinity
 from csa_jax.core.config import ModelConfig
 from csa_jax.core.forward import rerank_scores
 from csa_jax.core.normalize import l2_normalize
 from csa_jax.errors import InputError
-from csa_jax.interop import state_dict as interop
 from csa_jax.retrieval import user_rerank
 from csa_jax.retrieval.rerank import rerank_shortlist, search_and_rerank
 from csa_jax.retrieval.search import StackedRows, top_k_search
@@ -24,10 +25,7 @@ CFG = ModelConfig(anchors=8, dim=16, depth=1, heads=2)
 
 def model():
   """Random weights large enough that CSA's scores are well apart (no near-ties to flip)."""
-  rng = np.random.default_rng(1)
-  sd = {k: rng.normal(0, 0.3, s).astype(np.float32)
-        for k, s in interop._expected_shapes(CFG).items()}
-  return interop.params_from_torch_state_dict(sd, heads=CFG.heads)[0], CFG
+  return spread_params(CFG, np.random.default_rng(1)), CFG
 
 
 @pytest.fixture(scope="module")

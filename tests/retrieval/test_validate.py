@@ -12,11 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from toy_retrieval import spread_params
+
 from csa_jax import (InputError, evaluate, rerank_affinity, rerank_shortlist, search_and_rerank,
                      top_k_search)
 from csa_jax.core.config import ModelConfig
 from csa_jax.data import descriptors
-from csa_jax.interop import state_dict as interop
 from csa_jax.retrieval.search import StackedRows
 
 CFG = ModelConfig(anchors=8, dim=16, depth=1, heads=2)
@@ -31,9 +32,7 @@ def _unit(x):
 def problem():
   rng = np.random.default_rng(0)
   db, q = _unit(rng.standard_normal((60, 12))), _unit(rng.standard_normal((5, 12)))
-  sd = {k: rng.normal(0, 0.3, s).astype(np.float32)
-        for k, s in interop._expected_shapes(CFG).items()}
-  params = interop.params_from_torch_state_dict(sd, heads=CFG.heads)[0]
+  params = spread_params(CFG, rng)
   top = np.argsort(-(q @ db.T), axis=1, kind="stable")[:, :14]
   return params, q, db, top
 
