@@ -36,14 +36,15 @@ def format_table(results: dict, K: int) -> str:
   return "\n".join(lines)
 
 
-def next_steps(out: str) -> str:
-  """Where the demo's outputs are and the commands that take them further."""
+def next_steps(out: str, K: int) -> str:
+  """Where the demo's outputs are and the commands that take them further (``K``: the demo's
+  re-ranking depth, which the eval command must repeat to give the same table)."""
   data, train = os.path.join(out, "data"), os.path.join(out, "train")
   return "\n".join([
       f"results: {os.path.join(out, 'results.json')}; trained model and curves: {train}",
       "next:",
-      f"  csa-jax eval --data {data} --features {synthetic.FEATURES} --datasets "
-      f"{synthetic.DATASET} --model {train}    # the same table from the saved model",
+      f"  csa-jax eval --data {data} --features {synthetic.FEATURES} --model {train} --K {K}"
+      "    # the same table from the saved model",
       f"  csa-jax train --config synthetic --config.data.root={data} --workdir "
       "my_run    # train it yourself",
       "  docs/data.md: the layout to put your own descriptors in"])
@@ -61,5 +62,5 @@ def main(argv: list[str]) -> int:
   print(f"synthetic landmark benchmark ({synthetic.DATASET}, seed {args.seed}): "
         f"{time.time() - t0:.0f} s on {jax.devices()[0].platform}")
   print(format_table(results, demo.SIZES[args.size][2]))
-  print(next_steps(args.out))
+  print(next_steps(args.out, demo.SIZES[args.size][2]))
   return 0

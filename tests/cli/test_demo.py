@@ -5,6 +5,7 @@ import contextlib
 import io
 import json
 import math
+import shlex
 
 import pytest
 
@@ -66,6 +67,16 @@ def test_the_demo_says_where_its_results_are_and_what_to_run_next(tiny_run):
   eval_line = next(line for line in text.splitlines() if "csa-jax eval" in line)
   assert f"--data {out / 'data'}" in eval_line and f"--model {out / 'train'}" in eval_line
   assert "bfloat16 - float32" in text
+  # The eval command it suggests gives the demo's table again.
+  argv = shlex.split(eval_line.split("#")[0])
+  assert argv[:2] == ["csa-jax", "eval"]
+  assert cli.main(argv[1:] + ["--out", str(out.parent / f"{out.name}_eval.json")]) == 0
+  evaluated = json.loads((out.parent / f"{out.name}_eval.json").read_text())["datasets"]
+  written = json.loads((out / "results.json").read_text())
+  (entry,) = evaluated.values()
+  for key in ("first_round", "csa"):
+    for p, v in written[key].items():
+      assert entry[key][p]["map"] == pytest.approx(v, abs=0.01), (key, p)
 
 
 def test_rerun_replaces_its_own_dir_and_refuses_others(tiny_run, tmp_path):
