@@ -13,9 +13,9 @@ in the original layout (ROOT/test/<ds>/NAME.*, ROOT/annotations/<ds>/gnd_<ds>.*,
 --r1m ROOT/test/r1m/NAME.*), each evaluated in turn and all written to one JSON; without
 --datasets, every test set under ROOT with NAME descriptors and a gnd file is evaluated. R1M
 distractors are used only when asked for; a float32 (n, C) .npy is memory-mapped, never read
-whole, and every row is checked. The output path is checked before anything is loaded; neither it nor the PNG
-beside it may be a file the command reads (same path, symlink or hard link), or lie inside a
-TFDS copy or a workdir given as --model. The evaluation is exact over the whole database (every
+whole, and every row is checked. The output path is checked before anything is loaded; neither
+it nor the PNG beside it may be a file the command reads (same path, symlink or hard link), or
+lie inside a TFDS copy or a workdir given as --model. The evaluation is exact over the whole database (every
 positive's rank counts, as with a full sort), printed as the reference tools print it (one table
 per dataset, and per CSA run), written to JSON (with the run's provenance under "run") and
 plotted per query (first round against CSA) to a PNG beside it.

@@ -40,7 +40,8 @@ from csa_jax.cli.rerank_flags import add_rerank_flags, check_positive
 from csa_jax.errors import fail
 from csa_jax.fileio import atomic_paths, check_distinct, check_output_path
 from csa_jax.retrieval import faiss_search, first_round, user_rerank
-from csa_jax.retrieval.rerank import first_round_ranks, rerank_shortlist, search_and_rerank
+from csa_jax.retrieval.reorder import first_round_ranks
+from csa_jax.retrieval.rerank import rerank_shortlist, search_and_rerank
 from csa_jax.run_info import run_info
 
 SCORES_DOC = ("ranks 1..K: CSA score (cosine of the refined query and candidate tokens); ranks "

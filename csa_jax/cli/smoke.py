@@ -17,7 +17,7 @@ from csa_jax.core.affinity import rerank_affinity
 from csa_jax.core.config import ModelConfig
 from csa_jax.core.forward import init_params, rerank_scores
 from csa_jax.core.normalize import l2_normalize
-from csa_jax.retrieval.rerank import reorder_top
+from csa_jax.retrieval.reorder import reorder_top
 
 
 def _timed(fn, *args):

@@ -15,8 +15,8 @@ from csa_jax.core.config import Model, ModelConfig
 from csa_jax.core.forward import rerank_scores
 from csa_jax.errors import InputError
 from csa_jax.interop import state_dict as interop
-from csa_jax.retrieval.rerank import (csa_rerank, first_round_ranks, reorder_top,
-                                      rerank_shortlist)
+from csa_jax.retrieval.reorder import first_round_ranks, reorder_top
+from csa_jax.retrieval.rerank import csa_rerank, rerank_shortlist
 
 CFG = ModelConfig(anchors=8, dim=16, depth=1, heads=2)
 K, T = 10, 14
