@@ -8,17 +8,17 @@
 
 F holds the test set's 'db' and 'query' descriptors (or give them as two files, --db and --query:
 the same cross-checks with G apply), G its ground truth (docs/method.md section 6 pickles, or
-.npz/.npy/.json with the same content). With --data, every dataset's files are found under ROOT
-in the original layout (ROOT/test/<ds>/NAME.*, ROOT/annotations/<ds>/gnd_<ds>.*, and with a bare
---r1m ROOT/test/r1m/NAME.*), each evaluated in turn and all written to one JSON; without
---datasets, every test set under ROOT with NAME descriptors and a gnd file is evaluated. R1M
-distractors are used only when asked for; a float32 (n, C) .npy is memory-mapped, never read
-whole, and every row is checked. The output path is checked before anything is loaded; neither
-it nor the PNG beside it may be a file the command reads (same path, symlink or hard link), or
-lie inside a TFDS copy or a workdir given as --model. The evaluation is exact over the whole database (every
-positive's rank counts, as with a full sort), printed as the reference tools print it (one table
-per dataset, and per CSA run), written to JSON (with the run's provenance under "run") and
-plotted per query (first round against CSA) to a PNG beside it.
+.npz/.npy/.json with the same content). With --data, every dataset's files are found under ROOT in
+the original layout (ROOT/test/<ds>/NAME.*, ROOT/annotations/<ds>/gnd_<ds>.*, and with a bare --r1m
+ROOT/test/r1m/NAME.*), each evaluated in turn and all written to one JSON; without --datasets,
+every test set under ROOT with NAME descriptors and a gnd file is evaluated. R1M distractors are
+used only when asked for; a float32 (n, C) .npy is memory-mapped, never read whole, and every row
+is checked. The output path is checked before anything is loaded; neither it nor the PNG beside it
+may be a file the command reads (same path, symlink or hard link), or lie inside a TFDS copy or a
+workdir given as --model. The evaluation is exact over the whole database (every positive's rank
+counts, as with a full sort), printed with the reference tools' numbers (mAP and mP@1/5/10, two
+decimals; one table per dataset, and per CSA run), written to JSON (with the run's provenance under "run") and plotted per query (first
+round against CSA) to a PNG beside it.
 With --tfds the same test sets (and, with a bare --r1m, the distractors) come from the TFDS copy
 ``csa-jax convert-data --to tfds`` wrote (the tfds extra; read without TensorFlow, checked as the
 files are).

@@ -224,8 +224,8 @@ def build_tfds(root, feature: str, out_dir, datasets: Sequence[str] | None = Non
     if split != "train" and (not isinstance(obj, dict) or split not in obj):
       log.warning("%s: no '%s' descriptors: the '%s' split is left out", train_path, split, split)
       continue
-    x = descriptors.as_descriptors(containers.pick(obj, train_path, split, "descriptors"), train_path,
-                               split, n=len(a["cluster"]), dim=dim)
+    x = descriptors.as_descriptors(containers.pick(obj, train_path, split, "descriptors"),
+                                   train_path, split, n=len(a["cluster"]), dim=dim)
     dim = x.shape[1]
     splits[split] = _train_examples(x, a)
   del obj
