@@ -31,7 +31,7 @@ In the worker (seconds from loading the db to the table; process start-up exclud
                  1024 for re-ranking; ``csa_jax:T:jax`` forces the search's jax implementation,
                  the accelerators' one, ``csa_jax:T:host`` the CPU one);
   csa_jax_checked: csa_jax with the db as ``csa-jax eval`` loads R1M
-                 (``data.descriptors.load_r1m(..., defer=True)``: every row checked, finite,
+                 (``data.large_descriptors.load_r1m(..., defer=True)``: every row checked, finite,
                  non-zero and unit-norm, as the search scores it).
 
 As whole processes (wall time around the subprocess: start-up, imports, reading the files), on the
@@ -296,14 +296,14 @@ def work_numpy_workers(d: str) -> dict:
 
 def work_csa_jax(d: str, T: int, impl: str, checked: bool = False) -> dict:
   from csa_jax import log
-  from csa_jax.data import descriptors
+  from csa_jax.data import large_descriptors
   from csa_jax.evaluation import evaluate
   from csa_jax.retrieval.search import top_k_search
   log.setup()  # the search's progress records, on stderr as csa-jax shows them
   q, gnd = load_inputs(d)
   t0 = time.perf_counter()
   path = os.path.join(d, "db.npy")
-  db = descriptors.load_r1m(path, defer=True) if checked else np.load(path, mmap_mode="r")
+  db = large_descriptors.load_r1m(path, defer=True) if checked else np.load(path, mmap_mode="r")
   scores = np.empty((len(q), len(db)), np.float32)
   top_k_search(q, db, T, scores_out=scores, progress=True, impl=impl)
   t1 = time.perf_counter()

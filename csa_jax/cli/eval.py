@@ -17,8 +17,8 @@ is checked. The output path is checked before anything is loaded; neither it nor
 may be a file the command reads (same path, symlink or hard link), or lie inside a TFDS copy or a
 workdir given as --model. The evaluation is exact over the whole database (every positive's rank
 counts, as with a full sort), printed with the reference tools' numbers (mAP and mP@1/5/10, two
-decimals; one table per dataset, and per CSA run), written to JSON (with the run's provenance under "run") and plotted per query (first
-round against CSA) to a PNG beside it.
+decimals; one table per dataset, and per CSA run), written to JSON (with the run's provenance under
+"run") and plotted per query (first round against CSA) to a PNG beside it.
 With --tfds the same test sets (and, with a bare --r1m, the distractors) come from the TFDS copy
 ``csa-jax convert-data --to tfds`` wrote (the tfds extra; read without TensorFlow, checked as the
 files are).
@@ -32,7 +32,7 @@ import re
 import sys
 
 from csa_jax.cli.rerank_flags import add_rerank_flags, check_positive
-from csa_jax.data import descriptors, ground_truth, layout
+from csa_jax.data import ground_truth, large_descriptors, layout
 from csa_jax.errors import fail, one_line
 from csa_jax.evaluation.evaluate import evaluate
 from csa_jax.evaluation.revisited import format_results, results_to_json
@@ -228,7 +228,8 @@ def main(argv: list[str]) -> int:
       if distractors is None and args.tfds is not None:
         distractors = tfds_reader.load_r1m_from_tfds(args.tfds, args.features, dim=db.shape[1])
       elif distractors is None:
-        distractors = descriptors.load_r1m(r1m, dim=db.shape[1], defer=True)  # checked as searched
+        # checked as the search reads it
+        distractors = large_descriptors.load_r1m(r1m, dim=db.shape[1], defer=True)
       elif distractors.shape[1] != db.shape[1]:
         raise fail(s.features, "db", f"descriptor size C={distractors.shape[1]} (as the R1M "
                    "distractors)", f"C={db.shape[1]}")

@@ -40,7 +40,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from csa_jax.data import annotations, descriptors, ground_truth, layout
+from csa_jax.data import annotations, descriptors, ground_truth, large_descriptors, layout
 from csa_jax.errors import InputError, fail
 from csa_jax.fileio import check_output_path
 from csa_jax.formats import containers
@@ -140,7 +140,8 @@ def _query_examples(q, gnd, names):
 
 
 def _r1m_examples(path: str, dim: int):
-  x = descriptors.load_r1m(path, dim=dim)  # validated when its split is written, after the others
+  # validated when its split is written, after the others
+  x = large_descriptors.load_r1m(path, dim=dim)
   for i in range(len(x)):
     yield i, _example(i, np.asarray(x[i]))
 

@@ -258,7 +258,7 @@ def load_test_set_from_tfds(data_dir, feature: str, dataset: str):
 
 
 def load_r1m_from_tfds(data_dir, feature: str, dim: int | None = None) -> np.ndarray:
-  """The R1M distractors (n, C) float32, checked as ``descriptors.load_r1m`` checks them."""
+  """The R1M distractors (n, C) float32, checked as ``large_descriptors.load_r1m`` checks them."""
   sources, where = open_tfds(data_dir, feature), dataset_dir(data_dir, feature)
   x = _read(sources, where, R1M)["descriptor"]
   return descriptors.as_descriptors(x, where, f"{R1M}.descriptor", n=len(x), dim=dim)

@@ -113,7 +113,7 @@ class MappedRows:
   ``rows[idx]`` reads the rows ``idx`` (an integer array; a memmap's fancy index touches only
   their pages), refuses a NaN/inf or all-zero row naming its db id, and returns them float32 and
   L2-normalised (a warning the first time a row was not unit-norm), as the full-file check of
-  ``data.descriptors.load_large`` would have given them. Has ``shape``, ``dtype`` and ``len``;
+  ``data.large_descriptors.load_large`` would have given them. Has ``shape``, ``dtype`` and ``len``;
   the re-ranking drivers take it where they take a memmap.
   """
 

@@ -8,7 +8,7 @@ every device keeps its own running top-T, and one sort merges them at the end. T
 lower db index, as a stable sort would. On the CPU backend the search runs on the host instead
 (``host_search``): BLAS sgemm workers, one per core, score the blocks straight into
 ``scores_out`` and numpy keeps the running top-T. A database whose rows are still to be checked
-(``data.descriptors.DeferredRows``, e.g. R1M as ``csa-jax eval`` loads it) is checked block by
+(``data.large_descriptors.DeferredRows``, e.g. R1M as ``csa-jax eval`` loads it) is checked block by
 block as it is scored, in the same pass.
 """
 
@@ -185,7 +185,7 @@ def top_k_search(q_QxC, db, T: int, block: int | None = None, *, dtype: str = "f
   Args:
     q_QxC: queries (numpy or jax array).
     db: (N, C) jax/numpy array, numpy memmap (``np.load(path, mmap_mode='r')``, never read
-      whole), ``data.descriptors.DeferredRows`` (a memmap whose rows are checked as they are
+      whole), ``data.large_descriptors.DeferredRows`` (a memmap whose rows are checked as they are
       scored) or ``StackedRows`` of those.
     T: results per query, 1 <= T <= N.
     block: db rows per step (rounded up to a multiple of the device count); default about 64 MB

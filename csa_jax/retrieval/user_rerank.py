@@ -17,7 +17,7 @@ import warnings
 
 import numpy as np
 
-from csa_jax.data import descriptors
+from csa_jax.data import descriptors, large_descriptors
 from csa_jax.data.index_lists import load_names  # noqa: F401  (public here too)
 from csa_jax.errors import fail
 from csa_jax.formats import containers, npyio
@@ -48,7 +48,7 @@ def load_database(path) -> np.ndarray:
   Returns:
     db_NxC: a read-only memmap or an array (``descriptors.as_descriptors``).
   """
-  return descriptors.load_large(path, field="db", key="db")
+  return large_descriptors.load_large(path, field="db", key="db")
 
 
 def map_database(path):

@@ -12,7 +12,7 @@ and every problem is an ``InputError`` naming the argument, the row and what was
 - a database held in memory (numpy or jax array): finite rows, re-normalised the same way (a
   copy: the caller's array is never changed). A memory map or ``StackedRows`` is not read up
   front (R1M is 8 GB): its non-finite rows are caught by the search as it scores them, and the
-  rows CSA re-ranks are checked as they are gathered; ``data.descriptors.load_large`` checks
+  rows CSA re-ranks are checked as they are gathered; ``data.large_descriptors.load_large`` checks
   every row of a file once, before the search or, with ``defer`` (``csa-jax eval``'s R1M), in
   the search's own pass over the rows (``DeferredRows``);
 - rankings: integers in [0, N), no id twice within the columns used;
@@ -168,7 +168,7 @@ def check_gathered_rows(rows_RxC: np.ndarray, ids_R: np.ndarray, source: str) ->
   if off.any():
     i = _first(off)
     raise fail(source, f"db[{int(ids_R[i])}]", "an L2-normalised row (normalise the file, or "
-               "load it with data.descriptors.load_large, which re-normalises)",
+               "load it with data.large_descriptors.load_large, which re-normalises)",
                f"norm {float(norms[i]):.4g}")
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from csa_jax.cli import main as cli
-from csa_jax.data import descriptors, ground_truth
+from csa_jax.data import ground_truth, large_descriptors
 
 
 def _unit(x):
@@ -64,8 +64,10 @@ def test_converts_each_kind_of_file(tmp_path, capsys):
                       ("test/roxf/gem", ".npz"), ("test/r1m/gem", ".npy")):
     rc, out, _ = _run([f"{root}/{src}.pkl"], capsys)
     assert rc == 0 and f"wrote {root}/{src}{suffix}" in out
-  a = ground_truth.load_test_set(f"{root}/test/roxf/gem.pkl", f"{root}/annotations/roxf/gnd_roxf.pkl")
-  b = ground_truth.load_test_set(f"{root}/test/roxf/gem.npz", f"{root}/annotations/roxf/gnd_roxf.json")
+  a = ground_truth.load_test_set(f"{root}/test/roxf/gem.pkl",
+                                 f"{root}/annotations/roxf/gnd_roxf.pkl")
+  b = ground_truth.load_test_set(f"{root}/test/roxf/gem.npz",
+                                 f"{root}/annotations/roxf/gnd_roxf.json")
   for x, y in zip(a[:2], b[:2]):
     np.testing.assert_array_equal(x, y)
   assert [{k: v.tolist() for k, v in g.items()} for g in a[2]] == \
@@ -75,7 +77,7 @@ def test_converts_each_kind_of_file(tmp_path, capsys):
     np.testing.assert_array_equal(z["train"], _feats(30, 8))
   assert json.load(open(f"{root}/annotations/retrieval-SfM-120k.json"))["train"]["cids"][4] == "c4"
   # R1M becomes a float32 (n, C) .npy that the reader memory-maps.
-  assert isinstance(descriptors.load_r1m(f"{root}/test/r1m/gem.npy"), np.memmap)
+  assert isinstance(large_descriptors.load_r1m(f"{root}/test/r1m/gem.npy"), np.memmap)
 
 
 def test_converts_a_tree(tmp_path, capsys):

@@ -50,7 +50,8 @@ def test_scores_match_original(ref, model, impl):
 def test_training_outputs_and_losses_match_original(ref, model, impl):
   params, cfg = model
   cfg = cfg.replace(attention=impl)
-  logits, mse = training_outputs(params, ref["x"], cfg.replace(temperature=float(ref["temperature"])))
+  logits, mse = training_outputs(params, ref["x"],
+                                 cfg.replace(temperature=float(ref["temperature"])))
   np.testing.assert_allclose(np.exp(np.asarray(logits)), ref["exp_sim"], atol=1e-5, rtol=0)
   np.testing.assert_allclose(float(mse), float(ref["mse"]), atol=1e-5, rtol=0)
   loss, aux = csa_loss(logits, ref["targets"], mse, alpha=float(ref["alpha"]))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from csa_jax import log
-from csa_jax.data import annotations, descriptors, ground_truth
+from csa_jax.data import annotations, descriptors, ground_truth, large_descriptors
 from csa_jax.errors import InputError
 from csa_jax.formats import containers, npyio
 from npy_craft import deflate_bomb, npy_bytes, npz_member, zip_bytes  # hand-made bytes
@@ -98,15 +98,15 @@ class TestRealLayouts:
 
   def test_r1m_pickle_and_memmap(self, tmp_path):
     x = _feats(200, 8)
-    got = descriptors.load_r1m(_dump(tmp_path / "r1m.pkl", x))
+    got = large_descriptors.load_r1m(_dump(tmp_path / "r1m.pkl", x))
     np.testing.assert_array_equal(got, x)
     np.save(tmp_path / "r1m.npy", x)
-    mm = descriptors.load_r1m(tmp_path / "r1m.npy")
+    mm = large_descriptors.load_r1m(tmp_path / "r1m.npy")
     assert isinstance(mm, np.memmap)
     np.testing.assert_array_equal(mm, x)
     # (C, n) on disk cannot be row-memory-mapped: read and transposed instead.
     np.save(tmp_path / "r1m_t.npy", x.T)
-    got = descriptors.load_r1m(tmp_path / "r1m_t.npy")
+    got = large_descriptors.load_r1m(tmp_path / "r1m_t.npy")
     assert not isinstance(got, np.memmap)
     np.testing.assert_array_equal(got, x)
 
@@ -443,7 +443,7 @@ class TestFiniteAsUsed:
       descriptors.as_descriptors(x, "f", "db")
 
   def test_normalises_in_blocks(self, monkeypatch):
-    monkeypatch.setattr(descriptors, "_BLOCK_BYTES", 8 * 4 * 3)  # 3 rows per block
+    monkeypatch.setattr(descriptors, "BLOCK_BYTES", 8 * 4 * 3)  # 3 rows per block
     x = _feats(10, 4).astype(np.float64) * np.arange(1, 11)[:, None]
     np.testing.assert_allclose(descriptors.as_descriptors(x, "f", "db"), _unit(x), atol=1e-6)
     x[8, 1] = np.nan
@@ -467,34 +467,36 @@ class TestR1M:
     mm = npyio.load_npy(tmp_path / "r.npy", mmap=True)
     with pytest.raises(InputError, match=r"r\.npy: r1m: expected finite values, found NaN/inf "
                                          r"in row 537 \(of 1000\)"):
-      descriptors.scan_rows(str(tmp_path / "r.npy"), mm.offset, mm.shape, "r1m", block_rows=100)
+      large_descriptors.scan_rows(str(tmp_path / "r.npy"), mm.offset, mm.shape, "r1m",
+                                  block_rows=100)
 
   def test_scan_unit_flag(self, tmp_path):
     x = _feats(300, 8)
     np.save(tmp_path / "r.npy", x)
     mm = npyio.load_npy(tmp_path / "r.npy", mmap=True)
-    assert descriptors.scan_rows(str(tmp_path / "r.npy"), mm.offset, mm.shape, "r1m", block_rows=7)
+    assert large_descriptors.scan_rows(str(tmp_path / "r.npy"), mm.offset, mm.shape, "r1m",
+                                       block_rows=7)
     x[299] *= 2  # the very last row, in the last (partial) block
     np.save(tmp_path / "r.npy", x)
-    assert not descriptors.scan_rows(str(tmp_path / "r.npy"), mm.offset, mm.shape, "r1m",
-                                 block_rows=7)
+    assert not large_descriptors.scan_rows(str(tmp_path / "r.npy"), mm.offset, mm.shape, "r1m",
+                                           block_rows=7)
 
   def test_load_r1m_checks_every_row_and_keeps_the_memmap(self, tmp_path, monkeypatch, notes):
-    monkeypatch.setattr(descriptors, "_BLOCK_BYTES", 8 * 8 * 64)  # 64 rows per block
+    monkeypatch.setattr(descriptors, "BLOCK_BYTES", 8 * 8 * 64)  # 64 rows per block
     x = _feats(20000, 8)
     np.save(tmp_path / "r.npy", x)
-    mm = descriptors.load_r1m(tmp_path / "r.npy", dim=8)
+    mm = large_descriptors.load_r1m(tmp_path / "r.npy", dim=8)
     assert isinstance(mm, np.memmap) and mm.shape == (20000, 8)
     assert "every row checked" in notes.read()
     x[12345, 7] = np.nan  # far from both ends: the old spot check could miss it
     np.save(tmp_path / "r.npy", x)
     with pytest.raises(InputError, match="r1m: expected finite values, found NaN/inf in row 12345"):
-      descriptors.load_r1m(tmp_path / "r.npy", dim=8)
+      large_descriptors.load_r1m(tmp_path / "r.npy", dim=8)
 
   def test_load_r1m_non_unit_rows_are_renormalised(self, tmp_path):
     x = _feats(500, 8)
     np.save(tmp_path / "r.npy", x * 3)
-    got = descriptors.load_r1m(tmp_path / "r.npy")
+    got = large_descriptors.load_r1m(tmp_path / "r.npy")
     assert not isinstance(got, np.memmap)
     np.testing.assert_allclose(got, x, atol=1e-6)
 
@@ -502,10 +504,10 @@ class TestR1M:
     np.save(tmp_path / "r.npy", _feats(300, 9))
     with pytest.raises(InputError, match=r"r\.npy: r1m: expected descriptor size C=8 .*found "
                                          r"shape \(300, 9\)"):
-      descriptors.load_r1m(tmp_path / "r.npy", dim=8)
+      large_descriptors.load_r1m(tmp_path / "r.npy", dim=8)
     _dump(tmp_path / "r.pkl", _feats(300, 9))
     with pytest.raises(InputError, match=r"r\.pkl: r1m: expected descriptor size C=8"):
-      descriptors.load_r1m(tmp_path / "r.pkl", dim=8)
+      large_descriptors.load_r1m(tmp_path / "r.pkl", dim=8)
 
 
 # ----------------------------------------------------------------------------------------------

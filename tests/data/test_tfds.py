@@ -12,10 +12,11 @@ tfds = pytest.importorskip("tensorflow_datasets")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from csa_jax.data import (  # noqa: E402  # noqa: E402
+from csa_jax.data import (  # noqa: E402
   annotations,
   descriptors,
   ground_truth,
+  large_descriptors,
   layout,
   synthetic,
   tfds_builder,
@@ -138,7 +139,8 @@ def test_the_original_pickle_layout(tmp_path):
         (descriptors.load_descriptors(root / f"train/{FEATURE}.pkl", "train",
                                   n=len(ann["train"]["cluster"])), ann["train"]["cluster"]))
   _same(tfds_reader.load_test_set_from_tfds(tmp_path / "out", FEATURE, DS),
-        ground_truth.load_test_set(root / f"test/{DS}/{FEATURE}.pkl", root / f"test/{DS}/gnd_{DS}.pkl"))
+        ground_truth.load_test_set(root / f"test/{DS}/{FEATURE}.pkl",
+                                   root / f"test/{DS}/gnd_{DS}.pkl"))
 
 
 def test_r1m_split(tmp_path):
@@ -149,7 +151,7 @@ def test_r1m_split(tmp_path):
   np.save(root / "test" / "r1m" / f"{FEATURE}.npy", r1m)
   tfds_builder.build_tfds(root, FEATURE, tmp_path / "out", datasets=(), r1m=True)
   got = tfds_reader.load_r1m_from_tfds(tmp_path / "out", FEATURE, dim=BENCH.dim)
-  _same(got, np.asarray(descriptors.load_r1m(root / "test" / "r1m" / f"{FEATURE}.npy",
+  _same(got, np.asarray(large_descriptors.load_r1m(root / "test" / "r1m" / f"{FEATURE}.npy",
                                          dim=BENCH.dim)))
   assert tfds_reader.tfds_test_sets(tmp_path / "out", FEATURE) == []
 

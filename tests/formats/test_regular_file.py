@@ -17,7 +17,7 @@ import stat
 import numpy as np
 import pytest
 
-from csa_jax.data import annotations, descriptors, ground_truth
+from csa_jax.data import annotations, descriptors, ground_truth, large_descriptors
 from csa_jax.data.index_lists import as_names, load_names
 from csa_jax.errors import InputError
 from csa_jax.formats import containers, npyio, regular_file
@@ -61,7 +61,7 @@ READERS = {
     "load_gnd": ground_truth.load_gnd,
     "load_annotations": annotations.load_annotations,
     "load_descriptors": descriptors.load_descriptors,
-    "load_large": descriptors.load_large,
+    "load_large": large_descriptors.load_large,
     "read_torch_file": read_torch_file,
     "load_model": load_model,
 }
@@ -208,25 +208,25 @@ def test_zero_rows_stop_the_scan_at_their_block(tmp_path, monkeypatch):
   mm = npyio.load_npy(tmp_path / "r.npy", mmap=True)
   with pytest.raises(InputError, match=re.escape(
       "r.npy: r1m: expected non-zero descriptors, found an all-zero row 537 (of 1000)")):
-    descriptors.scan_rows(str(tmp_path / "r.npy"), mm.offset, mm.shape, "r1m", block_rows=100)
+    large_descriptors.scan_rows(str(tmp_path / "r.npy"), mm.offset, mm.shape, "r1m", block_rows=100)
   reads = []
-  real = descriptors.open_regular
+  real = large_descriptors.open_regular
 
   def counting(*a, **k):
     f, size = real(*a, **k)
     reads.append(f)
     return f, size
-  monkeypatch.setattr(descriptors, "open_regular", counting)
-  monkeypatch.setattr(descriptors, "_BLOCK_BYTES", 8 * 8 * 100)  # 100 rows a block
+  monkeypatch.setattr(large_descriptors, "open_regular", counting)
+  monkeypatch.setattr(descriptors, "BLOCK_BYTES", 8 * 8 * 100)  # 100 rows a block
   with pytest.raises(InputError, match="all-zero row 537"):
-    descriptors.load_large(tmp_path / "r.npy", field="db")
+    large_descriptors.load_large(tmp_path / "r.npy", field="db")
   assert len(reads) == 1  # refused by the scan: the file was not read again to re-normalise
 
 
 def test_non_unit_memmap_is_renormalised_from_the_scan(tmp_path, caplog):
   x = _unit(500, 8)
   np.save(tmp_path / "r.npy", x * 3)
-  got = descriptors.load_large(tmp_path / "r.npy", field="db")
+  got = large_descriptors.load_large(tmp_path / "r.npy", field="db")
   assert type(got) is np.ndarray and got.dtype == np.float32
   np.testing.assert_allclose(got, x, atol=1e-6)
   warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from csa_jax import parallel
-from csa_jax.data import descriptors
+from csa_jax.data import large_descriptors
 from csa_jax.errors import InputError
 from csa_jax.evaluation import evaluate, revisited
 from csa_jax.retrieval import search
@@ -161,7 +161,7 @@ def test_stacked_parts(data, tmp_path, n_dev, impl):
 
 def _deferred(tmp_path, x, name="r1m.npy"):
   np.save(tmp_path / name, x)
-  return descriptors.load_r1m(tmp_path / name, defer=True)
+  return large_descriptors.load_r1m(tmp_path / name, defer=True)
 
 
 @pytest.mark.parametrize("impl", ["jax", "host"])
@@ -172,9 +172,9 @@ def test_deferred_rows_are_checked_as_searched(tmp_path, monkeypatch, impl):
   x /= np.linalg.norm(x, axis=1, keepdims=True)
   q = x[[3, 500]] + 0.1
   d = _deferred(tmp_path, x)
-  assert isinstance(d, descriptors.DeferredRows) and d.shape == (700, 16) and len(d) == 700
+  assert isinstance(d, large_descriptors.DeferredRows) and d.shape == (700, 16) and len(d) == 700
   scans = []
-  monkeypatch.setattr(descriptors, "scan_rows", lambda *a, **k: scans.append(a) or True)
+  monkeypatch.setattr(large_descriptors, "scan_rows", lambda *a, **k: scans.append(a) or True)
   out = np.zeros((2, 700), np.float32)
   got_v, got_i = search.top_k_search(q, d, 25, block=64, scores_out=out, impl=impl)
   want_v, want_i = reference(out, 25)
@@ -210,7 +210,7 @@ def test_deferred_rows_off_unit_norm_are_renormalised(tmp_path, caplog, impl):
   d = _deferred(tmp_path, y)
   out = np.zeros((3, 500), np.float32)
   got_v, got_i = search.top_k_search(q, d, 30, block=32, scores_out=out, impl=impl)
-  want = descriptors.load_r1m(tmp_path / "r1m.npy")  # the eager reader's re-normalised copy
+  want = large_descriptors.load_r1m(tmp_path / "r1m.npy")  # the eager reader's re-normalised copy
   assert type(d.rows()) is np.ndarray
   np.testing.assert_array_equal(d.rows(), want)
   np.testing.assert_allclose(out, q @ want.T, rtol=1e-5, atol=1e-6)

@@ -17,7 +17,7 @@ from toy_retrieval import spread_params
 from csa_jax import (InputError, evaluate, rerank_affinity, rerank_shortlist, search_and_rerank,
                      top_k_search)
 from csa_jax.core.config import ModelConfig
-from csa_jax.data import descriptors
+from csa_jax.data import descriptors, large_descriptors
 from csa_jax.retrieval.search import StackedRows
 
 CFG = ModelConfig(anchors=8, dim=16, depth=1, heads=2)
@@ -148,7 +148,7 @@ def test_evaluate_refuses_k0_and_bad_gnd(problem):
 
 def _r1m_error(path, **kw):
   with pytest.raises(InputError) as e:
-    descriptors.load_r1m(path, **kw)
+    large_descriptors.load_r1m(path, **kw)
   return str(e.value)
 
 
@@ -159,7 +159,7 @@ def test_deferred_r1m_refuses_a_bad_row_as_the_eager_scan_does(problem, tmp_path
   # csa-jax eval checks R1M's rows as the search scores them: the error must be the one the
   # full scan before the search gave, whichever worker meets which bad row first.
   _, q, db, _ = problem
-  monkeypatch.setattr(descriptors, "_BLOCK_BYTES", 8 * 12 * 100)  # scan blocks of 100 rows
+  monkeypatch.setattr(descriptors, "BLOCK_BYTES", 8 * 12 * 100)  # scan blocks of 100 rows
   x = np.tile(db, (50, 1))  # 3000 unit rows
   rows = {"nan": [(2345, np.nan)], "inf": [(2345, np.inf)], "zero": [(2345, 0)],
           # a zero row and, later in the same scan block but another search block, a NaN
@@ -173,7 +173,7 @@ def test_deferred_r1m_refuses_a_bad_row_as_the_eager_scan_does(problem, tmp_path
   np.save(tmp_path / "r1m.npy", x)
   want = _r1m_error(tmp_path / "r1m.npy")
   assert "r1m.npy: r1m: expected " in want
-  deferred = descriptors.load_r1m(tmp_path / "r1m.npy", defer=True)
+  deferred = large_descriptors.load_r1m(tmp_path / "r1m.npy", defer=True)
   stacked = StackedRows([db, deferred])
   for _ in range(2):  # the same error each time, also for a second search
     with pytest.raises(InputError) as e:

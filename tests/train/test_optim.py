@@ -57,7 +57,8 @@ def _tree():
 
 
 def _numpy_sgd(params, grads_seq, lrs, mu, wd, clip):
-  """PyTorch SGD: clip the raw gradient, g += wd * p (matrices only), buf = mu buf + g, p -= lr buf."""
+  """PyTorch SGD: clip the raw gradient, g += wd * p (matrices only), buf = mu buf + g,
+  p -= lr buf."""
   p = jax.tree.map(np.copy, params)
   buf = jax.tree.map(np.zeros_like, params)
   for g, lr in zip(grads_seq, lrs):
@@ -125,7 +126,8 @@ def test_non_finite_updates_are_skipped_counted_and_leave_the_state_untouched():
                             total_steps=6)
   g = jax.tree.map(jnp.ones_like, params)
   update = jax.jit(tx.update)
-  _, state = update(g, tx.init(params), params, loss=jnp.float32(1.0))  # one applied step: momentum is non-zero
+  # One applied step: momentum is non-zero.
+  _, state = update(g, tx.init(params), params, loss=jnp.float32(1.0))
   bad_grad = jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan), g)
   for grads, loss in ((bad_grad, 1.0), (g, jnp.inf), (g, jnp.nan)):
     upd, new = update(grads, state, params, loss=jnp.float32(loss))
