@@ -14,7 +14,6 @@ leaves no part of its session folder behind.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import shutil
@@ -24,6 +23,7 @@ import time
 import jax
 
 from csa_jax.errors import InputError, fail, one_line
+from csa_jax.fileio import errno_text, missing_dirs, remove_if_empty
 
 PLUGIN_DIR = os.path.join("plugins", "profile")
 PERFETTO_NAME = "perfetto_trace.json.gz"
@@ -40,27 +40,9 @@ def running() -> Trace | None:
 
 
 def _reason(e: BaseException) -> str:
-  if isinstance(e, OSError) and e.errno:  # as train.checks.errno_text says it
-    name = errno.errorcode.get(e.errno)
-    return f"[Errno {e.errno}] {os.strerror(e.errno)}" + (f" ({name})" if name else "")
+  if isinstance(e, OSError) and e.errno:
+    return errno_text(e.errno)
   return one_line(str(e)) or type(e).__name__
-
-
-# As train.checks has them; not imported from there: csa_jax.train imports this module.
-def _missing_dirs(path: str) -> list[str]:
-  out, p = [], os.path.abspath(path)
-  while not os.path.lexists(p) and os.path.dirname(p) != p:
-    out.append(p)
-    p = os.path.dirname(p)
-  return out
-
-
-def _remove_if_empty(dirs: list[str]) -> None:
-  for d in dirs:  # deepest first: stops at the first that is not empty
-    try:
-      os.rmdir(d)
-    except OSError:
-      return
 
 
 def _options() -> dict:
@@ -109,14 +91,14 @@ class Trace:
       InputError: one line naming the directory and the errno; the directories this call made
         are removed again.
     """
-    created = _missing_dirs(self.plugin_dir)
+    created = missing_dirs(self.plugin_dir)
     try:
       os.makedirs(self.plugin_dir, exist_ok=True)
       fd, probe = tempfile.mkstemp(dir=self.plugin_dir, prefix=".csa_jax-probe-")
       os.close(fd)
       os.remove(probe)
     except OSError as e:
-      _remove_if_empty(created)
+      remove_if_empty(created)
       raise self._error(e, "a writable directory for the profiler trace") from None
     self._created = created or self._created
 
@@ -187,7 +169,7 @@ class Trace:
     still empty."""
     for name in self._sessions() - self._before:
       shutil.rmtree(os.path.join(self.plugin_dir, name), ignore_errors=True)
-    _remove_if_empty(self._created)
+    remove_if_empty(self._created)
 
 
 def describe(t: Trace) -> str:

@@ -41,8 +41,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from csa_jax.errors import InputError, fail
-from csa_jax.fileio import write_json
-from csa_jax.train.checks import errno_text
+from csa_jax.fileio import errno_text, write_json
 from csa_jax.train.orbax_errors import os_error_of, short_reason
 
 log = logging.getLogger(__name__)

@@ -123,44 +123,6 @@ def _check_data_paths(d) -> None:
     raise fail(d.root, "data.root", "a directory holding the data layout", "no such directory")
 
 
-def errno_text(code: int) -> str:
-  """An errno as an error line says it: ``[Errno 28] No space left on device (ENOSPC)``."""
-  name = errno.errorcode.get(code)
-  return f"[Errno {code}] {os.strerror(code)}" + (f" ({name})" if name else "")
-
-
-@contextlib.contextmanager
-def io_path(path: str):
-  """Gives an ``OSError`` raised in the body without a file name (a failed ``write`` to an open
-  file) the name ``path``, so the one error line can say which file failed."""
-  try:
-    yield
-  except OSError as e:
-    if e.filename is None and e.errno:
-      raise OSError(e.errno, e.strerror or os.strerror(e.errno), os.fspath(path)) from None
-    raise
-
-
-def missing_dirs(path: str) -> list[str]:
-  """The directories ``os.makedirs(path)`` would create, deepest first (what a failed start may
-  remove again: only those, and only while empty)."""
-  out, p = [], os.path.abspath(os.fspath(path))
-  while not os.path.lexists(p) and os.path.dirname(p) != p:
-    out.append(p)
-    p = os.path.dirname(p)
-  return out
-
-
-def remove_if_empty(dirs) -> None:
-  """``rmdir`` each of ``dirs`` in order, stopping at the first that is not empty or gone: never
-  anything but an empty directory."""
-  for d in dirs:
-    try:
-      os.rmdir(d)
-    except OSError:
-      return
-
-
 def check_workdir(workdir: str) -> str:
   """The workdir, absolute and created; one line if it cannot be one.
 

@@ -23,15 +23,15 @@ import numpy as np
 from csa_jax import configs, parallel, profiling
 from csa_jax.core.config import ModelConfig
 from csa_jax.errors import InputError, fail
-from csa_jax.fileio import atomic_path, remove_stale_temps, write_json
+from csa_jax.fileio import (atomic_path, errno_text, io_path, missing_dirs, remove_if_empty,
+                            remove_stale_temps, write_json)
 from csa_jax.interop import export
 from csa_jax.run_info import run_info
 from csa_jax.train import optim, telemetry, tensorboard, train_set as pipeline
 from csa_jax.train import step as train_step
 from csa_jax.train.checkpoint import Checkpointer
-from csa_jax.train.checks import (check_outcome, check_resume_config, check_workdir, errno_text,
-                                  io_path, missing_dirs, remove_if_empty, saved_config,
-                                  validate_config, workdir_lock)
+from csa_jax.train.checks import (check_outcome, check_resume_config, check_workdir,
+                                  saved_config, validate_config, workdir_lock)
 
 CONFIG_NAME = "config.json"
 CHECKPOINTS_NAME = "checkpoints"

@@ -15,8 +15,7 @@ import time
 import numpy as np
 
 from csa_jax.evaluation.plots import agg_figure
-from csa_jax.fileio import atomic_path
-from csa_jax.train.checks import io_path
+from csa_jax.fileio import atomic_path, io_path
 
 METRICS_NAME = "metrics.jsonl"
 PLOT_NAME = "training_curves.png"

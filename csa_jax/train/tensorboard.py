@@ -25,7 +25,7 @@ import os
 import re
 import time
 
-from csa_jax.train.checks import errno_text
+from csa_jax.fileio import errno_text
 
 DIR_NAME = "tensorboard"
 SKIPPED_KEYS = ("kind", "step", "epoch", "K")  # record fields that are not curves

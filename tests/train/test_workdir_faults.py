@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from csa_jax import parallel
+from csa_jax import fileio, parallel
 from csa_jax.errors import InputError
 from csa_jax.train import checkpoint, checks, loop, orbax_errors
 from csa_jax.train.checkpoint import Checkpointer
@@ -64,11 +64,11 @@ def test_a_symlinked_lock_is_refused_and_its_target_untouched(tmp_path):
 
 def test_missing_dirs_and_remove_if_empty_remove_only_empty_directories(tmp_path):
   deep = tmp_path / "a" / "b" / "c"
-  dirs = checks.missing_dirs(str(deep))
+  dirs = fileio.missing_dirs(str(deep))
   assert dirs == [str(deep), str(deep.parent), str(tmp_path / "a")]
   os.makedirs(deep)
   (tmp_path / "a" / "keep.txt").write_text("x")
-  checks.remove_if_empty(dirs)
+  fileio.remove_if_empty(dirs)
   assert not (tmp_path / "a" / "b").exists() and (tmp_path / "a" / "keep.txt").exists()
 
 
