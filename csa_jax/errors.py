@@ -41,6 +41,21 @@ def one_line(text: str) -> str:
       for c in text)
 
 
+def short_reason(e: BaseException) -> str:
+  """An exception in a few words: its type and the first line of its message (at most 200
+  characters), for the found part of an error line or a debug record.
+
+  Some tensorstore errors' ``str`` is not their message (a bound method's repr): their first
+  argument is used then.
+  """
+  text = str(e)
+  if "<bound method" in text or not text.strip():
+    args = [a for a in getattr(e, "args", ()) if isinstance(a, str) and a.strip()]
+    text = args[0] if args else ""
+  first = text.strip().splitlines()[0][:200] if text.strip() else ""
+  return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
 def fail(source: str, field: str, expected: str, found: str) -> "InputError":
   """Builds the standard one-line message: ``<source>: <field>: expected <...>, found <...>``."""
   return InputError(one_line(f"{source}: {field}: expected {expected}, found {found}"))

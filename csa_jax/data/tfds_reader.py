@@ -24,7 +24,7 @@ import numpy as np
 from csa_jax.data import descriptors, ground_truth, index_lists
 from csa_jax.data.tfds_builder import (NAME, R1M, SEQUENCES, VERSION, check_feature, dataset_dir,
                                        import_tfds)
-from csa_jax.errors import fail
+from csa_jax.errors import fail, short_reason
 
 _FIELDS = {"index", "name", "cluster", "descriptor", "bbx", *SEQUENCES}
 _CHUNK = 4096  # examples decoded per read
@@ -43,7 +43,7 @@ def open_tfds(data_dir, feature: str) -> dict:
                                download=False)
   except Exception as e:  # noqa: BLE001  (TFDS / ArrayRecord errors: one line)
     raise fail(where, "dataset", "a readable TFDS ArrayRecord dataset",
-               f"{type(e).__name__}: {_first_line(e)}") from None
+               short_reason(e)) from None
   features = next(iter(sources.values())).dataset_info.features if sources else None
   keys = set(features.keys()) if features is not None else set()
   if keys != _FIELDS:
@@ -52,11 +52,6 @@ def open_tfds(data_dir, feature: str) -> dict:
   if len(shape) != 1 or not shape[0]:
     raise fail(where, "features.descriptor", "descriptors of shape (C,), C >= 1", f"{shape}")
   return sources
-
-
-def _first_line(e: Exception) -> str:
-  s = str(e).strip()
-  return s.splitlines()[0] if s else ""
 
 
 def _read(sources: dict, where: str, split: str) -> dict:
@@ -109,7 +104,7 @@ def _damaged_shard(src, where: str, split: str, rows: range, e: Exception):
   """The one line for a shard that cannot be read: which file, what dataset_info.json says it
   holds, its size, and the reader's complaint (found by reading each shard of the failed rows
   alone)."""
-  reason = f"{type(e).__name__}: {_first_line(e)}"
+  reason = short_reason(e)
   for path, start, count in _shards(src, split):
     if start + count <= rows.start or start >= rows.stop:
       continue
@@ -121,7 +116,7 @@ def _damaged_shard(src, where: str, split: str, rows: range, e: Exception):
     except Exception as ee:  # noqa: BLE001  (this shard is the damaged one)
       # A record the index lists but the file no longer holds reaches TFDS's decoder as None.
       why = ("records missing" if "NoneType" in str(ee) else
-             f"{type(ee).__name__}: {_first_line(ee)}")
+             short_reason(ee))
     try:
       size = f"{os.path.getsize(path)} bytes"
     except OSError as oe:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 from typing import Any, Callable, Mapping
 
-from csa_jax.errors import InputError, fail
+from csa_jax.errors import InputError, fail, short_reason
 from csa_jax.formats.pickle_globals import NUMPY_GLOBALS
 from csa_jax.formats.pickle_limits import (BUDGET_BASE, BUDGET_PER_BYTE, MAX_DEPTH, MAX_NDIM,
                                            Budget, check_graph)
@@ -31,10 +31,6 @@ __all__ = [
     "Global", "Marker", "RestrictedUnpickler", "brief", "check_graph", "load_data", "loads_data",
     "unpickle",
 ]
-
-
-def _one_line(e: BaseException) -> str:
-  return " ".join(str(e).split())[:300]
 
 
 def unpickle(file, size: int, source: str, *, table: Mapping[tuple[str, str], Any] | None = None,
@@ -68,7 +64,7 @@ def unpickle(file, size: int, source: str, *, table: Mapping[tuple[str, str], An
         from None
   except Exception as e:  # truncated or corrupt stream, numpy's own checks
     raise fail(source, "pickle", "a complete pickle of arrays and containers",
-               f"an unreadable stream ({type(e).__name__}: {_one_line(e)})") from None
+               f"an unreadable stream ({short_reason(e)})") from None
 
 
 def loads_data(data: bytes, source: str = "<bytes>") -> Any:

@@ -40,9 +40,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from csa_jax.errors import InputError, fail
+from csa_jax.errors import InputError, fail, short_reason
 from csa_jax.fileio import errno_text, write_json
-from csa_jax.train.orbax_errors import os_error_of, short_reason
+from csa_jax.train.orbax_errors import os_error_of
 
 log = logging.getLogger(__name__)
 DIGESTS_SUFFIX = "_digests"  # <checkpoints>_digests/<step>.json: SHA-256 of each file of a step

@@ -15,6 +15,8 @@ import re
 import sys
 import threading
 
+from csa_jax.errors import short_reason
+
 log = logging.getLogger(__name__)
 # tensorstore's message of an OS error: ... Failed writing: "<path>": ... [os_error_code='27']
 _TS_ERRNO = re.compile(r"os_error_code='?([0-9]+)")
@@ -134,17 +136,3 @@ def os_error_of(e: BaseException) -> tuple[int, str | None] | None:
       return int(m.group(1)), paths[-1] if paths else None
     e = e.__cause__ or e.__context__
   return None
-
-
-def short_reason(e: BaseException) -> str:
-  """A damaged checkpoint's failure in a few words: the type and the first line of the message.
-
-  Some tensorstore errors' ``str`` is not their message (a bound method's repr): their first
-  argument is used then.
-  """
-  text = str(e)
-  if "<bound method" in text or not text.strip():
-    args = [a for a in getattr(e, "args", ()) if isinstance(a, str) and a.strip()]
-    text = args[0] if args else ""
-  first = text.strip().splitlines()[0][:200] if text.strip() else ""
-  return f"{type(e).__name__}: {first}" if first else type(e).__name__

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from csa_jax import fileio, parallel
+from csa_jax import errors, fileio, parallel
 from csa_jax.errors import InputError
 from csa_jax.train import checkpoint, checks, loop, orbax_errors
 from csa_jax.train.checkpoint import Checkpointer
@@ -121,8 +121,9 @@ def test_a_reason_is_never_a_bound_method_repr():
   class Odd(Exception):
     def __str__(self):
       return "<bound method pybind11_detail_function_record.__str__ of <...>>"
-  assert orbax_errors.short_reason(Odd("DATA_LOSS: truncated")) == "Odd: DATA_LOSS: truncated"
-  assert orbax_errors.short_reason(ValueError("")) == "ValueError"
+  assert errors.short_reason(Odd("DATA_LOSS: truncated")) == "Odd: DATA_LOSS: truncated"
+  assert errors.short_reason(ValueError("")) == "ValueError"
+  assert errors.short_reason(OSError("first\nsecond")) == "OSError: first"
 
 
 def _tiny_state(mesh):
