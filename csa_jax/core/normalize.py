@@ -11,6 +11,19 @@ EPS = 1e-12  # torch.nn.functional.normalize's default: an all-zero row stays ze
 NORM_TOL = 1e-3
 
 
+def row_norms(x_NxC: np.ndarray) -> np.ndarray:
+  """The L2 norm of each row, computed in float64 (a finite float32 row's squares neither
+  overflow nor underflow); NaN where a row holds NaN or inf.
+
+  Args:
+    x_NxC: a numpy array or memmap of rows.
+
+  Returns:
+    norms_N, float64.
+  """
+  return np.sqrt(np.einsum("ij,ij->i", x_NxC, x_NxC, dtype=np.float64))
+
+
 def l2_normalize(x, axis: int = -1, eps: float = EPS):
   """``x / max(||x||, eps)`` along ``axis`` in float32, as ``torch.nn.functional.normalize``.
 

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from csa_jax.core.normalize import NORM_TOL, l2_normalize
+from csa_jax.core.normalize import NORM_TOL, l2_normalize, row_norms
 from csa_jax.errors import fail
 from csa_jax.formats.containers import describe, load_container, pick
 
@@ -75,20 +75,20 @@ def as_descriptors(arr, source: str, field: str, n: int | None = None,
     raise fail(source, field, "finite values (as float32)",
                f"{n_bad} NaN/inf values in {rows} row{'s' * (rows != 1)} (first: row {r}: "
                f"{_nonfinite_kind(stored)})")
-  row_norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+  norms_r = row_norms(x)
   col_norms = np.sqrt(np.einsum("ij,ij->j", x, x, dtype=np.float64))
-  rows_unit = bool(np.all(np.abs(row_norms - 1) <= NORM_TOL))
+  rows_unit = bool(np.all(np.abs(norms_r - 1) <= NORM_TOL))
   cols_unit = bool(np.all(np.abs(col_norms - 1) <= NORM_TOL))
   transpose, why = _orientation(x.shape, rows_unit, cols_unit, n, dim)
   if transpose:
-    x, row_norms, rows_unit = np.ascontiguousarray(x.T), col_norms, cols_unit
+    x, norms_r, rows_unit = np.ascontiguousarray(x.T), col_norms, cols_unit
   if n is not None and x.shape[0] != n:
     raise fail(source, field, f"{n} descriptors (one per annotated image) on either axis",
                f"shape {arr.shape}")
   if dim is not None and x.shape[1] != dim:  # the count took the axis of size dim (n == dim)
     raise width_error(source, field, arr.shape, dim, n)
   if not rows_unit:
-    zero = row_norms == 0  # any other norm is a direction (float64: no underflow)
+    zero = norms_r == 0  # any other norm is a direction (float64: no underflow)
     if zero.any():
       raise fail(source, field, "non-zero descriptors",
                  f"{int(zero.sum())} all-zero rows (first: row {int(np.argmax(zero))})")
@@ -98,7 +98,7 @@ def as_descriptors(arr, source: str, field: str, n: int | None = None,
           "(C, n)" if transpose else "(n, C)", arr.shape, why, x.shape[0], x.shape[1])
   if not rows_unit:
     log.warning("%s: %s: descriptors are not L2-normalised (norms %.4g..%.4g); re-normalising",
-                source, field, row_norms.min(), row_norms.max())
+                source, field, norms_r.min(), norms_r.max())
     x = _normalised(x, source, field)  # never in place: x may be the caller's
   return x
 
@@ -135,9 +135,14 @@ def _float_matrix(arr, source: str, field: str) -> np.ndarray:
   return arr
 
 
+def block_rows(c: int) -> int:
+  """Rows of C values whose float64 copies fill ``BLOCK_BYTES`` (at least one)."""
+  return max(1, BLOCK_BYTES // (8 * max(c, 1)))
+
+
 def _row_blocks(n: int, c: int):
   """[a, b) ranges of rows whose float64 copies stay within ``BLOCK_BYTES``."""
-  step = max(1, BLOCK_BYTES // (8 * max(c, 1)))
+  step = block_rows(c)
   return ((a, min(n, a + step)) for a in range(0, n, step))
 
 

@@ -17,7 +17,7 @@ import threading
 
 import numpy as np
 
-from csa_jax.core.normalize import NORM_TOL
+from csa_jax.core.normalize import NORM_TOL, row_norms
 from csa_jax.data import descriptors
 from csa_jax.errors import fail
 from csa_jax.formats import npyio
@@ -119,7 +119,7 @@ def _scan(path: str, offset: int, shape: tuple[int, int], field: str,
     (all rows unit, smallest norm, largest norm).
   """
   n, c = shape
-  step = block_rows or max(1, descriptors.BLOCK_BYTES // (8 * c))
+  step = block_rows or descriptors.block_rows(c)
   buf = np.empty((min(step, n), c), np.float32)
   unit, lo, hi = True, np.inf, 0.0
   f, _ = open_regular(path, "a readable .npy file")
@@ -153,7 +153,7 @@ def _checked_norms(blk_BxC: np.ndarray, a: int, n: int, path: str, field: str):
   if not ok.all():
     return None, fail(path, field, "finite values",
                       f"NaN/inf in row {a + int(np.argmin(ok))} (of {n})")
-  norms = np.sqrt(np.einsum("ij,ij->i", blk_BxC, blk_BxC, dtype=np.float64))
+  norms = row_norms(blk_BxC)
   zero = norms == 0  # any other norm is a direction (float64: no underflow)
   if zero.any():
     return None, fail(path, field, "non-zero descriptors",
@@ -280,13 +280,13 @@ class DeferredRows:
     if not odd.size:
       return
     sub = np.asarray(x_BxC[odd])
-    norms = np.sqrt(np.einsum("ij,ij->i", sub, sub, dtype=np.float64))  # NaN where not finite
+    norms = row_norms(sub)  # NaN where not finite
     bad = ~np.isfinite(sub).all(axis=1) | (norms == 0)
     if bad.any():
       # scan_rows's error for the block of rows it would stop at: its first NaN/inf row, else
       # its first all-zero one (every row before that block is checked and fine).
       n, c = self.shape
-      step = max(1, descriptors.BLOCK_BYTES // (8 * c))
+      step = descriptors.block_rows(c)
       r = a + int(odd[np.argmax(bad)])
       s0 = r // step * step
       err = _checked_norms(np.asarray(self._mm[s0:s0 + step]), s0, n, self.path, self.field)[1]

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from csa_jax.core.config import Model, ModelConfig
-from csa_jax.core.normalize import NORM_TOL, l2_normalize
+from csa_jax.core.normalize import NORM_TOL, l2_normalize, row_norms
 from csa_jax.errors import fail
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def _unit_rows(x, who: str, field: str, source: str):
   if isinstance(x, jax.Array):
     norms = np.asarray(jnp.linalg.norm(x.astype(jnp.float32), axis=1))
   else:
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    norms = row_norms(x)
   zero = norms == 0
   if zero.any():
     raise fail(source, f"{field}[{_first(zero)}]", "a descriptor with a direction (L2 norm > 0)",
@@ -152,7 +152,7 @@ def finite_row_norms(rows_RxC: np.ndarray, ids_R: np.ndarray, source: str) -> np
   ok = np.isfinite(rows_RxC).all(axis=1)
   if not ok.all():
     raise fail(source, f"db[{int(ids_R[_first(~ok)])}]", "finite values", "NaN/inf")
-  return np.sqrt(np.einsum("ij,ij->i", rows_RxC, rows_RxC, dtype=np.float64))
+  return row_norms(rows_RxC)
 
 
 def check_gathered_rows(rows_RxC: np.ndarray, ids_R: np.ndarray, source: str) -> None:
