@@ -29,13 +29,15 @@ __all__ = ["WEIGHT_SUFFIXES", "convert_model", "save_pth"]
 WEIGHT_SUFFIXES = (".pth", ".npz", ".safetensors")
 
 
-def save_pth(path, params, cfg: ModelConfig | None = None, epoch: int | None = None) -> None:
+def save_pth(path, params, cfg: ModelConfig | None = None, epoch: int | None = None, *,
+             replace: bool = False) -> None:
   """Writes params as an original-style ``torch.save`` checkpoint, atomically.
 
   ``{'epoch': epoch, 'state_dict': {name: float32 tensor}, 'heads': cfg.heads}``, each key only
   when given; the original code loads it with ``load_state_dict(ckpt['state_dict'])``. csa_jax
   cannot tell a ``.pth`` it wrote from anyone else's without reading it whole, so only a new path
-  is written: an existing file is refused, never replaced.
+  is written: an existing file is refused, never replaced, unless the caller owns the place
+  (``replace``: the training workdir's ``state_dict.pth``).
 
   Args:
     path: the output file (new).
@@ -43,6 +45,7 @@ def save_pth(path, params, cfg: ModelConfig | None = None, epoch: int | None = N
       is written.
     cfg: its ``ModelConfig``, to record the head count (None: not recorded).
     epoch: the training epoch to record, as the original does (None: not recorded).
+    replace: replace an existing file (only where csa_jax owns the directory).
 
   Raises:
     ImportError: torch is not installed.
@@ -55,7 +58,10 @@ def save_pth(path, params, cfg: ModelConfig | None = None, epoch: int | None = N
                       ".safetensors are written without it") from None
   path = os.fspath(path)
   sd = params_to_torch_state_dict(params)  # refuses non-finite values
-  _check_pth_target(path, "path")
+  if replace:
+    check_output_path(path, "path")
+  else:
+    _check_pth_target(path, "path")
   obj: dict = {} if epoch is None else {"epoch": int(epoch)}
   obj["state_dict"] = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in sd.items()}
   if cfg is not None:

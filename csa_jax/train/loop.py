@@ -12,20 +12,21 @@ ends (on CPU). At the end: ``<workdir>/state_dict.npz`` (original PyTorch names,
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
 import time
 
 import jax
-import numpy as np
 
 from csa_jax import configs, parallel, profiling
 from csa_jax.core.config import ModelConfig
 from csa_jax.errors import InputError, fail
-from csa_jax.fileio import (atomic_path, errno_text, io_path, missing_dirs, remove_if_empty,
+from csa_jax.fileio import (errno_text, io_path, missing_dirs, remove_if_empty,
                             remove_stale_temps, write_json)
 from csa_jax.interop import export
+from csa_jax.interop.convert import save_pth
 from csa_jax.run_info import run_info
 from csa_jax.train import optim, telemetry, tensorboard, train_set as pipeline
 from csa_jax.train import step as train_step
@@ -130,19 +131,6 @@ def record_start(path: str, record: dict) -> None:
   record = {k: v for k, v in record.items() if k != "starts"}
   with io_path(path):
     write_json(path, {**record, "starts": [*starts, record]})
-
-
-def _save_pth(path: str, params, epoch: int) -> bool:
-  try:
-    import torch
-  except ImportError:
-    return False
-  from csa_jax.interop.state_dict import params_to_torch_state_dict
-  sd = {k: torch.from_numpy(np.array(v, copy=True))
-        for k, v in params_to_torch_state_dict(params).items()}
-  with atomic_path(path) as tmp:
-    torch.save({"epoch": epoch, "state_dict": sd}, tmp)
-  return True
 
 
 def train(config, workdir: str, resume: bool = False, train_set=None, progress: bool = True,
@@ -363,8 +351,11 @@ def _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
     if lead:
       with io_path(os.path.join(workdir, export.EXPORT_NAME)):
         export.save_export(os.path.join(workdir, export.EXPORT_NAME), params, model_cfg)
-      with io_path(os.path.join(workdir, "state_dict.pth")):
-        has_pth = _save_pth(os.path.join(workdir, "state_dict.pth"), params, tc.epochs)
+      has_pth = importlib.util.find_spec("torch") is not None
+      if has_pth:  # the original's checkpoint format, for PyTorch users (the torch extra)
+        with io_path(os.path.join(workdir, "state_dict.pth")):
+          save_pth(os.path.join(workdir, "state_dict.pth"), params, model_cfg, tc.epochs,
+                   replace=True)
       _say(lead, f"train: done at step {total} ({skipped} skipped); wrote "
               f"{os.path.join(workdir, export.EXPORT_NAME)}" + (" and state_dict.pth" if has_pth
                                                                  else ""))

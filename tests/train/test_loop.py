@@ -83,7 +83,8 @@ def test_a_run_writes_the_model_metrics_and_plot(reference):
   with open(os.path.join(workdir, telemetry.PLOT_NAME), "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   with open(os.path.join(workdir, "config.json")) as f:
-    assert json.load(f)["train"]["epochs"] == 3
+    saved = json.load(f)
+  assert saved["train"]["epochs"] == 3
   with open(os.path.join(workdir, "run.json")) as f:
     run = json.load(f)
   assert run["command"].startswith("csa-jax train") and run["seed"] == 0
@@ -93,7 +94,7 @@ def test_a_run_writes_the_model_metrics_and_plot(reference):
   assert "param/topk_proj.weight" in sd and sd["param/topk_proj.weight"].shape == (16, 8)
   torch = pytest.importorskip("torch")
   pth = torch.load(os.path.join(workdir, "state_dict.pth"), weights_only=True)
-  assert pth["epoch"] == 3
+  assert pth["epoch"] == 3 and pth["heads"] == saved["model"]["heads"]  # load_model reads it
   for k, v in pth["state_dict"].items():
     np.testing.assert_array_equal(v.numpy(), sd[f"param/{k}"])
 
