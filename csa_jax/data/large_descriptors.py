@@ -22,7 +22,7 @@ from csa_jax.data import descriptors
 from csa_jax.errors import fail
 from csa_jax.formats import npyio
 from csa_jax.formats.containers import file_format, load_container, pick
-from csa_jax.formats.regular_file import format_size, open_regular
+from csa_jax.formats.regular_file import format_size, open_regular, read_into
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +127,7 @@ def _scan(path: str, offset: int, shape: tuple[int, int], field: str,
     f.seek(offset)
     for a in range(0, n, step):
       blk = buf[:min(step, n - a)]
-      view, got = memoryview(blk).cast("B"), 0
-      while got < len(view):
-        k = f.readinto(view[got:])
-        if not k:
-          break
-        got += k
-      if got != len(view):  # the file shrank since its header was checked
+      if read_into(f, blk) != blk.nbytes:  # the file shrank since its header was checked
         raise fail(path, field, f"{n} rows of {c} float32", f"the file ends at row {a}")
       norms, err = _checked_norms(blk, a, n, path, field)
       if err is not None:

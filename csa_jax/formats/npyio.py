@@ -30,7 +30,7 @@ import numpy as np
 from numpy.lib import format as npformat
 
 from csa_jax.errors import InputError, fail
-from csa_jax.formats.regular_file import format_size, open_regular
+from csa_jax.formats.regular_file import format_size, open_regular, read_into
 
 MAX_MEMBERS = 4096  # an export has a few hundred; more is not a file we wrote or expect
 MAX_NAME_CHARS = 256
@@ -40,7 +40,6 @@ MAX_TEXT_BYTES = 64 << 20  # text arrays (JSON in exports, names) are never larg
 # Deflate cannot inflate one byte into more than 1032: a member declaring more lies. Other zip
 # methods (bzip2, lzma) have no useful bound and numpy never writes them.
 MAX_DEFLATE_RATIO = 1032
-_CHUNK = 16 << 20  # bytes read per call: large copies without a second full-size buffer
 _NUMERIC_KINDS = "biuf"
 _TEXT_KINDS = "US"
 
@@ -217,14 +216,10 @@ def _read_exact(f, shape, fortran: bool, dtype: np.dtype, nbytes: int, path: str
   except MemoryError:
     raise fail(path, field, "an array that fits in memory",
                f"{format_size(nbytes)} for shape {shape} {dtype}") from None
-  view = memoryview(buf)
-  pos = 0
-  while pos < nbytes:
-    got = f.readinto(view[pos:pos + _CHUNK])
-    if not got:
-      raise fail(path, field, f"{format_size(nbytes)} of array data",
-                 f"only {pos} bytes (truncated)")
-    pos += got
+  got = read_into(f, buf)
+  if got < nbytes:
+    raise fail(path, field, f"{format_size(nbytes)} of array data",
+               f"only {got} bytes (truncated)")
   arr = buf.view(dtype)
   if fortran:
     return arr.reshape(shape[::-1]).transpose()

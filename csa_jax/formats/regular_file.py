@@ -5,7 +5,8 @@ memory runs out; a directory fails late with an ``IsADirectoryError``. ``open_re
 without blocking (``O_NONBLOCK``: a FIFO opens at once), asks the open descriptor what it is
 (``fstat``, so the answer cannot change between the check and the read) and refuses anything but
 a regular file, then hands back a normal blocking file and its size, so every reader can bound
-what it reads before it reads or allocates anything.
+what it reads before it reads or allocates anything. ``read_into`` is the one loop that fills a
+buffer from such a file.
 """
 
 from __future__ import annotations
@@ -105,3 +106,30 @@ def format_size(nbytes: int) -> str:
     if nbytes >= 1 << shift:
       return f"{nbytes / (1 << shift):.4g} {unit} ({nbytes} bytes)"
   return f"{nbytes} bytes"
+
+
+READ_CHUNK = 16 << 20  # bytes per readinto call: large copies without a second full-size buffer
+
+
+def read_into(f, buf) -> int:
+  """Fills ``buf`` (any writable C-contiguous buffer: a numpy array, a bytearray) from ``f``'s
+  position, ``READ_CHUNK`` bytes per call, until it is full or the file ends.
+
+  One ``readinto`` may return fewer bytes than asked (pipes, signals, network file systems), so
+  every reader loops; this is that loop, once. The caller decides what a short read means.
+
+  Args:
+    f: a binary file opened for reading.
+    buf: where the bytes go.
+
+  Returns:
+    The bytes read: ``buf``'s size unless the file ended first.
+  """
+  with memoryview(buf) as m, m.cast("B") as view:
+    got = 0
+    while got < len(view):
+      k = f.readinto(view[got:got + READ_CHUNK])
+      if not k:
+        break
+      got += k
+    return got

@@ -27,6 +27,7 @@ import numpy as np
 from csa_jax.errors import InputError, fail
 from csa_jax.formats.pickle_limits import Budget
 from csa_jax.formats.pickle_markers import DICT_TYPES, NONE_TYPE, Global, brief
+from csa_jax.formats.regular_file import read_into
 
 
 class _Reader:
@@ -52,16 +53,14 @@ class _Reader:
     return data
 
   def readinto(self, buf) -> int:
-    with memoryview(buf) as m, m.cast("B") as b:
-      self._take(b.nbytes)
-      got = 0
-      while got < b.nbytes:
-        k = self._f.readinto(b[got:])
-        if not k:
-          raise fail(self._source, "pickle", "a complete pickle",
-                     f"only {got} of {b.nbytes} bytes (truncated)")
-        got += k
-      return got
+    with memoryview(buf) as m:
+      n = m.nbytes
+    self._take(n)
+    got = read_into(self._f, buf)
+    if got < n:
+      raise fail(self._source, "pickle", "a complete pickle",
+                 f"only {got} of {n} bytes (truncated)")
+    return got
 
   def readline(self) -> bytes:
     line = self._f.readline(self.left + 1)

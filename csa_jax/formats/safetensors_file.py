@@ -30,7 +30,7 @@ import numpy as np
 from csa_jax.errors import fail
 from csa_jax.fileio import atomic_path
 from csa_jax.formats.npyio import _memory_left
-from csa_jax.formats.regular_file import format_size, open_regular
+from csa_jax.formats.regular_file import format_size, open_regular, read_into
 
 __all__ = ["DTYPES", "MAX_HEADER_BYTES", "MAX_NDIM", "METADATA_KEY", "SafetensorsHeader",
            "TensorInfo", "load_safetensors", "read_safetensors_header", "save_safetensors"]
@@ -41,7 +41,6 @@ MAX_HEADER_BYTES = 16 << 20
 MAX_NDIM = 32
 METADATA_KEY = "__metadata__"
 _LENGTH_BYTES = 8
-_CHUNK = 16 << 20  # bytes read per call: large tensors without a second full-size buffer
 _TENSOR_KEYS = ("dtype", "shape", "data_offsets")
 
 # Safetensors dtype codes numpy (with ml_dtypes) can hold, little-endian as the format stores
@@ -317,14 +316,10 @@ def _read_tensor(f, info: TensorInfo, path: str, name: str) -> np.ndarray:
   """Reads the tensor at ``f``'s position (its begin, tensors being read in buffer order)."""
   nbytes = info.end - info.begin
   buf = np.empty(nbytes, np.uint8)
-  view = memoryview(buf)
-  pos = 0
-  while pos < nbytes:
-    got = f.readinto(view[pos:pos + _CHUNK])
-    if not got:
-      raise fail(path, _cut(name), f"{nbytes} bytes of tensor data", f"only {pos} (the file shrank "
-                 "while it was read)")
-    pos += got
+  got = read_into(f, buf)
+  if got < nbytes:
+    raise fail(path, _cut(name), f"{nbytes} bytes of tensor data", f"only {got} (the file shrank "
+               "while it was read)")
   dtype = DTYPES[info.dtype]
   if dtype == np.bool_:
     arr = buf != 0  # bytes other than 0/1 are not valid numpy bools
