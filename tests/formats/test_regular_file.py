@@ -8,6 +8,7 @@ under ``SIGALRM``: a hang fails the case in a few seconds.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -231,3 +232,20 @@ def test_non_unit_memmap_is_renormalised_from_the_scan(tmp_path, caplog):
   np.testing.assert_allclose(got, x, atol=1e-6)
   warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
   assert len(warned) == 1 and "not L2-normalised (norms 3..3)" in warned[0]
+
+
+def test_read_into_loops_over_short_reads_and_stops_at_the_end():
+  class Trickle(io.BytesIO):
+    """A file whose readinto returns at most 3 bytes a call, as a pipe or a signal may."""
+
+    def readinto(self, b):
+      with memoryview(b) as m:
+        return super().readinto(m[:3])
+
+  data = bytes(range(20))
+  buf = np.zeros(5, np.float32)  # 20 bytes
+  assert regular_file.read_into(Trickle(data), buf) == 20
+  assert buf.tobytes() == data
+  short = bytearray(32)
+  assert regular_file.read_into(Trickle(data), short) == 20  # the file ended first
+  assert bytes(short[:20]) == data and bytes(short[20:]) == bytes(12)
