@@ -66,73 +66,6 @@ def microbatches(config) -> int:
   return config.train.get("microbatches", 1)
 
 
-def load_train_data(config, workdir: str) -> pipeline.TrainSet:
-  """The training set a config describes.
-
-  Args:
-    config: a training config; ``data.source`` is 'files' (descriptor and annotation files,
-      neighbour lists cached under ``data.cache_dir``), 'tfds' (``data.root`` is the TFDS
-      data_dir ``csa-jax convert-data --to tfds`` wrote; ``data.descriptors`` name descriptor
-      sets, 'train/<feature>.pkl' naming <feature>; the annotations come with them) or 'random'
-      (``random_train_set``).
-    workdir: the run's directory; the neighbour cache goes to ``<workdir>/neighbors`` by default.
-
-  Returns:
-    A ``train_set.TrainSet``.
-  """
-  d, m = config.data, max(config.data.K, config.model.anchors)
-  if d.source == "random":
-    return pipeline.random_train_set(d.num_samples, d.num_clusters, d.dim, m,
-                                     config.train.seed)
-  cache = d.cache_dir or os.path.join(workdir, "neighbors")
-  if d.source == "tfds":
-    return pipeline.load_train_set_from_tfds(d.root, list(d.descriptors), K=d.K,
-                                             L=config.model.anchors, cache_dir=cache,
-                                             split=d.split)
-  if d.source != "files":
-    raise InputError(f"config: data.source: expected 'files', 'tfds' or 'random', found "
-                     f"{d.source!r}")
-  root = d.root or ""
-  resolve = lambda p: p if os.path.isabs(p) or not root else os.path.join(root, p)
-  if not d.descriptors:
-    raise InputError("config: data.descriptors: expected at least one descriptor file, found ()")
-  return pipeline.load_train_set([resolve(p) for p in d.descriptors], resolve(d.annotations),
-                                 K=d.K, L=config.model.anchors, cache_dir=cache, split=d.split)
-
-
-def record_start(path: str, record: dict) -> None:
-  """Adds a start of the run to ``run.json``, keeping every earlier one.
-
-  ``run.json`` is ``{**latest start, "starts": [every start, oldest first]}``: its top level
-  reads as the single record earlier versions wrote (the latest start's versions, devices,
-  command, config and ``started_at_step``), and such a single-record file becomes the first
-  entry of ``starts``. A file that is not a JSON object cannot be kept: one warning, and the
-  record starts anew.
-
-  Args:
-    path: ``<workdir>/run.json``.
-    record: this start (``run_info`` plus ``started_at_step``).
-  """
-  starts = []
-  try:
-    with open(path) as f:
-      old = json.load(f)
-  except FileNotFoundError:
-    old = {}
-  except (OSError, ValueError) as e:
-    log.warning("%s: unreadable (%s); its earlier starts are not kept", path, type(e).__name__)
-    old = {}
-  if isinstance(old, dict) and isinstance(old.get("starts"), list):
-    starts = [s for s in old["starts"] if isinstance(s, dict)]
-  elif isinstance(old, dict) and old:
-    starts = [old]  # the single record of an earlier version
-  elif not isinstance(old, dict):
-    log.warning("%s: not a JSON object; its earlier starts are not kept", path)
-  record = {k: v for k, v in record.items() if k != "starts"}
-  with io_path(path):
-    write_json(path, {**record, "starts": [*starts, record]})
-
-
 def train(config, workdir: str, resume: bool = False, train_set=None, progress: bool = True,
           allow_config_change: bool = False,
           command_argv: list[str] | None = None) -> TrainResult:
@@ -150,7 +83,7 @@ def train(config, workdir: str, resume: bool = False, train_set=None, progress: 
     allow_config_change: let ``resume`` go on with hyper-parameters other than the saved run's
       (never the model's shape, the batch or the seed).
     command_argv: the command line, recorded in ``<workdir>/run.json`` with the versions and
-      devices of each start (``csa_jax.run_info``; ``record_start``).
+      devices of each start (``csa_jax.run_info``; ``telemetry.record_start``).
 
   Returns:
     A ``TrainResult``. A run that never applied an update, whose last epoch skipped every step
@@ -226,7 +159,7 @@ def _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
     if saved is not None:
       check_resume_config(saved, config, source, allow_config_change)
 
-  data = train_set if train_set is not None else load_train_data(config, workdir)
+  data = train_set if train_set is not None else pipeline.load_train_data(config, workdir)
   n = data.num_samples
   if max(config.data.K, model_cfg.anchors) > n:
     raise InputError(f"config: data.K: expected at most the {n} training samples (and "
@@ -265,7 +198,7 @@ def _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,
       with io_path(cfg_path):
         write_json(cfg_path, configs.as_plain(config))
     if lead:  # config.json is what a resume compares against; run.json is the provenance
-      record_start(os.path.join(workdir, RUN_NAME), {
+      telemetry.record_start(os.path.join(workdir, RUN_NAME), {
           **run_info(command_argv, config=configs.as_plain(config), seed=tc.seed),
           "started_at_step": start})
 

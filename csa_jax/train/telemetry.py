@@ -1,4 +1,5 @@
-"""Training telemetry: a progress line (log records), metrics as JSON lines, a PNG of the curves.
+"""Training telemetry: a progress line (log records), metrics as JSON lines, a PNG of the curves,
+and ``run.json``'s record of every start (``record_start``).
 
 Only process 0 writes files; every record carries the global step so a resumed run can drop
 the lines a killed run wrote after its last checkpoint.
@@ -15,7 +16,7 @@ import time
 import numpy as np
 
 from csa_jax.evaluation.plots import agg_figure
-from csa_jax.fileio import atomic_path, io_path
+from csa_jax.fileio import atomic_path, io_path, write_json
 
 METRICS_NAME = "metrics.jsonl"
 PLOT_NAME = "training_curves.png"
@@ -158,3 +159,36 @@ def plot_curves(metrics_path: str, png_path: str) -> bool:
   with io_path(png_path), atomic_path(png_path) as tmp:
     fig.savefig(tmp, format="png", dpi=100)
   return True
+
+
+def record_start(path: str, record: dict) -> None:
+  """Adds a start of the run to ``run.json``, keeping every earlier one.
+
+  ``run.json`` is ``{**latest start, "starts": [every start, oldest first]}``: its top level
+  reads as the single record earlier versions wrote (the latest start's versions, devices,
+  command, config and ``started_at_step``), and such a single-record file becomes the first
+  entry of ``starts``. A file that is not a JSON object cannot be kept: one warning, and the
+  record starts anew.
+
+  Args:
+    path: ``<workdir>/run.json``.
+    record: this start (``run_info`` plus ``started_at_step``).
+  """
+  starts = []
+  try:
+    with open(path) as f:
+      old = json.load(f)
+  except FileNotFoundError:
+    old = {}
+  except (OSError, ValueError) as e:
+    log.warning("%s: unreadable (%s); its earlier starts are not kept", path, type(e).__name__)
+    old = {}
+  if isinstance(old, dict) and isinstance(old.get("starts"), list):
+    starts = [s for s in old["starts"] if isinstance(s, dict)]
+  elif isinstance(old, dict) and old:
+    starts = [old]  # the single record of an earlier version
+  elif not isinstance(old, dict):
+    log.warning("%s: not a JSON object; its earlier starts are not kept", path)
+  record = {k: v for k, v in record.items() if k != "starts"}
+  with io_path(path):
+    write_json(path, {**record, "starts": [*starts, record]})

@@ -4,7 +4,8 @@ Descriptors, neighbour lists and cluster ids are put on device once; each step t
 jitted step a batch of query indices and ``affinity.training_affinity`` builds the (B, K, L)
 affinities and targets there. The order is a pure function of (seed, epoch), and in a multi-host
 run process p takes the p-th contiguous slice of every global batch, so all processes agree on
-the global batch without talking to each other.
+the global batch without talking to each other. ``load_train_data`` builds the set a training
+config describes (files, a TFDS copy, or random data).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from csa_jax.core.normalize import l2_normalize
 from csa_jax.data import annotations, descriptors, layout
-from csa_jax.errors import fail
+from csa_jax.errors import InputError, fail
 from csa_jax.retrieval import neighbors
 
 
@@ -209,3 +210,37 @@ def load_train_set_from_tfds(data_dir, features: Sequence[str], K: int, L: int,
   return TrainSet(feats_NxC=np.concatenate(feats),
                            clusters_N=np.tile(clusters, len(feats)),
                            nbrs_NxM=np.concatenate(nbrs), sets=sets)
+
+
+def load_train_data(config, workdir: str) -> TrainSet:
+  """The training set a config describes.
+
+  Args:
+    config: a training config; ``data.source`` is 'files' (descriptor and annotation files,
+      neighbour lists cached under ``data.cache_dir``), 'tfds' (``data.root`` is the TFDS
+      data_dir ``csa-jax convert-data --to tfds`` wrote; ``data.descriptors`` name descriptor
+      sets, 'train/<feature>.pkl' naming <feature>; the annotations come with them) or 'random'
+      (``random_train_set``).
+    workdir: the run's directory; the neighbour cache goes to ``<workdir>/neighbors`` by default.
+
+  Returns:
+    A ``train_set.TrainSet``.
+  """
+  d, m = config.data, max(config.data.K, config.model.anchors)
+  if d.source == "random":
+    return random_train_set(d.num_samples, d.num_clusters, d.dim, m,
+                                     config.train.seed)
+  cache = d.cache_dir or os.path.join(workdir, "neighbors")
+  if d.source == "tfds":
+    return load_train_set_from_tfds(d.root, list(d.descriptors), K=d.K,
+                                             L=config.model.anchors, cache_dir=cache,
+                                             split=d.split)
+  if d.source != "files":
+    raise InputError(f"config: data.source: expected 'files', 'tfds' or 'random', found "
+                     f"{d.source!r}")
+  root = d.root or ""
+  resolve = lambda p: p if os.path.isabs(p) or not root else os.path.join(root, p)
+  if not d.descriptors:
+    raise InputError("config: data.descriptors: expected at least one descriptor file, found ()")
+  return load_train_set([resolve(p) for p in d.descriptors], resolve(d.annotations),
+                                 K=d.K, L=config.model.anchors, cache_dir=cache, split=d.split)

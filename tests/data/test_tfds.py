@@ -223,7 +223,7 @@ def test_cli_convert_train_and_eval_from_the_tfds_copy(packed, tmp_path, capsys)
   from csa_jax import configs  # noqa: PLC0415
   from csa_jax.cli import main as cli  # noqa: PLC0415
   from csa_jax.train import checks  # noqa: PLC0415
-  from csa_jax.train.loop import load_train_data  # noqa: PLC0415
+  from csa_jax.train.train_set import load_train_data  # noqa: PLC0415
   root, _, _, _ = packed
   out = tmp_path / "tfds"
   assert cli.main(["convert-data", "--root", root, "--to", "tfds", "--out-root", str(out)]) == 0

@@ -12,7 +12,7 @@ import pytest
 
 from csa_jax import errors, fileio, parallel
 from csa_jax.errors import InputError
-from csa_jax.train import checkpoint, checks, loop, orbax_errors
+from csa_jax.train import checkpoint, checks, orbax_errors, telemetry
 from csa_jax.train.checkpoint import Checkpointer
 
 
@@ -83,8 +83,8 @@ def test_run_json_keeps_every_start_and_upgrades_a_single_record(tmp_path, caplo
   old = {"command": "csa-jax train (old)", "started_at_step": 0}
   with open(path, "w") as f:
     json.dump(old, f)
-  loop.record_start(path, {"command": "second", "started_at_step": 4})
-  loop.record_start(path, {"command": "third", "started_at_step": 8})
+  telemetry.record_start(path, {"command": "second", "started_at_step": 4})
+  telemetry.record_start(path, {"command": "third", "started_at_step": 8})
   run = json.load(open(path))
   assert run["starts"] == [old, {"command": "second", "started_at_step": 4},
                            {"command": "third", "started_at_step": 8}]
@@ -92,7 +92,7 @@ def test_run_json_keeps_every_start_and_upgrades_a_single_record(tmp_path, caplo
   with open(path, "w") as f:
     f.write("[1, 2]")
   with caplog.at_level(logging.WARNING, logger="csa_jax"):
-    loop.record_start(path, {"command": "fourth", "started_at_step": 0})
+    telemetry.record_start(path, {"command": "fourth", "started_at_step": 0})
   assert "not a JSON object" in caplog.text
   assert [s["command"] for s in json.load(open(path))["starts"]] == ["fourth"]
 
