@@ -51,6 +51,10 @@ set -u -o pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$REPO/gpu_results}"
 PY="${PYTHON:-python3}"
+case "$PY" in  # a relative path (.venv/bin/python) must survive the stages' cd
+  /*) ;;
+  */*) PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" ;;
+esac
 SMALL="${GPU_CHECK_SMALL:-0}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
