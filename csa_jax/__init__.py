@@ -46,7 +46,8 @@ Host drivers (retrieval and evaluation):
 Checkpoints and training:
 - ``params_from_torch_state_dict(sd, heads) -> (params, cfg)``, ``params_to_torch_state_dict``,
   ``load_torch_checkpoint(path, heads) -> (params, cfg)``: original checkpoints, no torch needed.
-- ``load_model(path) -> Model`` (.pth, .npz export or workdir), ``save_export``.
+- ``load_model(path) -> Model`` (.pth, .npz or .safetensors export, or workdir), ``save_export``
+  (the format by suffix), ``convert_model(src, dst)`` (any of them to any other, bit for bit).
 - ``csa_jax.train.loop.train(config, workdir, resume=False) -> TrainResult``; configs from
   ``csa_jax.configs`` (``configs.load('tiny')``).
 
@@ -70,6 +71,7 @@ from csa_jax.errors import InputError
 from csa_jax.evaluation.evaluate import evaluate
 from csa_jax.evaluation.revisited import revisited_map
 from csa_jax.evaluation.revisited import revisited_map_from_scores
+from csa_jax.interop.convert import convert_model
 from csa_jax.interop.export import load_model
 from csa_jax.interop.export import save_export
 from csa_jax.interop.pth import load_torch_checkpoint
@@ -96,6 +98,7 @@ __all__ = (
     "check_first_round",
     "chunked_attention",
     "contrastive_loss",
+    "convert_model",
     "csa_loss",
     "csa_rerank",
     "evaluate",
