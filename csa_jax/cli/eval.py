@@ -139,6 +139,10 @@ def _present(root: str, features: str) -> list[str]:
     raise fail(root, "--data", "a data root directory (test/, annotations/)", "no such directory")
   layout.check_name(features, "--features")
   names = layout.test_set_names(root, features)
+  for ds in layout.test_set_names(root, features, with_gnd=False):  # said, not silently dropped
+    print(one_line(f"csa-jax eval: note: {root}: test/{ds} has {features} descriptors but no "
+                   f"gnd_{ds}.* (annotations/{ds}/ or test/{ds}/): not evaluated"),
+          file=sys.stderr)
   if not names:
     raise fail(root, "--features", f"test sets with {features} descriptors "
                f"(test/<ds>/{features}.* beside a gnd file)", "none under this root")

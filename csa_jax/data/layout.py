@@ -152,8 +152,14 @@ def feature_names(root: str, exts: tuple[str, ...] = (".pkl", ".pickle", ".npz")
   return sorted(names)
 
 
-def test_set_names(root: str, feature: str | None = None) -> list[str]:
-  """The test sets under ``root`` that have a gnd file (and ``feature`` descriptors), sorted."""
+def test_set_names(root: str, feature: str | None = None, *, with_gnd: bool = True) -> list[str]:
+  """The test sets under ``root`` that have a gnd file (and ``feature`` descriptors), sorted.
+
+  Args:
+    root: the data root.
+    feature: a descriptor set's name, or None for any.
+    with_gnd: False lists the other ones instead: ``feature`` descriptors but no gnd file.
+  """
   found = []
   for d in sorted(glob.glob(os.path.join(glob.escape(os.fspath(root)), "test", "*", ""))):
     ds = os.path.basename(os.path.dirname(d))
@@ -162,7 +168,7 @@ def test_set_names(root: str, feature: str | None = None) -> list[str]:
     if feature is not None and not any(os.path.isfile(test_base(root, ds, feature) + e)
                                        for e in FEATURE_EXTS):
       continue
-    if any(os.path.isfile(b + e) for b in gnd_bases(root, ds) for e in GND_EXTS):
+    if any(os.path.isfile(b + e) for b in gnd_bases(root, ds) for e in GND_EXTS) == with_gnd:
       found.append(ds)
   return found
 

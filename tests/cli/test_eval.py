@@ -305,9 +305,17 @@ def test_data_root_without_model_or_r1m(root, capsys, tmp_path, monkeypatch):
 def test_data_root_without_datasets_evaluates_every_test_set(root, capsys):
   r = root[0]
   args = ["--data", r / "data", "--features", synthetic.FEATURES]
-  rc, out, err = run_eval(args + ["--out", r / "every.json"], capsys)
+  lone = r / "data" / "test" / "nognd"  # descriptors without ground truth: named, not evaluated
+  lone.mkdir()
+  shutil.copy(r / "data" / "test" / "synthb" / f"{synthetic.FEATURES}.npz", lone)
+  try:
+    rc, out, err = run_eval(args + ["--out", r / "every.json"], capsys)
+  finally:
+    shutil.rmtree(lone)
   assert rc == 0, err
   assert f"test sets found: {synthetic.DATASET}, synthb" in err
+  assert (f"test/nognd has {synthetic.FEATURES} descriptors but no gnd_nognd.* "
+          "(annotations/nognd/ or test/nognd/): not evaluated") in err
   rc, named_out, err = run_eval(args + ["--datasets", f"{synthetic.DATASET},synthb", "--out",
                                         r / "named.json"], capsys)
   assert rc == 0, err

@@ -45,3 +45,17 @@ def test_missing_or_bad_names_fail_at_once(tmp_path, bad):
   with pytest.raises(InputError) as e:
     layout.test_set_files(root, features, ds)
   assert want in str(e.value)
+
+
+def test_test_set_names_with_and_without_ground_truth(tmp_path):
+  touch(tmp_path / "test" / "roxford5k" / "gl18.npz")
+  touch(tmp_path / "annotations" / "roxford5k" / "gnd_roxford5k.pkl")
+  touch(tmp_path / "test" / "rparis6k" / "gl18.pkl")
+  touch(tmp_path / "test" / "rparis6k" / "gnd_rparis6k.json")  # beside the features
+  touch(tmp_path / "test" / "lonely" / "gl18.npy")  # no gnd anywhere
+  touch(tmp_path / "test" / "other" / "gem.npz")  # another descriptor set
+  touch(tmp_path / "annotations" / "other" / "gnd_other.pkl")
+  touch(tmp_path / "test" / "r1m" / "gl18.npy")  # the distractors are no test set
+  assert layout.test_set_names(tmp_path, "gl18") == ["roxford5k", "rparis6k"]
+  assert layout.test_set_names(tmp_path, "gl18", with_gnd=False) == ["lonely"]
+  assert layout.test_set_names(tmp_path) == ["other", "roxford5k", "rparis6k"]
