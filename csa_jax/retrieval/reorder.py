@@ -52,12 +52,14 @@ def first_round_ranks(ids_QxT, first_QxT, K: int) -> np.ndarray:
     raise ValueError(f"first_round_ranks: expected two (Q, T) rankings and K <= T, found "
                      f"{ids.shape}, {first.shape}, K={K}")
   ranks = np.broadcast_to(np.arange(1, ids.shape[1] + 1, dtype=np.int64), ids.shape).copy()
-  by_id = np.argsort(first[:, :K], axis=1, kind="stable")
-  sorted_ids = np.take_along_axis(first[:, :K], by_id, axis=1)
-  for i in range(len(ids)):  # per row: searchsorted has no batched form
-    at = np.searchsorted(sorted_ids[i], ids[i, :K])
-    if not np.array_equal(sorted_ids[i, np.minimum(at, K - 1)], ids[i, :K]):
-      raise ValueError(f"first_round_ranks: row {i}'s first {K} ids are not a re-ordering of "
-                       "the first round's")
-    ranks[i, :K] = by_id[i, at] + 1
+  # Both top-Ks sorted by id line up entry for entry: the m-th smallest id sits at by_id_first[m]
+  # in the first round and at by_id_new[m] in the re-ranked list.
+  by_id_first = np.argsort(first[:, :K], axis=1, kind="stable")
+  by_id_new = np.argsort(ids[:, :K], axis=1, kind="stable")
+  same = (np.take_along_axis(first[:, :K], by_id_first, axis=1)
+          == np.take_along_axis(ids[:, :K], by_id_new, axis=1)).all(axis=1)
+  if not same.all():
+    raise ValueError(f"first_round_ranks: row {int(np.argmin(same))}'s first {K} ids are not a "
+                     "re-ordering of the first round's")
+  np.put_along_axis(ranks[:, :K], by_id_new, by_id_first + 1, axis=1)
   return ranks
