@@ -133,20 +133,12 @@ def _tfds_sets(data_dir: str, features: str, names: list[str] | None, r1m: bool)
   return sets, (f"{where}: r1m" if r1m else None)
 
 
-def _present(root: str, features: str) -> list[str]:
-  """Every test set under a data root with ``features`` descriptors and a gnd file."""
-  if not os.path.isdir(root):
-    raise fail(root, "--data", "a data root directory (test/, annotations/)", "no such directory")
-  layout.check_name(features, "--features")
-  names = layout.test_set_names(root, features)
-  for ds in layout.test_set_names(root, features, with_gnd=False):  # said, not silently dropped
+def _note_without_gnd(root: str, features: str) -> None:
+  """Test sets with ``features`` descriptors but no gnd file: said, not silently left out."""
+  for ds in layout.test_set_names(root, features, with_gnd=False):
     print(one_line(f"csa-jax eval: note: {root}: test/{ds} has {features} descriptors but no "
                    f"gnd_{ds}.* (annotations/{ds}/ or test/{ds}/): not evaluated"),
           file=sys.stderr)
-  if not names:
-    raise fail(root, "--features", f"test sets with {features} descriptors "
-               f"(test/<ds>/{features}.* beside a gnd file)", "none under this root")
-  return names
 
 
 def _one(args, name, q, db, n_db, gnd, model, source) -> tuple[dict, tuple]:
@@ -187,9 +179,9 @@ def main(argv: list[str]) -> int:
     if args.tfds is not None:
       sets, r1m = _tfds_sets(args.tfds, args.features, names, args.r1m is not None)
     else:
+      sets = layout.test_set_files(args.data, args.features, names)  # None: every one present
       if names is None:
-        names = _present(args.data, args.features)
-      sets = layout.test_set_files(args.data, args.features, names)
+        _note_without_gnd(args.data, args.features)
       r1m = args.r1m or (layout.r1m_file(args.data, args.features)
                          if args.r1m is not None else None)
     default_out = f"eval_{args.features}{'+1m' if r1m else ''}.json"

@@ -114,22 +114,29 @@ def r1m_file(root: str, features: str) -> str:
   return find_file([os.path.join(os.fspath(root), "test", R1M_DIR, features)], R1M_EXTS)
 
 
-def test_set_files(root: str, features: str, datasets: list[str]) -> list[TestSetFiles]:
+def test_set_files(root: str, features: str,
+                   datasets: list[str] | None = None) -> list[TestSetFiles]:
   """Features and gnd file of each dataset, all resolved (and so all present) up front.
 
   Args:
     root: the data root.
     features: the descriptor set's name (``test/<ds>/<features>.*``).
-    datasets: test dataset names (``roxford5k``, ``rparis6k``, ...).
+    datasets: test dataset names (``roxford5k``, ``rparis6k``, ...); None: every test set
+      under ``root`` with ``features`` descriptors and a gnd file (at least one).
 
   Returns:
-    One ``TestSetFiles`` per dataset, in the order given.
+    One ``TestSetFiles`` per dataset, in the order given (by name for None).
   """
   root = os.fspath(root)
   if not os.path.isdir(root):
     raise fail(root, "--data", "a data root directory (test/, annotations/)", "no such directory")
   check_name(features, "--features")
   present = test_set_names(root, features)
+  if datasets is None:
+    if not present:
+      raise fail(root, "--features", f"test sets with {features} descriptors "
+                 f"(test/<ds>/{features}.* beside a gnd file)", "none under this root")
+    datasets = present
   out = []
   for ds in datasets:
     check_name(ds, "--datasets")
