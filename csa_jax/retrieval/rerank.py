@@ -217,12 +217,11 @@ def _search_and_rerank(who: str, q_QxC, db, model, K: int, T: int | None, batch_
   new_QxK = _scores(params, cfg, q_QxC, db, top_QxT, K, batch_size, mesh, progress, source)
   log.info("rerank: %d queries, %d db images: search %.2f s, CSA top-%d %.2f s", len(q_QxC),
            n, t1 - t0, K, time.perf_counter() - t1)
-  ids, scores_QxK = reorder_top(top_QxT[:, :T].astype(np.int64), new_QxK, with_scores=True)
+  first_ids = top_QxT[:, :T].astype(np.int64)
+  ids, scores_QxK = reorder_top(first_ids, new_QxK, with_scores=True)  # a copy: first_ids kept
   scores = first_QxT[:, :T].astype(np.float32)
   scores[:, :K] = scores_QxK
-  if return_first_round:
-    return ids, scores, top_QxT[:, :T].astype(np.int64)
-  return ids, scores
+  return (ids, scores, first_ids) if return_first_round else (ids, scores)
 
 
 def search_and_rerank(q_QxC, db, model, K: int, T: int | None = None, *,
