@@ -46,7 +46,7 @@ def _rows(db, a: int, b: int, source: str) -> np.ndarray:
     out = np.ascontiguousarray(db[a:b], np.float32)
   else:  # jax array, StackedRows, MappedRows
     out = np.ascontiguousarray(np.asarray(db[np.arange(a, b)]), np.float32)
-  if not validate.in_memory(db):
+  if validate.rows_need_check(db):
     validate.check_gathered_rows(out, np.arange(a, b), source)
   return out
 
@@ -57,7 +57,7 @@ def _sample(db, m: int, seed: int, source: str) -> np.ndarray:
     return _rows(db, 0, n, source)
   rows = np.sort(np.random.default_rng(seed).choice(n, m, replace=False))
   out = np.ascontiguousarray(np.asarray(db[rows]), np.float32)
-  if not validate.in_memory(db):
+  if validate.rows_need_check(db):
     validate.check_gathered_rows(out, rows, source)
   return out
 

@@ -117,6 +117,8 @@ class MappedRows:
   the re-ranking drivers take it where they take a memmap.
   """
 
+  checks_reads = True  # validate.rows_need_check: its rows need no second check
+
   def __init__(self, mm, source: str = "db"):
     if getattr(mm, "ndim", None) != 2:
       raise ValueError(f"MappedRows: expected an (N, C) array, got shape {np.shape(mm)}")

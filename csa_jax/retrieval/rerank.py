@@ -59,7 +59,7 @@ def _gather_rows(db_NxC, rows: np.ndarray, total: int, source: str):
     return jnp.pad(sub, ((0, total - len(rows)), (0, 0)))
   sub = np.zeros((total, db_NxC.shape[1]), np.float32)
   sub[:len(rows)] = db_NxC[rows]  # a memmap reads only these rows
-  if not validate.in_memory(db_NxC):
+  if validate.rows_need_check(db_NxC):
     validate.check_gathered_rows(sub[:len(rows)], rows, source)
   return sub
 

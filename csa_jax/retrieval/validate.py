@@ -102,6 +102,13 @@ def in_memory(db) -> bool:
                                        and not isinstance(db, np.memmap))
 
 
+def rows_need_check(db) -> bool:
+  """Whether rows gathered from ``db`` still need ``check_gathered_rows``: not for an in-memory
+  array (checked whole by ``check_database``) nor for a reader that checks each row it reads
+  (``checks_reads``: ``first_round.MappedRows``)."""
+  return not in_memory(db) and not getattr(db, "checks_reads", False)
+
+
 def check_database(db, who: str, source: str = "db"):
   """The database as a driver uses it; in-memory arrays are checked and re-normalised here.
 
