@@ -251,7 +251,7 @@ def test_cli_convert_train_and_eval_from_the_tfds_copy(packed, tmp_path, capsys)
     path = tmp_path / f"eval{flag}.json"  # the TFDS copy without --datasets: every test set
     assert cli.main(["eval", flag, where, "--features", FEATURE, *named, "--out",
                      str(path)]) == 0
-    assert ("test sets found" in capsys.readouterr().err) is not named
+    assert ("test sets found" in capsys.readouterr().err) == (not named)
     assert list(json.loads(path.read_text())["datasets"]) == [DS]
     res[flag] = json.loads(path.read_text())["datasets"][DS]
     for k in ("seconds", "features", "gnd"):
