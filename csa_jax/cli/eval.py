@@ -117,7 +117,7 @@ def _tfds_sets(data_dir: str, features: str, names: list[str] | None, r1m: bool)
   where = tfds_reader.dataset_dir(data_dir, features)
   sources = tfds_reader.open_tfds(data_dir, features)
   if names is None:
-    names = tfds_reader.tfds_test_sets(data_dir, features)
+    names = tfds_reader.split_test_sets(sources)
     if not names:
       raise fail(where, "--tfds", "at least one test set (<ds>_db and <ds>_query splits)",
                  f"splits {sorted(sources)}")
@@ -125,7 +125,7 @@ def _tfds_sets(data_dir: str, features: str, names: list[str] | None, r1m: bool)
     layout.check_name(ds, "--datasets")
     if f"{ds}_db" not in sources or f"{ds}_query" not in sources:
       raise fail(where, "--datasets", f"test set '{ds}' in the TFDS copy",
-                 f"test sets {tfds_reader.tfds_test_sets(data_dir, features)}")
+                 f"test sets {tfds_reader.split_test_sets(sources)}")
   if r1m and "r1m" not in sources:
     raise fail(where, "--r1m", "an r1m split (convert-data --to tfds --r1m)",
                f"splits {sorted(sources)}")

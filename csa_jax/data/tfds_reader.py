@@ -209,7 +209,12 @@ def load_train_from_tfds(data_dir, feature: str, split: str = "train",
 
 def tfds_test_sets(data_dir, feature: str) -> list[str]:
   """The test sets packed in the dataset (those with both <ds>_db and <ds>_query)."""
-  splits = set(open_tfds(data_dir, feature))
+  return split_test_sets(open_tfds(data_dir, feature))
+
+
+def split_test_sets(sources) -> list[str]:
+  """The test sets among ``open_tfds``' splits (both <ds>_db and <ds>_query), sorted."""
+  splits = set(sources)
   return sorted(s[:-3] for s in splits if s.endswith("_db") and s[:-3] + "_query" in splits)
 
 
