@@ -125,11 +125,8 @@ class Trace:
     self._started = True
     _running = self
 
-  def stop(self, block_on=None) -> str:
-    """Waits for ``block_on`` (so the trace holds the device work), stops and writes the trace.
-
-    Args:
-      block_on: arrays (a pytree) whose computation the trace must include.
+  def stop(self) -> str:
+    """Stops and writes the trace (the caller has waited for the device work it must hold).
 
     Returns:
       The session folder written (``log_dir/plugins/profile/<session>``).
@@ -140,20 +137,13 @@ class Trace:
     global _running
     if not self._started:
       return self.session_dir
-    failed = None
+    self._started = False
+    _running = None if _running is self else _running
     try:
-      if block_on is not None:
-        jax.block_until_ready(block_on)
-    finally:  # stopped however the wait ends; an exception of the wait goes on unmasked
-      self._started = False
-      _running = None if _running is self else _running
-      try:
-        jax.profiler.stop_trace()
-      except Exception as e:  # noqa: BLE001  (XLA reports a failed write as a RuntimeError)
-        self.discard()
-        failed = e
-    if failed is not None:
-      raise self._error(failed, "a writable directory for the profiler trace")
+      jax.profiler.stop_trace()
+    except Exception as e:  # noqa: BLE001  (XLA reports a failed write as a RuntimeError)
+      self.discard()
+      raise self._error(e, "a writable directory for the profiler trace") from None
     new = sorted(self._sessions() - self._before)
     # Session folders are named by a time to the second: a trace named as an earlier one in
     # this directory is written into that folder, which is then not new.
