@@ -21,7 +21,7 @@ __all__ = ["DEFAULT_HEADS", "load_torch_checkpoint", "recorded_heads", "resolve_
 log = logging.getLogger(__name__)
 
 DEFAULT_HEADS = 12  # the paper model's; the weights' shapes do not tell
-_HEADS_KEYS = ("heads", "num_heads")
+HEADS_KEYS = ("heads", "num_heads")  # where a checkpoint may record the head count
 _CONFIG_KEYS = ("model_config", "config", "cfg", "args")
 
 
@@ -56,7 +56,7 @@ def recorded_heads(obj: dict, path: str) -> int | None:
   """The head count a checkpoint dict records next to its state_dict, if any (checked)."""
   places = [(obj, "")] + [(obj[k], f"{k}.") for k in _CONFIG_KEYS if isinstance(obj.get(k), dict)]
   for d, prefix in places:
-    for k in _HEADS_KEYS:
+    for k in HEADS_KEYS:
       if k in d:
         v = d[k]
         if type(v) is not int or v < 1:

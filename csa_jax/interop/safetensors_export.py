@@ -23,14 +23,13 @@ from csa_jax.errors import InputError, fail
 from csa_jax.fileio import check_replaceable
 from csa_jax.formats import safetensors_file as stf
 from csa_jax.interop.model_record import config_json, model_from_record
-from csa_jax.interop.pth import resolve_heads
+from csa_jax.interop.pth import HEADS_KEYS, resolve_heads
 from csa_jax.interop.state_dict import params_from_torch_state_dict, params_to_torch_state_dict
 
 __all__ = ["CONFIG_KEY", "check_safetensors_target", "is_csa_jax_safetensors",
            "load_safetensors_model", "save_safetensors_export"]
 
 CONFIG_KEY = "csa_jax.model_config"
-_HEADS_KEYS = ("heads", "num_heads")
 # Float types numpy code downstream treats as opaque (kind 'V'): widened to float32 on load,
 # exactly (every bfloat16 and float8 value is a float32 value).
 _ML_FLOATS = frozenset(np.dtype(t) for t in (ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn,
@@ -102,7 +101,7 @@ def load_safetensors_model(path, heads: int | None = None) -> Model:
 
 def _recorded_heads(metadata: dict[str, str], path: str) -> int | None:
   """The head count foreign metadata records, as ``pth.recorded_heads`` reads a checkpoint's."""
-  for k in _HEADS_KEYS:
+  for k in HEADS_KEYS:
     if k in metadata:
       v = metadata[k]
       if not (v.isascii() and v.isdigit() and len(v) <= 9 and int(v) >= 1):
