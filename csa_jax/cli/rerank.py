@@ -10,7 +10,8 @@ a float32 (n, C) .npy database is memory-mapped, never read whole. First-round t
 --first-round IDS the first round is the user's own: (Q, T) db ids from any engine, best first,
 -1 only as padding at a row's end (docs/first_round.md has the rule); DB is then memory-mapped
 without a full scan and only the rows IDS names are read and checked. With --faiss FACTORY it is
-FAISS's (the faiss extra) over an index built from that factory string. ranks.npz holds 'ids'
+FAISS's (the faiss extra) over an index built from that factory string, DB read once as the
+index is built (each row checked as it is read). ranks.npz holds 'ids'
 (Q, T) int64, best first, 'scores' (Q, T) float32 (the CSA score for ranks 1..K, the
 first-round score, the descriptors' dot product, after; -1 padding kept, its score NaN) and
 'run' (JSON text: provenance and settings). With --query-names and/or --db-names (a text file,
@@ -195,9 +196,9 @@ def main(argv: list[str]) -> int:
   model = load_model(args.model, args.heads)
   if args.L is not None and args.L != model.cfg.anchors:
     raise fail("command line", "--L", f"{model.cfg.anchors} (the model's anchors)", str(args.L))
-  # A given first round needs only the rows it names: no full scan of the database.
-  db = (user_rerank.map_database(args.db) if args.first_round is not None
-        else user_rerank.load_database(args.db))
+  # A given first round needs only the rows it names, FAISS's index reads every row once as it
+  # is built: neither needs a full scan of the database first.
+  db = user_rerank.map_database(args.db) if given else user_rerank.load_database(args.db)
   q = user_rerank.load_queries(args.query, dim=db.shape[1])
   qnames = dbnames = None
   if args.query_names:
