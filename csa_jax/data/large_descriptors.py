@@ -27,6 +27,14 @@ from csa_jax.formats.regular_file import format_size, open_regular, read_into
 log = logging.getLogger(__name__)
 
 
+def in_place(mm, dim: int | None = None) -> bool:
+  """Whether a ``.npy`` memory map can be used as it lies: native float32, C-order (n, C) with
+  n > C (a (C, n) file is transposed in memory), and C = ``dim`` when given."""
+  return (isinstance(mm, np.memmap) and mm.dtype == np.dtype(np.float32) and mm.ndim == 2
+          and mm.shape[0] > mm.shape[1] > 0 and mm.flags.c_contiguous
+          and (dim is None or mm.shape[1] == dim))
+
+
 def load_r1m(path, dim: int | None = None, *, defer: bool = False):
   """R1M distractors (n, C), every row checked: ``load_large(path, dim, field="r1m")``."""
   return load_large(path, dim, field="r1m", defer=defer)
@@ -61,9 +69,7 @@ def load_large(path, dim: int | None = None, field: str = "r1m", key: str | None
     mm = load_container(path, mmap=True)
     if mm.ndim == 2 and dim is not None and dim not in mm.shape:  # from the header alone
       raise descriptors.width_error(path, field, mm.shape, dim, None)
-    if (isinstance(mm, np.memmap) and mm.dtype == np.dtype(np.float32) and mm.ndim == 2
-        and mm.shape[0] > mm.shape[1] > 0 and mm.flags.c_contiguous
-        and (dim is None or mm.shape[1] == dim)):
+    if in_place(mm, dim):
       if defer:
         log.info("%s: %s: found (n, C) = %s; memory-mapped, every row checked as the search "
                  "reads it", path, field, mm.shape)

@@ -68,8 +68,7 @@ def map_database(path):
   path = os.fspath(path)
   if containers.file_format(path) == "npy":
     mm = npyio.load_npy(path, mmap=True)
-    if (isinstance(mm, np.memmap) and mm.dtype == np.dtype(np.float32) and mm.ndim == 2
-        and mm.shape[0] > mm.shape[1] > 0 and mm.flags.c_contiguous):
+    if large_descriptors.in_place(mm):
       log.info("%s: db: found (n, C) = %s; memory-mapped, rows read and checked only as the "
                "first round names them", path, mm.shape)
       return first_round.MappedRows(mm, path)
