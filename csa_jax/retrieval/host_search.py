@@ -266,11 +266,11 @@ def host_top_k(q_QxC, rows_of, n: int, T: int, block: int | None = None,
              for w in range(workers)]
   t0 = time.perf_counter()
   with _single_threaded_blas if single else contextlib.nullcontext():
-    _run(threads, stop, progress, lambda: _log_progress(sum(done), n, time.perf_counter() - t0))
+    _run(threads, stop, progress, lambda: log_progress(sum(done), n, time.perf_counter() - t0))
   if failures:
     raise min(failures, key=lambda f: f[0])[1]
   if progress:
-    _log_progress(n, n, time.perf_counter() - t0)
+    log_progress(n, n, time.perf_counter() - t0)
   lists = [top.result() for top in tops]
   if workers == 1:
     return lists[0]
@@ -297,6 +297,7 @@ def _run(threads, stop: threading.Event, progress: bool, report) -> None:
         t.join()
 
 
-def _log_progress(b: int, n: int, seconds: float) -> None:
+def log_progress(b: int, n: int, seconds: float) -> None:
+  """The search's progress line (both searches): rows done, rate, ETA."""
   log.info("search: %d/%d db rows (%.0f%%), %.0f rows/s, ETA %.0f s", b, n, 100 * b / n,
            b / max(seconds, 1e-9), seconds * (n - b) / max(b, 1))

@@ -233,10 +233,7 @@ def top_k_search(q_QxC, db, T: int, block: int | None = None, *, dtype: str = "f
                             scores_out=out, progress=progress, impl=impl, source=source)
         vals.append(v)
         idx.append(i + np.int32(off))
-    # Parts come in index order and each list is ordered: a stable sort keeps ties by index.
-    vals, idx = np.concatenate(vals, 1), np.concatenate(idx, 1)
-    order = np.argsort(-vals, axis=1, kind="stable")[:, :T]
-    return np.take_along_axis(vals, order, 1), np.take_along_axis(idx, order, 1)
+    return host_search.merge_lists(np.concatenate(vals, 1), np.concatenate(idx, 1), T)
   search = functools.partial(_search, q, T=T, block=block, dtype=dtype, devices=devices,
                              scores_out=scores_out, progress=progress, impl=impl, source=source)
   checked = getattr(db, "search_checked", None)  # rows checked as they are read (DeferredRows)
@@ -295,8 +292,7 @@ def _search(q, db, check, *, T, block, dtype, devices, scores_out, progress, imp
     now = time.perf_counter()
     if progress and (now - last > 5 or i == steps - 1):
       last = now
-      log.info("search: %d/%d db rows (%.0f%%), %.0f rows/s, ETA %.0f s", b, n, 100 * b / n,
-               b / (now - t0), (now - t0) * (n - b) / b)
+      host_search.log_progress(b, n, now - t0)
   _finish(scores_out, rows_of, *pending)
   for a, b, bad in bads:
     if np.asarray(bad).any():
