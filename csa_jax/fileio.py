@@ -153,6 +153,12 @@ def errno_text(code: int) -> str:
   return f"[Errno {code}] {os.strerror(code)}" + (f" ({name})" if name else "")
 
 
+def os_reason(e: OSError) -> str:
+  """An ``OSError`` for the found part of an error line: ``errno_text`` when it has an errno,
+  else its message, else its type."""
+  return errno_text(e.errno) if e.errno else str(e) or type(e).__name__
+
+
 @contextlib.contextmanager
 def io_path(path: str):
   """Gives an ``OSError`` raised in the body without a file name (a failed ``write`` to an open

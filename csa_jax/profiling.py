@@ -23,7 +23,7 @@ import time
 import jax
 
 from csa_jax.errors import InputError, fail, one_line
-from csa_jax.fileio import errno_text, missing_dirs, remove_if_empty
+from csa_jax.fileio import missing_dirs, os_reason, remove_if_empty
 
 PLUGIN_DIR = os.path.join("plugins", "profile")
 PERFETTO_NAME = "perfetto_trace.json.gz"
@@ -41,7 +41,7 @@ def running() -> Trace | None:
 
 def _reason(e: BaseException) -> str:
   if isinstance(e, OSError) and e.errno:
-    return errno_text(e.errno)
+    return os_reason(e)
   return one_line(str(e)) or type(e).__name__
 
 

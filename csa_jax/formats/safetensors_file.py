@@ -27,7 +27,7 @@ from typing import Mapping, NamedTuple
 import ml_dtypes
 import numpy as np
 
-from csa_jax.errors import fail
+from csa_jax.errors import fail, short_reason
 from csa_jax.fileio import atomic_path
 from csa_jax.formats.npyio import _memory_left
 from csa_jax.formats.regular_file import format_size, open_regular, read_into
@@ -238,8 +238,7 @@ def _read_header(f, size: int, path: str) -> SafetensorsHeader:
     raise fail(path, "header", "JSON objects whose keys are unique",
                f"the key {_shown(str(e.args[0]))} twice") from None
   except (ValueError, RecursionError) as e:
-    msg = " ".join(str(e).split())[:160] or type(e).__name__
-    raise fail(path, "header", "UTF-8 JSON text", f"{type(e).__name__}: {msg}") from None
+    raise fail(path, "header", "UTF-8 JSON text", short_reason(e)) from None
   if not isinstance(head, dict):
     raise fail(path, "header", "a JSON object", type(head).__name__)
   buffer_len = size - _LENGTH_BYTES - hlen

@@ -91,7 +91,7 @@ def _scores(params, cfg: ModelConfig, q_QxC, db_NxC, top_QxT, K: int,
   L = cfg.anchors
   top = np.asarray(top_QxT)
   nq = top.shape[0]
-  need = max(K, L - 1)
+  need = first_round.needed(K, L)
   if mesh is None and jax.device_count() > 1:
     mesh = parallel.make_mesh()
   nd = 1 if mesh is None else mesh.shape[parallel.DATA_AXIS]

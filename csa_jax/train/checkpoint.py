@@ -41,7 +41,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from csa_jax.errors import InputError, fail, short_reason
-from csa_jax.fileio import errno_text, write_json
+from csa_jax.fileio import errno_text, os_reason, write_json
 from csa_jax.train.orbax_errors import os_error_of
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class Checkpointer:
                                         item_names=("state", "meta"))
     except OSError as e:
       raise fail(e.filename or self.directory, "checkpoints", "a directory it can create",
-                 errno_text(e.errno) if e.errno else str(e)) from None
+                 os_reason(e)) from None
 
   def _remove_temps(self, warn: bool = True) -> int:
     """Removes orbax's temporary directories of unfinished saves (process 0; only those).

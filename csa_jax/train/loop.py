@@ -23,7 +23,7 @@ import jax
 from csa_jax import configs, parallel, profiling
 from csa_jax.core.config import ModelConfig
 from csa_jax.errors import InputError, fail
-from csa_jax.fileio import (errno_text, io_path, missing_dirs, remove_if_empty,
+from csa_jax.fileio import (io_path, missing_dirs, os_reason, remove_if_empty,
                             remove_stale_temps, write_json)
 from csa_jax.interop import export
 from csa_jax.interop.convert import save_pth
@@ -142,7 +142,7 @@ def _io_failure(e: OSError, workdir: str, ckpt: Checkpointer) -> InputError:
   resumable = f" (--resume continues from step {latest})" if latest is not None else ""
   return fail(os.fspath(e.filename or workdir), "--workdir",
               f"a readable and writable file{resumable}",
-              errno_text(e.errno) if e.errno else str(e) or type(e).__name__)
+              os_reason(e))
 
 
 def _train(config, model_cfg, workdir, mesh, ckpt, resume, train_set, progress,

@@ -25,7 +25,7 @@ import os
 import re
 import time
 
-from csa_jax.fileio import errno_text
+from csa_jax.fileio import os_reason
 
 DIR_NAME = "tensorboard"
 SKIPPED_KEYS = ("kind", "step", "epoch", "K")  # record fields that are not curves
@@ -128,7 +128,7 @@ class EventLog:
 
   def _fail(self, e: OSError, step) -> None:
     where = os.fspath(e.filename) if e.filename else self.path or self.dir
-    reason = errno_text(e.errno) if e.errno else str(e) or type(e).__name__
+    reason = os_reason(e)
     log.warning("tensorboard: %s: event files off from step %s on: %s (metrics.jsonl has every "
                 "record)", where, step, reason)
     self.enabled = False
